@@ -1,0 +1,34 @@
+"""The one place that assembles the code location (loaded by workspace.yaml). No logic lives here."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from jobs import campaign_pipeline_job, delivery_processing_job, reports_job, reports_schedule
+from orchestrator_assets import campaigns, consents, contacts, segments
+from orchestrator_assets.deliveries import assets as deliveries
+from orchestrator_assets.imports import assets as imports
+from orchestrator_assets.reports import campaign_funnel_export, warehouse_reports
+from orchestrator_assets.sends import assets as sends
+from resources.connectors import ChannelConnectors
+from resources.dbt import make_dbt_resource
+from resources.opstore import OperationalStore
+from resources.warehouse import Warehouse
+from sensors.inbox import webhook_inbox_sensor
+
+defs = dg.Definitions(
+    assets=[
+        *dg.load_assets_from_modules([imports, contacts, consents, segments, campaigns, sends, deliveries]),
+        warehouse_reports,
+        campaign_funnel_export,
+    ],
+    jobs=[campaign_pipeline_job, delivery_processing_job, reports_job],
+    schedules=[reports_schedule],
+    sensors=[webhook_inbox_sensor],
+    resources={
+        "opstore": OperationalStore(),
+        "warehouse": Warehouse(),
+        "connectors": ChannelConnectors(),
+        "dbt": make_dbt_resource(),
+    },
+)

@@ -1,0 +1,35 @@
+"""Jobs: what an operator (or a sensor) launches, selected by domain group."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestrator_assets import groups
+from orchestrator_assets.partitions import tenant_partitions
+
+campaign_pipeline_job = dg.define_asset_job(
+    name="campaign_pipeline_job",
+    description="Import contacts and consents, build segments, render and send due campaigns for one tenant.",
+    selection=dg.AssetSelection.groups(groups.IMPORTS, groups.CONTACTS, groups.CONSENTS, groups.SEGMENTS, groups.CAMPAIGNS, groups.SENDS),
+    partitions_def=tenant_partitions,
+)
+
+delivery_processing_job = dg.define_asset_job(
+    name="delivery_processing_job",
+    description="Apply verified provider callbacks from the webhook inbox (launched by the inbox sensor).",
+    selection=dg.AssetSelection.groups(groups.DELIVERIES),
+    partitions_def=tenant_partitions,
+)
+
+reports_job = dg.define_asset_job(
+    name="reports_job",
+    description="Build the dbt reports (staging + campaign funnel) over the warehouse and export them.",
+    selection=dg.AssetSelection.groups(groups.REPORTS),
+)
+
+reports_schedule = dg.ScheduleDefinition(
+    name="reports_every_15_minutes",
+    job=reports_job,
+    cron_schedule="*/15 * * * *",
+    description="Keeps the funnel fresh; stopped by default (the demo builds reports itself).",
+)

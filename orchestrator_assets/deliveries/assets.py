@@ -1,0 +1,63 @@
+"""Dagster assets of the deliveries domain: what happened to each sent message, from provider callbacks."""
+
+import datetime as dt
+
+import dagster as dg
+import sqlalchemy as sa
+
+from orchestrator_assets.deliveries.processing import process_rows
+from orchestrator_assets.groups import DELIVERIES, SENDS
+from orchestrator_assets.partitions import tenant_partitions
+from orchestrator_assets.tables import markdown_table
+from policies.loader import load_bundle
+from resources.opstore import OperationalStore
+from resources.opstore_schema import webhook_inbox as inbox
+from resources.warehouse import WAREHOUSE_POOL, Warehouse
+
+
+class InboxRange(dg.Config):
+    """Which inbox rows to process (inclusive); the inbox sensor fills it in, 0 = open-ended."""
+
+    from_id: int = 0
+    to_id: int = 0
+
+
+@dg.asset(
+    key=[DELIVERIES, "delivery_events"],
+    group_name=DELIVERIES,
+    partitions_def=tenant_partitions,
+    deps=[dg.AssetKey([SENDS, "campaign_sends"])],
+    pool=WAREHOUSE_POOL,
+)
+def delivery_events(context: dg.AssetExecutionContext, config: InboxRange, opstore: OperationalStore, warehouse: Warehouse) -> dg.MaterializeResult:
+    """Delivery states and the delivery/click/complaint events behind them.
+
+    Grain: one ``deliveries`` row per send (its furthest status) and one warehouse event per
+    provider callback event. Source: verified callbacks in the webhook inbox, written by the
+    gateway. Opt-outs and complaints withdraw consent here, with the callback as evidence.
+    """
+    tenant = context.partition_key
+    now = dt.datetime.now(dt.UTC)
+    condition = sa.and_(inbox.c.tenant == tenant, inbox.c.processed_at.is_(None), inbox.c.id >= config.from_id)
+    if config.to_id:
+        condition = sa.and_(condition, inbox.c.id <= config.to_id)
+    policy = load_bundle().policy
+    engine = opstore.engine()
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(inbox).where(condition).order_by(inbox.c.id)).all()
+        batch = process_rows(conn, tenant, rows, policy.suppression.complaint_suppresses_all_channels, now)
+        # Append before the commit that marks rows processed: a crash in between re-processes
+        # the rows, and the warehouse drops the repeated event ids.
+        warehouse.append_events(batch.events)
+        for row_id in batch.processed_ids:
+            conn.execute(sa.update(inbox).where(inbox.c.id == row_id).values(processed_at=now, error=batch.errors.get(row_id)))
+    context.log.info(f"{len(rows)} inbox rows, {len(batch.processed_ids)} processed, {len(batch.events)} events appended")
+    return dg.MaterializeResult(
+        metadata={
+            "inbox_rows": len(rows),
+            "processed": len(batch.processed_ids),
+            "events_appended": len(batch.events),
+            "problems": len(batch.errors),
+            "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "count"], sorted(batch.tally.items()))),
+        }
+    )

@@ -1,0 +1,123 @@
+"""Turning inbox rows (verified provider callbacks) into delivery states, consent changes and events.
+
+Every step is idempotent, because a processing run may die and be re-run over the same rows:
+statuses only advance by rank, consent events are unique facts, and warehouse events are keyed
+by the provider's own event id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from orchestrator_assets.delivery_status import RANKS, advances
+from resources import warehouse as wh
+from resources.callbacks import PARSERS, PROVIDER_CHANNELS
+from resources.channels.base import CallbackEvent
+from resources.opstore_schema import consent_events, consents, contacts, deliveries, sends
+from resources.sql import upsert_insert
+
+STATUS_KINDS = set(RANKS) - {wh.SENT}
+OPT_OUT_KINDS = {"opt_out", wh.UNSUBSCRIBED, wh.COMPLAINED}
+ALL_CHANNELS = ("telegram", "email", "sms")
+
+
+@dataclass
+class Batch:
+    events: list[tuple] = field(default_factory=list)  # warehouse rows
+    tally: Counter = field(default_factory=Counter)
+    processed_ids: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def _find_send(conn: sa.Connection, tenant: str, provider: str, event: CallbackEvent):
+    if event.send_id:
+        condition = sends.c.send_id == event.send_id
+    elif event.provider_message_id:
+        condition = sa.and_(sends.c.provider == provider, sends.c.provider_message_id == event.provider_message_id)
+    else:
+        return None
+    return conn.execute(sa.select(sends).where(sends.c.tenant == tenant, condition)).first()
+
+
+def _find_contact_id(conn: sa.Connection, tenant: str, provider: str, event: CallbackEvent, send) -> int | None:
+    if send is not None:
+        return send.contact_id
+    if not event.address:
+        return None
+    if event.address.startswith("contact:"):  # our own unsubscribe links name the contact
+        contact_id = int(event.address.removeprefix("contact:"))
+        return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, contacts.c.id == contact_id)).scalar()
+    column = contacts.c.telegram_chat_id if provider == "telegram" else contacts.c.email
+    value = int(event.address) if provider == "telegram" and event.address.lstrip("-").isdigit() else event.address
+    return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, column == value)).scalar()
+
+
+def _advance_delivery(conn: sa.Connection, tenant: str, send, event: CallbackEvent, now: dt.datetime) -> bool:
+    current = conn.execute(sa.select(deliveries.c.status_rank).where(deliveries.c.send_id == send.send_id)).scalar()
+    if not advances(current, event.kind):
+        return False
+    values = {"status": event.kind, "status_rank": RANKS[event.kind], "reason": event.reason, "last_event_at": event.occurred_at, "updated_at": now}
+    statement = upsert_insert(conn, deliveries).values(send_id=send.send_id, tenant=tenant, **values)
+    conn.execute(statement.on_conflict_do_update(index_elements=[deliveries.c.send_id], set_=values))
+    return True
+
+
+def withdraw_consents(conn: sa.Connection, tenant: str, contact_id: int, channels: tuple[str, ...], source: str, evidence: str, occurred_at: dt.datetime, now: dt.datetime) -> int:
+    """Record a withdrawal (an append-only fact) and suppress the channels at once; returns channels changed."""
+    changed = 0
+    for channel in channels:
+        fact = {
+            "tenant": tenant, "contact_id": contact_id, "channel": channel, "purpose": "marketing", "action": "withdraw",
+            "source": source, "evidence": evidence, "occurred_at": occurred_at, "recorded_at": now,
+        }
+        conn.execute(upsert_insert(conn, consent_events).on_conflict_do_nothing(), [fact])
+        result = conn.execute(
+            sa.update(consents)
+            .where(consents.c.tenant == tenant, consents.c.contact_id == contact_id, consents.c.channel == channel, consents.c.status == "granted")
+            .values(status="withdrawn", withdrawn_at=occurred_at, source=source, evidence=evidence, updated_at=now)
+        )
+        changed += result.rowcount
+    return changed
+
+
+def process_rows(conn: sa.Connection, tenant: str, rows, complaint_suppresses_all: bool, now: dt.datetime) -> Batch:
+    """Apply inbox rows within the caller's transaction; returns warehouse events and a tally."""
+    batch = Batch()
+    for row in rows:
+        parser = PARSERS.get(row.provider)
+        if parser is None:
+            batch.errors[row.id] = f"no parser for provider {row.provider!r}"
+            continue
+        for event in parser(json.loads(row.payload)):
+            if event.kind == "ignored":
+                batch.tally["ignored"] += 1
+                continue
+            send = _find_send(conn, tenant, row.provider, event)
+            if event.kind in OPT_OUT_KINDS:
+                contact_id = _find_contact_id(conn, tenant, row.provider, event, send)
+                if contact_id is not None:
+                    everywhere = event.kind == wh.COMPLAINED and complaint_suppresses_all
+                    channels = ALL_CHANNELS if everywhere else (PROVIDER_CHANNELS[row.provider],)
+                    evidence = json.dumps({"inbox_id": row.id, "provider": row.provider, "event": event.event_key, "kind": event.kind})
+                    batch.tally["consents_withdrawn"] += withdraw_consents(
+                        conn, tenant, contact_id, channels, f"{row.provider}:{event.kind}", evidence, event.occurred_at, now
+                    )
+            if event.kind not in STATUS_KINDS:
+                continue
+            if send is None:
+                batch.tally["unknown_message"] += 1
+                batch.errors[row.id] = f"{event.kind} for unknown message {event.provider_message_id or event.send_id}"
+                continue
+            if _advance_delivery(conn, tenant, send, event, now):
+                batch.tally[f"status:{event.kind}"] += 1
+            batch.events.append(
+                (tenant, f"{row.provider}:{event.event_key}", event.kind, send.send_id, send.campaign, send.channel, send.provider,
+                 send.contact_id, send.provider_message_id or "", event.reason, event.occurred_at)
+            )
+        batch.processed_ids.append(row.id)
+    return batch

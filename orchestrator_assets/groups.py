@@ -1,0 +1,10 @@
+"""Asset group names: one per domain, used as both ``group_name`` and the asset key prefix."""
+
+IMPORTS = "imports"
+CONTACTS = "contacts"
+CONSENTS = "consents"
+SEGMENTS = "segments"
+CAMPAIGNS = "campaigns"
+SENDS = "sends"
+DELIVERIES = "deliveries"
+REPORTS = "reports"

@@ -1,0 +1,268 @@
+"""Write validated contacts and their consent decisions to the operational store.
+
+Both functions take the ``good`` frame of ``validation.validate_contact_rows`` and a connection
+inside the caller's transaction (``with engine.begin() as conn``), so a failed import leaves no
+half-written state. They run unchanged on SQLite (embedded default) and PostgreSQL (production):
+the only dialect-specific piece is the ``INSERT … ON CONFLICT`` construct, chosen by ``_insert``.
+
+Re-importing the same file is a no-op and is reported as such (``unchanged`` counts): contacts
+are compared with what is stored before writing, consent events are keyed by their facts and
+inserted with ``ON CONFLICT DO NOTHING``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from orchestrator_assets.imports.validation import CHANNELS
+from resources.opstore_schema import consent_events, consents, contacts
+
+PURPOSE = "marketing"
+BATCH_SIZE = 500
+CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "city", "language")
+
+
+def _insert(conn: sa.Connection, table: sa.Table):
+    """``INSERT`` that supports ``on_conflict_do_*`` for the connection's dialect."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    raise NotImplementedError(f"contact import supports sqlite and postgresql, not {dialect}")
+
+
+def _utc(moment: datetime | pd.Timestamp) -> datetime:
+    """Aware UTC ``datetime``. SQLite drops the offset when storing, so everything stored must
+    already be UTC for stored values (and the event unique key) to be comparable."""
+    stamp = pd.Timestamp(moment)
+    if stamp.tzinfo is None:
+        raise ValueError(f"timestamp {moment!r} has no timezone")
+    return stamp.tz_convert("UTC").to_pydatetime()
+
+
+def _plain(value: Any) -> Any:
+    """Python value for a DB parameter: pandas/numpy missing → None, numpy scalars → Python."""
+    if pd.api.types.is_scalar(value) and pd.isna(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
+    records = [
+        {column: _plain(value) for column, value in zip(columns, values, strict=True)}
+        for values in frame[list(columns)].itertuples(index=False, name=None)
+    ]
+    seen: set[str] = set()
+    for record in records:
+        if record["external_id"] in seen:
+            # Validation guarantees this; a second row would make the result depend on row order.
+            raise ValueError(f"external_id {record['external_id']!r} appears more than once")
+        seen.add(record["external_id"])
+    return records
+
+
+def _batches(items: Sequence[Any], size: int = BATCH_SIZE) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime) -> dict[str, int]:
+    """Insert new contacts and update changed ones, keyed by (tenant, external_id).
+
+    An empty cell never erases a stored value: a CRM export without telegram ids must not wipe
+    the chat ids our bot collected. Returns ``{"inserted", "updated", "unchanged"}``; a contact
+    is ``unchanged`` when every non-empty field equals what is stored, and is then not written
+    at all (its ``updated_at`` stays put).
+    """
+    now = _utc(now)
+    records = _records(good_df, ("external_id", *CONTACT_FIELDS))
+    counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+    insert = _insert(conn, contacts)
+    upsert = insert.on_conflict_do_update(
+        index_elements=[contacts.c.tenant, contacts.c.external_id],
+        set_={
+            **{field: sa.func.coalesce(insert.excluded[field], contacts.c[field]) for field in CONTACT_FIELDS},
+            "updated_at": insert.excluded.updated_at,
+        },
+    )
+    stored_columns = [contacts.c.external_id, *(contacts.c[field] for field in CONTACT_FIELDS)]
+    for batch in _batches(records):
+        stored = {
+            row.external_id: row._mapping
+            for row in conn.execute(
+                sa.select(*stored_columns).where(
+                    contacts.c.tenant == tenant, contacts.c.external_id.in_([r["external_id"] for r in batch])
+                )
+            )
+        }
+        writes = []
+        for record in batch:
+            old = stored.get(record["external_id"])
+            if old is None:
+                counts["inserted"] += 1
+            elif any(record[f] is not None and record[f] != old[f] for f in CONTACT_FIELDS):
+                counts["updated"] += 1
+            else:
+                counts["unchanged"] += 1
+                continue
+            writes.append({"tenant": tenant, **record, "created_at": now, "updated_at": now})
+        if writes:
+            conn.execute(upsert, writes)
+    return counts
+
+
+def _contact_ids(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) -> dict[str, int]:
+    wanted = set(external_ids)
+    found = {
+        row.external_id: row.id
+        for row in conn.execute(
+            sa.select(contacts.c.external_id, contacts.c.id).where(
+                contacts.c.tenant == tenant, contacts.c.external_id.in_(wanted)
+            )
+        )
+    }
+    missing = wanted - found.keys()
+    if missing:
+        raise ValueError(f"{len(missing)} contacts are not in the store (run upsert_contacts first): {sorted(missing)[:5]}")
+    return found
+
+
+def _as_of(status, granted_at, withdrawn_at):
+    """When a consent state became true: the time of the event that set it."""
+    return sa.case((status == "granted", granted_at), else_=withdrawn_at)
+
+
+def _state_upsert(conn: sa.Connection):
+    """Upsert of the current consent state that only moves forward in time.
+
+    The ``WHERE`` makes the database keep the state whose event is newest, so an old decision
+    arriving late (e.g. an old CRM export) is logged but cannot override a newer withdrawal.
+    """
+    insert = _insert(conn, consents)
+    new, c = insert.excluded, consents.c
+    return insert.on_conflict_do_update(
+        index_elements=[c.tenant, c.contact_id, c.channel, c.purpose],
+        set_={
+            "status": new.status,
+            "source": new.source,
+            "evidence": new.evidence,
+            "granted_at": sa.func.coalesce(new.granted_at, c.granted_at),
+            "withdrawn_at": sa.func.coalesce(new.withdrawn_at, c.withdrawn_at),
+            "updated_at": new.updated_at,
+        },
+        where=_as_of(new.status, new.granted_at, new.withdrawn_at) > _as_of(c.status, c.granted_at, c.withdrawn_at),
+    )
+
+
+def record_consents(
+    conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime, *, file: str | None = None
+) -> dict[str, int]:
+    """Log every consent decision of the import and advance the current consent state.
+
+    For each contact × channel with a decision (``consent_<channel>`` True/False; None = no
+    decision) a ``consent_events`` row is appended (action grant|withdraw, source =
+    ``consent_source``, evidence = import file and row, occurred_at = ``consent_at``) unless that
+    exact fact is already logged. ``consents`` is then updated only if the event is newer than
+    the state it holds.
+
+    A decision without ``consent_at`` is dated ``now``; since that date differs on every run, it
+    is recorded only when it changes the current status (otherwise re-importing the file would
+    log it again).
+
+    Returns ``{"granted", "withdrawn", "unchanged"}``: newly logged grant and withdraw events,
+    and decisions that were already on record. Contacts must exist (``upsert_contacts`` first).
+    """
+    now = _utc(now)
+    consent_columns = tuple(f"consent_{channel}" for channel in CHANNELS)
+    records = _records(good_df, ("row", "external_id", *consent_columns, "consent_source", "consent_at"))
+    counts = {"granted": 0, "withdrawn": 0, "unchanged": 0}
+    fact = [consent_events.c[name] for name in ("tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source")]
+    log_event = (
+        _insert(conn, consent_events)
+        .on_conflict_do_nothing(index_elements=fact)
+        .returning(consent_events.c.contact_id, consent_events.c.channel)
+    )
+    set_state = _state_upsert(conn)
+    for batch in _batches(records):
+        decisions = [
+            (record, channel, record[f"consent_{channel}"])
+            for record in batch
+            for channel in CHANNELS
+            if record[f"consent_{channel}"] is not None
+        ]
+        if not decisions:
+            continue
+        ids = _contact_ids(conn, tenant, (record["external_id"] for record, _, _ in decisions))
+        status_now = {
+            (row.contact_id, row.channel): row.status
+            for row in conn.execute(
+                sa.select(consents.c.contact_id, consents.c.channel, consents.c.status).where(
+                    consents.c.tenant == tenant,
+                    consents.c.purpose == PURPOSE,
+                    consents.c.contact_id.in_(list(ids.values())),
+                )
+            )
+        }
+        events = []
+        for record, channel, granted in decisions:
+            contact_id = ids[record["external_id"]]
+            occurred_at = record["consent_at"]
+            if occurred_at is None:
+                if status_now.get((contact_id, channel)) == ("granted" if granted else "withdrawn"):
+                    counts["unchanged"] += 1
+                    continue
+                occurred_at = now
+            if not record["consent_source"]:
+                raise ValueError(f"row {record['row']}: a consent decision needs a consent_source")
+            evidence = {"file": file, "row": record["row"]} if file else {"row": record["row"]}
+            events.append(
+                {
+                    "tenant": tenant,
+                    "contact_id": contact_id,
+                    "channel": channel,
+                    "purpose": PURPOSE,
+                    "action": "grant" if granted else "withdraw",
+                    "source": record["consent_source"],
+                    "evidence": json.dumps(evidence, ensure_ascii=False, separators=(",", ":")),
+                    "occurred_at": _utc(occurred_at),
+                    "recorded_at": now,
+                }
+            )
+        if not events:
+            continue
+        logged = {(row.contact_id, row.channel) for row in conn.execute(log_event, events)}
+        new_events = [event for event in events if (event["contact_id"], event["channel"]) in logged]
+        counts["unchanged"] += len(events) - len(new_events)
+        for event in new_events:
+            counts["granted" if event["action"] == "grant" else "withdrawn"] += 1
+        if new_events:
+            conn.execute(
+                set_state,
+                [
+                    {
+                        "tenant": tenant,
+                        "contact_id": event["contact_id"],
+                        "channel": event["channel"],
+                        "purpose": PURPOSE,
+                        "status": "granted" if event["action"] == "grant" else "withdrawn",
+                        "source": event["source"],
+                        "evidence": event["evidence"],
+                        "granted_at": event["occurred_at"] if event["action"] == "grant" else None,
+                        "withdrawn_at": event["occurred_at"] if event["action"] == "withdraw" else None,
+                        "updated_at": now,
+                    }
+                    for event in new_events
+                ],
+            )
+    return counts

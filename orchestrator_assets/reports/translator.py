@@ -1,0 +1,41 @@
+"""How dbt resources of the reports project appear in Dagster."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtProject
+
+GROUP = "reports"
+KEY_PREFIX = "reports"
+
+# dbt resources that become assets of @dbt_assets (sources stay upstream dependencies).
+_MODEL_LIKE = ("model", "seed", "snapshot")
+
+
+class ReportsTranslator(DagsterDbtTranslator):
+    """Every dbt model is ``["reports", <model name>]`` in group ``reports``, whatever its folder.
+
+    Descriptions come from dbt. Sources keep dagster-dbt's default, i.e. the asset key declared in
+    their ``meta.dagster.asset_key`` (``algor.events`` -> ``["sends", "campaign_sends"]``).
+    """
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        # Also used directly by dagster-dbt (event and test mapping), so keep it consistent.
+        if dbt_resource_props.get("resource_type") in _MODEL_LIKE:
+            return dg.AssetKey([KEY_PREFIX, dbt_resource_props["name"]])
+        return super().get_asset_key(dbt_resource_props)
+
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = self.get_resource_props(manifest, unique_id)
+        if props.get("resource_type") not in _MODEL_LIKE:
+            return spec
+        return spec.replace_attributes(
+            key=dg.AssetKey([KEY_PREFIX, props["name"]]),
+            group_name=GROUP,
+        )

@@ -1,0 +1,49 @@
+"""Publishing finalised sends: delivery rows in the operational store, events in the warehouse.
+
+Runs after dispatch and again on every later run, picking up any finalised ledger row not yet
+published (``warehouse_synced_at`` is null), so a crash between the send and the warehouse
+append delays an event but never loses it; event ids are send ids, so re-appending is harmless.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+
+from orchestrator_assets.delivery_status import DELIVERED_ON_ACCEPT, RANKS
+from orchestrator_assets.sends.ledger import FAILED, SENT
+from resources import warehouse as wh
+from resources.opstore_schema import deliveries, sends
+from resources.sql import upsert_insert
+
+
+def publish_send_outcomes(engine: sa.Engine, warehouse: wh.Warehouse, tenant: str, now: dt.datetime) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(sends).where(sends.c.tenant == tenant, sends.c.status.in_([SENT, FAILED]), sends.c.warehouse_synced_at.is_(None))
+        ).all()
+    events: list[tuple] = []
+    delivery_rows: list[dict] = []
+    for row in rows:
+        occurred = row.finished_at or now
+        base = (row.send_id, row.campaign, row.channel, row.provider, row.contact_id, row.provider_message_id or "")
+        if row.status == SENT:
+            events.append((tenant, row.send_id, wh.SENT, *base, "", occurred))
+            status, reason = wh.SENT, ""
+            if row.provider in DELIVERED_ON_ACCEPT:
+                status, reason = wh.DELIVERED, "accepted by the provider API (no delivery receipts exist)"
+                events.append((tenant, row.send_id, wh.DELIVERED, *base, reason, occurred))
+            delivery_rows.append(
+                {"send_id": row.send_id, "tenant": tenant, "status": status, "status_rank": RANKS[status], "reason": reason, "last_event_at": occurred, "updated_at": now}
+            )
+        else:
+            events.append((tenant, row.send_id, wh.SEND_FAILED, *base, f"{row.error_class}: {row.error or ''}", occurred))
+    warehouse.append_events(events)
+    with engine.begin() as conn:
+        if delivery_rows:
+            conn.execute(upsert_insert(conn, deliveries).on_conflict_do_nothing(), delivery_rows)
+        ids = [row.send_id for row in rows]
+        for start in range(0, len(ids), 500):
+            conn.execute(sa.update(sends).where(sends.c.send_id.in_(ids[start : start + 500])).values(warehouse_synced_at=now))
+    return {"events_appended": len(events), "deliveries_opened": len(delivery_rows)}

@@ -1,0 +1,211 @@
+"""Loading and cross-checking the policy files.
+
+Every failure is a ``PolicyError`` whose lines read ``<file>: <key path>: <why>``, e.g.
+``.../campaigns.yaml: campaigns[0].channels[1].subject: email needs a subject``, so an operator
+can fix the file without reading a traceback. YAML duplicate keys are rejected: PyYAML would
+otherwise keep the last one silently, and a second ``text:`` would replace the first unseen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from policies.schema import RULE_TAGS, Campaign, CampaignsFile, Policy, Segment, SegmentsFile, Tenant, TenantsFile
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "config"
+TENANTS_FILE = "tenants.yaml"
+SEGMENTS_FILE = "segments.yaml"
+CAMPAIGNS_FILE = "campaigns.yaml"
+POLICY_FILE = "policy.yaml"
+
+PathLike = str | os.PathLike[str]
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class PolicyError(ValueError):
+    """A policy file is unreadable, malformed or inconsistent; one line per problem."""
+
+    def __init__(self, file: PathLike, problems: Sequence[tuple[str, str]]):
+        self.file = Path(file)
+        self.problems = tuple(problems)  # (key path or position, reason)
+        super().__init__("\n".join(f"{self.file}: {where}: {why}" for where, why in self.problems))
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """All policy files, validated and cross-checked; every tenant has an entry in each index."""
+
+    tenants: dict[str, Tenant]
+    segments: dict[str, dict[str, Segment]]  # tenant -> segment name -> segment
+    campaigns: dict[str, dict[str, Campaign]]  # tenant -> campaign name -> campaign
+    policy: Policy
+
+
+def load_tenants(path: PathLike | None = None) -> TenantsFile:
+    return _load(TenantsFile, Path(path) if path else DEFAULT_CONFIG_DIR / TENANTS_FILE)
+
+
+def load_segments(path: PathLike | None = None) -> SegmentsFile:
+    return _load(SegmentsFile, Path(path) if path else DEFAULT_CONFIG_DIR / SEGMENTS_FILE)
+
+
+def load_campaigns(path: PathLike | None = None) -> CampaignsFile:
+    return _load(CampaignsFile, Path(path) if path else DEFAULT_CONFIG_DIR / CAMPAIGNS_FILE)
+
+
+def load_policy(path: PathLike | None = None) -> Policy:
+    return _load(Policy, Path(path) if path else DEFAULT_CONFIG_DIR / POLICY_FILE)
+
+
+def load_bundle(config_dir: PathLike | None = None) -> PolicyBundle:
+    """Load the four files from ``config_dir`` and check the references between them."""
+    root = Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR
+    tenants = load_tenants(root / TENANTS_FILE).tenants
+    segments_file = load_segments(root / SEGMENTS_FILE)
+    campaigns_file = load_campaigns(root / CAMPAIGNS_FILE)
+    policy = load_policy(root / POLICY_FILE)
+
+    _raise_if(root / SEGMENTS_FILE, _segment_problems(segments_file, tenants))
+    segments = {t: {s.name: s for s in segments_file.segments.get(t, [])} for t in tenants}
+    _raise_if(root / CAMPAIGNS_FILE, _campaign_problems(campaigns_file, tenants, segments, policy))
+    campaigns: dict[str, dict[str, Campaign]] = {t: {} for t in tenants}
+    for campaign in campaigns_file.campaigns:
+        campaigns[campaign.tenant][campaign.name] = campaign
+    return PolicyBundle(tenants=tenants, segments=segments, campaigns=campaigns, policy=policy)
+
+
+def _segment_problems(segments_file: SegmentsFile, tenants: dict[str, Tenant]) -> Iterable[tuple[str, str]]:
+    for tenant in segments_file.segments:
+        if tenant not in tenants:
+            yield f"segments.{tenant}", f"tenant {tenant!r} is not defined in {TENANTS_FILE}"
+
+
+def _campaign_problems(
+    campaigns_file: CampaignsFile,
+    tenants: dict[str, Tenant],
+    segments: dict[str, dict[str, Segment]],
+    policy: Policy,
+) -> Iterable[tuple[str, str]]:
+    for i, campaign in enumerate(campaigns_file.campaigns):
+        at = f"campaigns[{i}]"
+        tenant = tenants.get(campaign.tenant)
+        if tenant is None:
+            yield f"{at}.tenant", f"tenant {campaign.tenant!r} is not defined in {TENANTS_FILE}"
+            continue
+        if campaign.segment not in segments[campaign.tenant]:
+            yield (
+                f"{at}.segment",
+                f"segment {campaign.segment!r} is not defined for tenant {campaign.tenant!r} in {SEGMENTS_FILE}",
+            )
+        required = policy.consent.required_purpose
+        if campaign.purpose != required:
+            yield f"{at}.purpose", f"purpose {campaign.purpose!r} has no consent rule; {POLICY_FILE} requires {required!r}"
+        for j, content in enumerate(campaign.channels):
+            if tenant.accounts.for_channel(content.channel) is None:
+                yield (
+                    f"{at}.channels[{j}].channel",
+                    f"tenant {campaign.tenant!r} has no {content.channel.provider} account for channel "
+                    f"{content.channel} in {TENANTS_FILE}",
+                )
+
+
+def _raise_if(file: Path, problems: Iterable[tuple[str, str]]) -> None:
+    found = list(problems)
+    if found:
+        raise PolicyError(file, found)
+
+
+def _load(model: type[Model], path: Path) -> Model:
+    data = _read_yaml(path)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(path, [(_key_path(e["loc"]), _reason(e)) for e in exc.errors()]) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(path, [("(file)", f"cannot read: {exc}")]) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise PolicyError(path, [(exc.where, exc.why)]) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        why = ": ".join(p for p in (exc.context, exc.problem) if p)
+        raise PolicyError(path, [(where, f"YAML syntax error: {why}")]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(path, [("(file)", f"YAML error: {exc}")]) from None
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, where: str, why: str):
+        super().__init__(why)
+        self.where, self.why = where, why
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate mapping keys, reporting the key path.
+
+    The check walks the composed node tree before construction, where keys are still raw and
+    ``<<`` merge keys are distinguishable (a merged key overridden locally is not a duplicate).
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_unique_keys(node, ())
+        return super().construct_document(node)
+
+
+def _check_unique_keys(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_unique_keys(item, (*path, index))
+    elif isinstance(node, yaml.MappingNode):
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = key_node.value
+            if key in first_line:
+                mark = key_node.start_mark
+                raise _DuplicateKey(
+                    f"{_key_path((*path, key))} (line {mark.line + 1}, column {mark.column + 1})",
+                    f"duplicate key {key!r} (first defined at line {first_line[key]}); YAML would keep only the last",
+                )
+            first_line[key] = key_node.start_mark.line + 1
+            _check_unique_keys(value_node, (*path, key))
+
+
+def _key_path(loc: Sequence[str | int]) -> str:
+    """``('campaigns', 0, 'channels', 1, 'subject')`` -> ``campaigns[0].channels[1].subject``."""
+    out = ""
+    for part in loc:
+        if part in RULE_TAGS:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":  # pydantic's marker for an invalid mapping key
+            out += " (key)"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _reason(error: Any) -> str:
+    """Pydantic's message, plus the offending scalar where the message does not already say it."""
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] not in ("missing", "extra_forbidden", "value_error") and isinstance(value, str | int | float | date):
+        message += f" (got {value!r})" if isinstance(value, str) else f" (got {value})"
+    return message

@@ -1,0 +1,513 @@
+"""Typed shape of the policy files (tenants, segments, campaigns, send policy).
+
+Everything an operator writes in ``policies/config/*.yaml`` is validated here before any send
+can depend on it, so a typo fails at load time with a precise path instead of mid-campaign.
+Every model forbids unknown keys: a misspelt optional key (``subjcet:``) would otherwise be
+silently dropped. Secrets never appear in these files, only the NAMES of the environment
+variables that hold them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import parseaddr
+from enum import StrEnum
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from jinja2 import TemplateSyntaxError
+from pydantic import (
+    AwareDatetime,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from policies.templates import parse_template, referenced_variables, static_text_length
+
+TenantId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,63}$")]
+# Segment/campaign/step/purpose names end up in ledger keys and URLs: keep them slugs that fit
+# the operational-store columns (segment and campaign are String(128), step String(64)).
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,127}$")]
+StepName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+_ENV_VAR_NAME = re.compile(r"[A-Z][A-Z0-9_]{2,127}")
+
+
+def _env_var_name(value: Any) -> str:
+    """Reject anything but an env-var name without echoing it: it may be a pasted secret."""
+    if not isinstance(value, str) or not _ENV_VAR_NAME.fullmatch(value):
+        raise ValueError("must be the NAME of an environment variable (A-Z, 0-9, _), not a secret (value not shown)")
+    return value
+
+
+EnvVarName = Annotated[str, BeforeValidator(_env_var_name)]
+NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+
+UNSUBSCRIBE_VARIABLE = "unsubscribe_url"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Provider(StrEnum):
+    """An external delivery service; each tenant holds at most one account per provider."""
+
+    TELEGRAM = "telegram"
+    MAILGUN = "mailgun"
+
+
+@dataclass(frozen=True)
+class ChannelTraits:
+    """What a channel's messages may contain; the validators and the renderer read only this."""
+
+    provider: Provider
+    needs_subject: bool
+    allows_html: bool
+    allows_buttons: bool
+    max_text_chars: int | None
+    needs_unsubscribe_link: bool
+
+
+class Channel(StrEnum):
+    """A messaging channel. Adding vk/sms/whatsapp is one member here (plus an account model
+    if it needs a new provider); validation and rendering follow from its traits."""
+
+    TELEGRAM = "telegram", ChannelTraits(
+        provider=Provider.TELEGRAM,
+        needs_subject=False,
+        allows_html=False,
+        allows_buttons=True,
+        max_text_chars=4096,
+        needs_unsubscribe_link=False,  # the user leaves by blocking the bot
+    )
+    EMAIL = "email", ChannelTraits(
+        provider=Provider.MAILGUN,
+        needs_subject=True,
+        allows_html=True,
+        allows_buttons=False,
+        max_text_chars=None,
+        needs_unsubscribe_link=True,
+    )
+
+    traits: ChannelTraits
+
+    def __new__(cls, value: str, traits: ChannelTraits) -> Channel:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.traits = traits
+        return member
+
+    @property
+    def provider(self) -> Provider:
+        return self.traits.provider
+
+
+# --- tenants ---------------------------------------------------------------------------------
+
+
+class _Account(_Strict):
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        """The env-var names this account reads (every ``*_env`` field)."""
+        return tuple(value for key, value in self if key.endswith("_env"))
+
+
+class TelegramAccount(_Account):
+    bot_token_env: EnvVarName
+    webhook_secret_env: EnvVarName
+
+
+class MailgunAccount(_Account):
+    domain: Annotated[str, StringConstraints(max_length=253, pattern=r"^([a-z0-9-]+\.)+[a-z]{2,63}$")]
+    api_key_env: EnvVarName
+    signing_key_env: EnvVarName
+    sender: str
+
+    @field_validator("sender")
+    @classmethod
+    def _sender_is_an_address(cls, value: str) -> str:
+        """``Name <addr@domain>`` or a bare address; a broken From is rejected by every provider."""
+        _, address = parseaddr(value)
+        try:
+            validate_email(address, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"sender {value!r} is not 'Name <address>' or an address: {exc}") from None
+        return value
+
+
+class ChannelAccounts(_Strict):
+    """Provider accounts, one field per ``Provider`` value (so ``for_channel`` can look them up)."""
+
+    telegram: TelegramAccount | None = None
+    mailgun: MailgunAccount | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> ChannelAccounts:
+        if not self.configured():
+            raise ValueError(f"configure at least one account ({', '.join(Provider)})")
+        return self
+
+    def configured(self) -> list[_Account]:
+        return [account for provider in Provider if (account := getattr(self, provider.value))]
+
+    def for_channel(self, channel: Channel) -> TelegramAccount | MailgunAccount | None:
+        return getattr(self, channel.provider.value)
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        return tuple(name for account in self.configured() for name in account.env_names)
+
+
+class Tenant(_Strict):
+    name: NonBlank
+    operator_legal_entity: NonBlank  # the personal-data operator named in consent texts
+    timezone: str
+    accounts: ChannelAccounts
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {value!r} (e.g. Europe/Moscow)") from None
+        return value
+
+
+class TenantsFile(_Strict):
+    tenants: dict[TenantId, Tenant] = Field(min_length=1)
+
+    @field_validator("tenants")
+    @classmethod
+    def _no_shared_credentials(cls, tenants: dict[str, Tenant]) -> dict[str, Tenant]:
+        """Two tenants on one secret or one Mailgun domain would see each other's traffic."""
+        owners: dict[str, str] = {}
+        for tenant_id, tenant in tenants.items():
+            keys = [f"env var {n}" for n in tenant.accounts.env_names]
+            if tenant.accounts.mailgun:
+                keys.append(f"mailgun domain {tenant.accounts.mailgun.domain}")
+            for key in keys:
+                if key in owners and owners[key] != tenant_id:
+                    raise ValueError(f"{key} is used by tenants {owners[key]!r} and {tenant_id!r}")
+                owners[key] = tenant_id
+        return tenants
+
+
+# --- segments --------------------------------------------------------------------------------
+
+
+class ContactField(StrEnum):
+    """Contact columns a segment rule may test (``contacts`` in resources/opstore_schema.py)."""
+
+    FIRST_NAME = "first_name"
+    LAST_NAME = "last_name"
+    EMAIL = "email"
+    PHONE = "phone"
+    TELEGRAM_CHAT_ID = "telegram_chat_id"
+    CITY = "city"
+    LANGUAGE = "language"
+
+
+INTEGER_FIELDS = frozenset({ContactField.TELEGRAM_CHAT_ID})
+
+
+class Op(StrEnum):
+    EQ = "eq"
+    NE = "ne"
+    IN = "in"
+    NOT_IN = "not_in"
+    CONTAINS = "contains"
+    STARTS_WITH = "starts_with"
+    IS_SET = "is_set"
+    IS_NOT_SET = "is_not_set"
+
+
+_LIST_OPS = frozenset({Op.IN, Op.NOT_IN})
+_NO_VALUE_OPS = frozenset({Op.IS_SET, Op.IS_NOT_SET})
+_TEXT_OPS = frozenset({Op.CONTAINS, Op.STARTS_WITH})
+
+Scalar = StrictStr | StrictInt
+
+
+class Condition(_Strict):
+    field: ContactField
+    op: Op
+    value: Scalar | list[Scalar] | None = Field(default=None, validate_default=True)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_fits_op_and_field(cls, value: Any, info: ValidationInfo) -> Any:
+        """Types are checked against the column so a YAML ``language: no`` (a bool) or an
+        unquoted phone (an int) fails here rather than silently matching nobody."""
+        field, op = info.data.get("field"), info.data.get("op")
+        if field is None or op is None:
+            return value  # already reported on field/op
+        if op in _NO_VALUE_OPS:
+            if value is not None:
+                raise ValueError(f"op {op} takes no value")
+            return value
+        if value is None:
+            raise ValueError(f"op {op} needs a value")
+        if op in _LIST_OPS:
+            if not isinstance(value, list) or not value:
+                raise ValueError(f"op {op} needs a non-empty list value")
+            items = value
+        elif isinstance(value, list):
+            raise ValueError(f"op {op} needs a single value, not a list")
+        else:
+            items = [value]
+        if op in _TEXT_OPS and field in INTEGER_FIELDS:
+            raise ValueError(f"op {op} works on text fields; {field} is a number")
+        if op in _TEXT_OPS and value == "":
+            raise ValueError(f"op {op} with an empty value would match every contact; use is_set")
+        expected = int if field in INTEGER_FIELDS else str
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, expected):
+                hint = " (quote it in YAML)" if expected is str else ""
+                raise ValueError(f"{field} compares with {expected.__name__} values, got {item!r}{hint}")
+        return value
+
+
+class AllRule(_Strict):
+    all: list[Rule] = Field(min_length=1)
+
+
+class AnyRule(_Strict):
+    any: list[Rule] = Field(min_length=1)
+
+
+class NotRule(_Strict):
+    model_config = ConfigDict(validate_by_name=True)  # merged with _Strict's; ``not`` is a keyword
+
+    not_: Rule = Field(alias="not")
+
+
+def _rule_kind(raw: Any) -> str | None:
+    """Pick the rule model by its key, so errors come from one model instead of all four."""
+    if isinstance(raw, BaseModel):
+        return _TAG_BY_MODEL.get(type(raw))
+    if not isinstance(raw, dict):
+        return None
+    for key in ("all", "any", "not"):
+        if key in raw:
+            return f"<{key}>"
+    return "<condition>"
+
+
+Rule = Annotated[
+    Annotated[AllRule, Tag("<all>")]
+    | Annotated[AnyRule, Tag("<any>")]
+    | Annotated[NotRule, Tag("<not>")]
+    | Annotated[Condition, Tag("<condition>")],
+    Discriminator(
+        _rule_kind,
+        custom_error_type="rule",
+        custom_error_message="a rule is a mapping: {all: [...]}, {any: [...]}, {not: rule} or {field, op, value}",
+    ),
+]
+_TAG_BY_MODEL = {AllRule: "<all>", AnyRule: "<any>", NotRule: "<not>", Condition: "<condition>"}
+# Pydantic puts these tags into error locations; they are not YAML keys, so the loader drops them.
+RULE_TAGS = frozenset(_TAG_BY_MODEL.values())
+
+AllRule.model_rebuild()
+AnyRule.model_rebuild()
+NotRule.model_rebuild()
+
+
+class Segment(_Strict):
+    name: Slug
+    description: NonBlank
+    rule: Rule
+
+
+class SegmentsFile(_Strict):
+    segments: dict[TenantId, list[Segment]]
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_names(cls, segments: dict[str, list[Segment]]) -> dict[str, list[Segment]]:
+        for tenant, items in segments.items():
+            names = [s.name for s in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"tenant {tenant!r} defines segment(s) {dupes} more than once")
+        return segments
+
+
+# --- campaigns -------------------------------------------------------------------------------
+
+
+class Button(_Strict):
+    """A Telegram inline button; Telegram rejects callback_data over 64 bytes."""
+
+    label: NonBlank
+    callback_data: NonBlank
+
+    @field_validator("callback_data")
+    @classmethod
+    def _fits_telegram(cls, value: str) -> str:
+        size = len(value.encode("utf-8"))
+        if size > 64:
+            raise ValueError(f"callback_data is {size} bytes in UTF-8; Telegram allows at most 64")
+        return value
+
+
+def _check_template(source: str, part: str, channel: Channel | None) -> None:
+    """Parse with the sandboxed environment and apply the channel's static limits."""
+    try:
+        ast = parse_template(source)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"invalid Jinja2 template at template line {exc.lineno}: {exc.message}") from None
+    if channel is None or part == "subject":
+        return
+    limit = channel.traits.max_text_chars
+    if part == "text" and limit is not None and (size := static_text_length(ast)) > limit:
+        raise ValueError(f"{channel} text has {size} literal characters; the limit is {limit}")
+    if channel.traits.needs_unsubscribe_link and UNSUBSCRIBE_VARIABLE not in referenced_variables(ast):
+        raise ValueError(f"{channel} {part} must contain {{{{ {UNSUBSCRIBE_VARIABLE} }}}} (opt-out link required by law)")
+
+
+class ChannelContent(_Strict):
+    """One channel's message inside a campaign; text, subject and html are Jinja2 templates."""
+
+    channel: Channel
+    subject: NonBlank | None = Field(default=None, validate_default=True)
+    text: NonBlank
+    html: NonBlank | None = Field(default=None, validate_default=True)
+    buttons: list[Button] = Field(default_factory=list, validate_default=True)
+
+    # Set by the owning Campaign so render errors can name it.
+    _campaign: str | None = PrivateAttr(default=None)
+
+    @property
+    def campaign(self) -> str | None:
+        return self._campaign
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str | None, info: ValidationInfo) -> str | None:
+        channel = info.data.get("channel")
+        if channel is not None:
+            if channel.traits.needs_subject and value is None:
+                raise ValueError(f"{channel} needs a subject")
+            if not channel.traits.needs_subject and value is not None:
+                raise ValueError(f"{channel} messages have no subject")
+        if value is not None:
+            _check_template(value, "subject", channel)
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str, info: ValidationInfo) -> str:
+        _check_template(value, "text", info.data.get("channel"))
+        return value
+
+    @field_validator("html")
+    @classmethod
+    def _html(cls, value: str | None, info: ValidationInfo) -> str | None:
+        channel = info.data.get("channel")
+        if value is None:
+            return value
+        if channel is not None and not channel.traits.allows_html:
+            raise ValueError(f"{channel} messages have no html part")
+        _check_template(value, "html", channel)
+        return value
+
+    @field_validator("buttons")
+    @classmethod
+    def _buttons(cls, value: list[Button], info: ValidationInfo) -> list[Button]:
+        channel = info.data.get("channel")
+        if value and channel is not None and not channel.traits.allows_buttons:
+            raise ValueError(f"{channel} messages have no buttons")
+        return value
+
+
+class Schedule(_Strict):
+    start_at: AwareDatetime  # naive times are ambiguous across tenant timezones
+
+
+class Campaign(_Strict):
+    name: Slug
+    tenant: TenantId
+    segment: Slug
+    purpose: Slug = "marketing"
+    channels: list[ChannelContent] = Field(min_length=1)
+    schedule: Schedule
+    step: StepName = "main"
+
+    @field_validator("channels")
+    @classmethod
+    def _one_content_per_channel(cls, channels: list[ChannelContent]) -> list[ChannelContent]:
+        seen = [c.channel for c in channels]
+        dupes = sorted({str(c) for c in seen if seen.count(c) > 1})
+        if dupes:
+            raise ValueError(f"channel(s) {dupes} listed more than once")
+        return channels
+
+    @model_validator(mode="after")
+    def _name_contents(self) -> Campaign:
+        for content in self.channels:
+            content._campaign = self.name
+        return self
+
+    def content_for(self, channel: Channel) -> ChannelContent | None:
+        return next((c for c in self.channels if c.channel == channel), None)
+
+
+class CampaignsFile(_Strict):
+    campaigns: list[Campaign]
+
+    @field_validator("campaigns")
+    @classmethod
+    def _unique_names(cls, campaigns: list[Campaign]) -> list[Campaign]:
+        keys = [(c.tenant, c.name) for c in campaigns]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"campaign(s) defined more than once: {[f'{t}/{n}' for t, n in dupes]}")
+        return campaigns
+
+
+# --- send policy -----------------------------------------------------------------------------
+
+
+class ConsentPolicy(_Strict):
+    """Sends on ``channels_requiring_consent`` need a granted consent row for
+    (tenant, contact, channel, ``required_purpose``); every campaign must declare that purpose."""
+
+    required_purpose: Slug
+    channels_requiring_consent: list[Channel]
+
+    @field_validator("channels_requiring_consent")
+    @classmethod
+    def _unique(cls, channels: list[Channel]) -> list[Channel]:
+        if len(set(channels)) != len(channels):
+            raise ValueError("a channel is listed more than once")
+        return channels
+
+
+class SuppressionPolicy(_Strict):
+    # A spam complaint on one channel is a withdrawal of trust, not just of that channel.
+    complaint_suppresses_all_channels: StrictBool
+
+
+class Policy(_Strict):
+    consent: ConsentPolicy
+    suppression: SuppressionPolicy
+
+    def requires_consent(self, channel: Channel) -> bool:
+        return channel in self.consent.channels_requiring_consent
+

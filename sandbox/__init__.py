@@ -1,0 +1,1 @@
+"""Provider sandbox: Telegram and Mailgun speaking their real wire protocols on loopback."""

@@ -1,0 +1,64 @@
+"""The provider sandbox: a local ASGI app that answers like Telegram and Mailgun on their real paths.
+
+It stands in for the provider APIs only (they cannot run here); everything on our side of the wire,
+connectors and webhook receivers alike, runs unchanged against it. Outcomes are deterministic per
+recipient (`sandbox.outcomes`), callbacks are posted and signed the way the providers do it
+(`sandbox.callbacks`), and `/_sandbox/*` lets tests and demos see what arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sandbox import mailgun, telegram
+from sandbox.config import SandboxConfig
+from sandbox.outcomes import MAILGUN, TELEGRAM
+from sandbox.state import SandboxState
+
+
+def create_app(config: SandboxConfig) -> Starlette:
+    state = SandboxState(config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.dispatcher.start()
+        try:
+            yield
+        finally:
+            await state.dispatcher.aclose()
+
+    inspection = [
+        Route("/_sandbox/messages", _messages, methods=["GET"]),
+        Route("/_sandbox/stats", _stats, methods=["GET"]),
+        Route("/_sandbox/reset", _reset, methods=["POST"]),
+    ]
+    app = Starlette(routes=telegram.routes() + mailgun.routes() + inspection, lifespan=lifespan)
+    app.state.sandbox = state
+    return app
+
+
+async def _messages(request: Request) -> JSONResponse:
+    """What was received, oldest first; `?provider=telegram|mailgun` filters."""
+    state: SandboxState = request.app.state.sandbox
+    provider = request.query_params.get("provider")
+    if provider not in (None, TELEGRAM, MAILGUN):
+        return JSONResponse({"message": f"unknown provider {provider!r}"}, status_code=400)
+    return JSONResponse({"messages": [m for m in state.messages if provider in (None, m["provider"])]})
+
+
+async def _stats(request: Request) -> JSONResponse:
+    state: SandboxState = request.app.state.sandbox
+    providers = {name: stats.as_json() for name, stats in state.stats.items()}
+    return JSONResponse({"providers": providers, "callbacks": state.dispatcher.stats()})
+
+
+async def _reset(request: Request) -> JSONResponse:
+    """Forget messages and counters and cancel pending callbacks; accounts and webhooks stay."""
+    request.app.state.sandbox.reset()
+    return JSONResponse({"ok": True})

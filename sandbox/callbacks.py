@@ -1,0 +1,98 @@
+"""Webhook delivery from the sandbox to the account's receiver, with the providers' retry behaviour.
+
+Each accepted send may queue a chain of callbacks (e.g. delivered → opened → clicked). A chain runs
+in its own asyncio task: it waits `delay_s` (so the send's HTTP answer reaches the sender first, as it
+usually does in production), then POSTs each callback in order. A non-2xx answer or a connection error
+is retried up to `max_attempts` POSTs with exponential backoff; Mailgun treats 406 as "rejected, do
+not retry". Every attempt is rebuilt (re-signed for Mailgun: fresh timestamp and token), so a retry
+never trips the receiver's replay or staleness checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+# A callback's body and headers, built afresh for each attempt.
+Build = Callable[[], tuple[Mapping[str, Any], Mapping[str, str]]]
+
+
+@dataclass(frozen=True)
+class Callback:
+    url: str
+    build: Build
+    final_statuses: frozenset[int] = frozenset()  # non-2xx answers that end retrying (Mailgun: 406)
+
+
+class CallbackDispatcher:
+    """Runs callback chains in the background and counts what became of each callback."""
+
+    def __init__(self, delay_s: float, max_attempts: int, backoff_s: float, concurrency: int):
+        self._delay_s, self._max_attempts, self._backoff_s = delay_s, max_attempts, backoff_s
+        self._concurrency = concurrency
+        self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.queued = self.delivered = self.failed = 0
+
+    async def start(self) -> None:
+        # At most `concurrency` POSTs in flight. The rest queue on a semaphore rather than in httpx's
+        # connection pool, which slows down badly (and times out) with thousands of waiters.
+        self._slots = asyncio.Semaphore(self._concurrency)
+        self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=self._concurrency), timeout=5.0)
+
+    async def aclose(self) -> None:
+        self.cancel_all()
+        if self._client is not None:
+            await self._client.aclose()
+
+    def submit(self, chain: list[Callback]) -> None:
+        if not chain:
+            return
+        self.queued += len(chain)
+        task = asyncio.get_running_loop().create_task(self._run(chain))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+
+    def reset(self) -> None:
+        self.cancel_all()
+        self.queued = self.delivered = self.failed = 0
+
+    def stats(self) -> dict[str, int]:
+        pending = self.queued - self.delivered - self.failed
+        return {"queued": self.queued, "delivered": self.delivered, "failed": self.failed, "pending": pending}
+
+    async def _run(self, chain: list[Callback]) -> None:
+        await asyncio.sleep(self._delay_s)
+        for callback in chain:
+            if await self._deliver(callback):
+                self.delivered += 1
+            else:
+                self.failed += 1
+
+    async def _deliver(self, callback: Callback) -> bool:
+        assert self._client is not None and self._slots is not None, "dispatcher used outside the app lifespan"
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                async with self._slots:
+                    body, headers = callback.build()
+                    response = await self._client.post(callback.url, json=body, headers=dict(headers))
+            except httpx.HTTPError:
+                pass  # connection refused or timed out: retried like a 5xx
+            else:
+                if response.is_success:
+                    return True
+                if response.status_code in callback.final_statuses:
+                    return False
+            if attempt < self._max_attempts:
+                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+        return False

@@ -1,0 +1,52 @@
+"""Sandbox accounts and knobs, loadable from JSON or YAML.
+
+Each Telegram bot and each Mailgun sending domain is an account with the credentials the connectors
+must present and the webhook URL the sandbox posts callbacks to (the real products keep these in the
+bot's setWebhook state and the Mailgun domain's webhook settings). Unknown keys are refused so a typo
+in a config file fails loudly instead of silently disabling a knob.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TelegramBot(_Strict):
+    token: str
+    webhook_url: str | None = None  # overridden at run time by setWebhook, as on the real Bot API
+    secret_token: str | None = None
+    rate_limit_per_s: int | None = Field(default=None, ge=1)  # None: no limit; over it → 429 retry_after
+
+
+class MailgunDomain(_Strict):
+    domain: str
+    api_key: str
+    signing_key: str  # the "HTTP webhook signing key" callbacks are signed with
+    webhook_url: str | None = None  # one URL for every event type of this domain
+    rate_limit_per_s: int | None = Field(default=None, ge=1)
+
+
+class SandboxConfig(_Strict):
+    telegram: list[TelegramBot] = []
+    mailgun: list[MailgunDomain] = []
+    callback_delay_s: float = Field(default=0.05, ge=0)  # accepted send → first callback POST
+    callback_max_attempts: int = Field(default=5, ge=1)  # POSTs per callback before it counts as failed
+    callback_backoff_s: float = Field(default=0.2, ge=0)  # wait before retry n is backoff * 2**(n-1)
+    callback_concurrency: int = Field(default=40, ge=1)  # POSTs in flight (Telegram's max_connections default)
+    fault_rate: float = Field(default=0.0, ge=0, le=1)  # share of sends answered with a provider-shaped 503
+    fault_seed: int = 0  # seeds the fault draw so a run is repeatable
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SandboxConfig:
+        """Read a `.json` file as JSON and anything else as YAML."""
+        text = Path(path).read_text(encoding="utf-8")
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        return cls.model_validate(data or {})

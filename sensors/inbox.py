@@ -1,0 +1,61 @@
+"""The webhook-inbox sensor: new verified callbacks become delivery-processing runs, once.
+
+The cursor is JSON ``{tenant: last inbox id handed to a run}``; each run request covers the id
+range after it and carries ``run_key = inbox:<tenant>:<from>-<to>``, so a tick evaluated twice
+(daemon restart, cursor not yet saved) launches nothing twice. The sensor reads only the
+operational store, never the warehouse.
+"""
+
+import json
+
+import dagster as dg
+import sqlalchemy as sa
+
+from jobs import delivery_processing_job
+from orchestrator_assets.groups import DELIVERIES
+from resources.opstore import OperationalStore
+from resources.opstore_schema import webhook_inbox as inbox
+
+DELIVERY_OP = f"{DELIVERIES}__delivery_events"
+MAX_ROWS_PER_RUN = 50_000
+
+
+def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int]) -> tuple[list[dg.RunRequest], dict[str, int]]:
+    """Pure planning step: one run request per tenant with unprocessed rows past its cursor."""
+    query = (
+        sa.select(inbox.c.tenant, sa.func.min(inbox.c.id), sa.func.max(inbox.c.id))
+        .where(inbox.c.processed_at.is_(None))
+        .group_by(inbox.c.tenant)
+    )
+    requests, new_cursor = [], dict(cursor)
+    for tenant, _first, last in conn.execute(query):
+        start = cursor.get(tenant, 0) + 1
+        if last < start:
+            continue
+        end = min(last, start + MAX_ROWS_PER_RUN - 1)
+        requests.append(
+            dg.RunRequest(
+                run_key=f"inbox:{tenant}:{start}-{end}",
+                partition_key=tenant,
+                run_config={"ops": {DELIVERY_OP: {"config": {"from_id": start, "to_id": end}}}},
+                tags={"algor/inbox_range": f"{start}-{end}"},
+            )
+        )
+        new_cursor[tenant] = end
+    return requests, new_cursor
+
+
+@dg.sensor(
+    name="webhook_inbox_sensor",
+    job=delivery_processing_job,
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches delivery processing for new verified provider callbacks.",
+)
+def webhook_inbox_sensor(context: dg.SensorEvaluationContext, opstore: OperationalStore) -> dg.SensorResult | dg.SkipReason:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    with opstore.engine().connect() as conn:
+        requests, new_cursor = inbox_run_requests(conn, cursor)
+    if not requests:
+        return dg.SkipReason("no new callbacks in the inbox")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True))

@@ -1,0 +1,31 @@
+"""Shared fixtures: every test gets its own ALGOR_HOME, so state never leaks between tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests' helper modules (pg, flow)
+
+DEPLOYMENT_VARS = ("ALGOR_ENV", "ALGOR_DATABASE_URL", "ALGOR_WAREHOUSE_DSN", "ALGOR_SANDBOX_URL", "ALGOR_GATEWAY_URL", "ALGOR_DBT_TARGET")
+
+
+@pytest.fixture
+def algor_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty embedded deployment (SQLite store, chDB warehouse) under tmp_path."""
+    for name in DEPLOYMENT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "algor"
+    monkeypatch.setenv("ALGOR_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> dg.DagsterInstance:
+    """A real, persistent Dagster instance (SQLite storage) with the project's dagster.yaml settings."""
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home"), overrides={"concurrency": {"pools": {"default_limit": 1}}}) as inst:
+        yield inst

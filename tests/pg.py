@@ -1,0 +1,52 @@
+"""Throw-away PostgreSQL databases for tests.
+
+Tests that must prove something on real PostgreSQL (upserts, ``ON CONFLICT``, timestamptz)
+create a uniquely named database, use it, and drop it, so they never touch data of their own or
+of a parallel run. The server defaults to the local one (``postgres`` user, trust auth) and can
+be pointed elsewhere with ``ALGOR_TEST_POSTGRES`` (a libpq URL of the maintenance database).
+
+    url = create_database()          # postgresql+psycopg://postgres@127.0.0.1:5432/algor_test_…
+    try: ...
+    finally: drop_database(url)
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+SERVER_URL = os.environ.get("ALGOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _admin() -> psycopg.Connection:
+    # CREATE/DROP DATABASE cannot run inside a transaction.
+    return psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=3)
+
+
+def postgres_available() -> bool:
+    """Whether the test server answers, so callers can skip with a clear reason instead of erroring."""
+    try:
+        with _admin():
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def create_database(prefix: str = "algor_test") -> str:
+    """Create an empty database with a unique name; return its SQLAlchemy URL (psycopg 3 driver)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(SERVER_URL).set(drivername="postgresql+psycopg", database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    """Drop the database of ``url``, disconnecting leftover sessions (e.g. a leaked pool)."""
+    name = make_url(url).database
+    with _admin() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -1,0 +1,158 @@
+"""One campaign end to end on the embedded default, for two tenants, through real components."""
+
+from __future__ import annotations
+
+
+import httpx
+import sqlalchemy as sa
+
+from flow import build_reports, expected_funnel, funnel_rows, metadata, process_inbox, run_pipeline, running_stack
+from orchestrator_assets.imports.sample_contacts import generate_sample, write_sample
+from policies.loader import load_bundle
+from resources.channels.mailgun import sign
+from resources.opstore import OperationalStore
+from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends, webhook_inbox
+from resources.settings import get_settings
+
+
+def test_campaign_end_to_end_two_tenants(algor_home, instance, monkeypatch, tmp_path):
+    acme_csv = write_sample(generate_sample(rows=120, seed=7), tmp_path / "acme.csv")
+    bundle = load_bundle()
+    with running_stack(monkeypatch) as stack:
+        first_demo = run_pipeline(instance, "demo")
+        first_acme = run_pipeline(instance, "acme", str(acme_csv))
+        sent_demo = metadata(first_demo, "sends/campaign_sends")
+        engine = OperationalStore().engine()
+        with engine.connect() as conn:  # consent as it stood when the messages went out
+            allowed = _consented_segment_members(conn, bundle)
+        assert sent_demo["sent"] > 0 and sent_demo["skipped_already_sent"] == 0
+
+        # Re-running the same campaign (and re-importing the same file) sends nothing twice.
+        received_before = len(stack.sandbox_messages("telegram")) + len(stack.sandbox_messages("mailgun"))
+        again = run_pipeline(instance, "demo")
+        assert metadata(again, "contacts/contacts")["inserted"] == 0
+        assert metadata(again, "contacts/contacts")["updated"] == 0
+        resend = metadata(again, "sends/campaign_sends")
+        assert resend["sent"] == 0 and resend["failed"] == 0
+        assert resend["skipped_already_sent"] == sent_demo["sent"] + sent_demo["failed"]
+        assert len(stack.sandbox_messages("telegram")) + len(stack.sandbox_messages("mailgun")) == received_before
+
+        stack.wait_for_callbacks()
+        requests, cursor = process_inbox(instance)
+        assert {r.partition_key for r in requests} == {"demo", "acme"}
+        # The same tick evaluated again asks for nothing new: the cursor moved past those rows.
+        assert process_inbox(instance, cursor)[0] == []
+
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).where(webhook_inbox.c.processed_at.is_(None))).scalar_one() == 0
+            recipients = _recipients_by_tenant(conn)
+            complained = conn.execute(sa.select(sends.c.contact_id).join(deliveries).where(deliveries.c.status == "complained")).scalars().all()
+            still_granted = conn.execute(
+                sa.select(sa.func.count()).where(consents.c.contact_id.in_(complained), consents.c.status == "granted")
+            ).scalar_one()
+        # A complaint suppresses every channel (policy.yaml), not just e-mail.
+        assert complained and still_granted == 0
+
+        # Contacts without consent (or outside the segment) got nothing; each tenant only reached its own.
+        for (tenant, channel), addresses in recipients.items():
+            assert addresses <= allowed[(tenant, channel)], f"{tenant}/{channel} reached contacts without consent"
+        sandbox_email = {m["recipient"] for m in stack.sandbox_messages("mailgun")}
+        assert sandbox_email == recipients[("demo", "email")] | recipients[("acme", "email")]
+        assert not recipients[("demo", "email")] & recipients[("acme", "email")]
+
+        build_reports(instance)
+        funnel = funnel_rows()
+        expected = expected_funnel(stack, bundle.tenants)
+    campaigns = {"demo": "black_friday_2026", "acme": "spring_sale_2026"}
+    assert {(t, ch) for t, _, ch in funnel} == set(expected)
+    for (tenant, channel), figures in expected.items():
+        row = funnel[(tenant, campaigns[tenant], channel)]
+        assert {k: row[k] for k in figures} == figures, (tenant, channel)
+    assert metadata(first_acme, "sends/campaign_sends")["sent"] == funnel[("acme", "spring_sale_2026", "email")]["sent"]
+
+
+def test_forged_callback_refused_and_real_one_counted_once(algor_home, instance, monkeypatch):
+    with running_stack(monkeypatch) as stack:
+        run_pipeline(instance, "demo")
+        stack.wait_for_callbacks()
+        process_inbox(instance)
+        engine = OperationalStore().engine()
+        with engine.connect() as conn:
+            send = conn.execute(
+                sa.select(sends).where(sends.c.tenant == "demo", sends.c.provider == "mailgun", sends.c.status == "sent").order_by(sends.c.send_id)
+            ).first()
+            inbox_before = conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one()
+        key = get_settings().secret(load_bundle().tenants["demo"].accounts.mailgun.signing_key_env)
+        url = f"{stack.gateway_url}/hooks/demo/mailgun"
+
+        forged = _mailgun_event(send, "opened", "forged-1", key="not-the-key")
+        assert httpx.post(url, json=forged).status_code == 406
+        unsigned = {"event-data": forged["event-data"]}
+        assert httpx.post(url, json=unsigned).status_code in (400, 406)
+        telegram = httpx.post(f"{stack.gateway_url}/hooks/demo/telegram", json={"update_id": 1}, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"})
+        assert telegram.status_code == 403
+
+        genuine = _mailgun_event(send, "opened", "open-once", key=key)
+        assert httpx.post(url, json=genuine).status_code == 200
+        assert httpx.post(url, json=genuine).status_code == 200  # a provider retry: acknowledged, not stored again
+        process_inbox(instance)
+        with engine.connect() as conn:
+            inbox_rows = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.event_key == "open-once")).all()
+            assert len(inbox_rows) == 1
+            assert conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one() == inbox_before + 1
+            delivery = conn.execute(sa.select(deliveries).where(deliveries.c.send_id == send.send_id)).one()
+        assert delivery.status in ("opened", "clicked", "complained")
+        build_reports(instance)
+        from resources.warehouse import Warehouse
+
+        with Warehouse().client() as client:
+            opened = client.query(
+                "select count() from algor_reports.stg_events where event_type = 'opened' and send_id = {s:String} and event_id = 'mailgun:open-once'",
+                parameters={"s": send.send_id},
+            ).result_rows[0][0]
+        assert opened == 1
+
+
+def _mailgun_event(send, event: str, event_id: str, key: str) -> dict:
+    import time
+
+    timestamp, token = str(int(time.time())), f"tok-{event_id}"
+    return {
+        "signature": {"timestamp": timestamp, "token": token, "signature": sign(key, timestamp, token)},
+        "event-data": {
+            "id": event_id,
+            "event": event,
+            "timestamp": time.time(),
+            "recipient": send.address,
+            "message": {"headers": {"message-id": send.provider_message_id}},
+            "user-variables": {"send_id": send.send_id},
+        },
+    }
+
+
+def _recipients_by_tenant(conn: sa.Connection) -> dict[tuple[str, str], set[str]]:
+    result: dict[tuple[str, str], set[str]] = {}
+    for tenant, channel, address in conn.execute(sa.select(sends.c.tenant, sends.c.channel, sends.c.address)):
+        result.setdefault((tenant, channel), set()).add(address)
+    return result
+
+
+def _consented_segment_members(conn: sa.Connection, bundle) -> dict[tuple[str, str], set[str]]:
+    allowed: dict[tuple[str, str], set[str]] = {}
+    for tenant, campaigns in bundle.campaigns.items():
+        for campaign in campaigns.values():
+            for content in campaign.channels:
+                column = contacts.c.telegram_chat_id if content.channel == "telegram" else contacts.c.email
+                rows = conn.execute(
+                    sa.select(column)
+                    .join(segment_members, segment_members.c.contact_id == contacts.c.id)
+                    .join(consents, consents.c.contact_id == contacts.c.id)
+                    .where(
+                        contacts.c.tenant == tenant,
+                        segment_members.c.segment == campaign.segment,
+                        consents.c.channel == content.channel,
+                        consents.c.status == "granted",
+                    )
+                )
+                allowed.setdefault((tenant, str(content.channel)), set()).update(str(value) for (value,) in rows)
+    return allowed

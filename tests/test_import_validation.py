@@ -1,0 +1,222 @@
+"""Contact CSV validation: the shipped sample's planted mistakes, normalisation, reports."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from orchestrator_assets.imports.sample_contacts import (
+    DEFAULT_ROWS,
+    SAMPLE_PATH,
+    generate_sample,
+    write_sample,
+)
+from orchestrator_assets.imports.validation import (
+    CSV_COLUMNS,
+    ERROR_COLUMNS,
+    error_report_markdown,
+    read_contacts_csv,
+    validate_contact_rows,
+    write_error_report,
+)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return generate_sample()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    raw = read_contacts_csv(SAMPLE_PATH)
+    return raw, validate_contact_rows(raw)
+
+
+def _raw(**overrides: str) -> dict[str, str]:
+    """One valid raw row; tests override the cells they are about."""
+    row = dict.fromkeys(CSV_COLUMNS, "")
+    row.update(external_id="c-1", first_name="Анна", email="anna@example.ru")
+    row.update(overrides)
+    return row
+
+
+def _validate(*rows: dict[str, str]):
+    return validate_contact_rows(pd.DataFrame(list(rows), columns=list(CSV_COLUMNS)))
+
+
+def test_shipped_sample_is_what_the_generator_writes(sample, tmp_path):
+    # The planted list below is only trustworthy if the committed file is its generator's output.
+    regenerated = write_sample(sample, tmp_path / "demo_contacts.csv")
+    assert regenerated.read_bytes() == SAMPLE_PATH.read_bytes()
+
+
+def test_shipped_sample_reports_exactly_the_planted_mistakes(sample, shipped):
+    raw, result = shipped
+    assert list(raw.columns) == list(CSV_COLUMNS)
+    assert len(sample.bad_rows) >= 12
+    assert set(zip(result.errors["row"], result.errors["column"], strict=True)) == {
+        (error.row, error.column) for error in sample.planted
+    }
+    assert len(result.errors) == len(sample.planted)  # one error per planted mistake, no extras
+    assert len(result.good) == DEFAULT_ROWS == len(raw) - len(sample.bad_rows)
+    assert not set(result.good["row"]) & sample.bad_rows
+
+
+@pytest.mark.parametrize(("rows", "seed"), [(1, 1), (40, 2)])
+def test_generator_plants_exactly_at_any_size(rows, seed, tmp_path):
+    sample = generate_sample(rows, seed)
+    result = validate_contact_rows(read_contacts_csv(write_sample(sample, tmp_path / "s.csv")))
+    assert set(zip(result.errors["row"], result.errors["column"], strict=True)) == {(e.row, e.column) for e in sample.planted}
+    assert len(result.good) == rows
+
+
+def test_duplicate_points_at_first_occurrence_which_is_kept(sample, shipped):
+    raw, result = shipped
+    (duplicate,) = [error for error in sample.planted if error.kind == "duplicate external_id"]
+    external_id = raw.at[duplicate.row - 2, "external_id"]
+    first_row = int(raw.index[raw["external_id"] == external_id][0]) + 2
+    assert first_row < duplicate.row
+    reason = result.errors.set_index("row").at[duplicate.row, "reason"]
+    assert reason == f"duplicate external_id, first seen on row {first_row}"
+    assert result.good.set_index("external_id").at[external_id, "row"] == first_row
+
+
+def test_errors_quote_the_cell_and_say_why(sample, shipped):
+    raw, result = shipped
+    for error in result.errors.itertuples(index=False):
+        assert error.reason
+        if error.column in CSV_COLUMNS:
+            assert error.value == raw.at[error.row - 2, error.column]
+
+
+def test_sample_looks_like_the_crm_export_it_stands_for(shipped):
+    raw, result = shipped
+    good = result.good
+    assert 0.5 < (good["language"] == "ru").mean() < 0.7
+    assert 0.6 < good["telegram_chat_id"].notna().mean() < 0.8
+    phones = raw["phone"]
+    for pattern in (r"\+7 \(\d{3}\) \d{3}-\d{2}-\d{2}", r"8 \d{3} \d{3} \d{2} \d{2}", r"8\d{10}", r"\+7\d{10}", r"\d{3}-\d{3}-\d{2}-\d{2}"):
+        assert phones.str.fullmatch(pattern).any(), pattern
+    assert good["phone"].str.startswith("+44").any() and good["phone"].str.startswith("+49").any()
+    assert raw["email"].str.contains("[A-Z]").any()
+    assert set(good["email"].dropna().str.split("@").str[1]) <= {
+        "example.ru",
+        "example.com",
+        "example.org",
+    }
+    assert {"Москва", "Санкт-Петербург", "Казань", "Новосибирск", "London", "Berlin"} <= set(good["city"].dropna())
+
+
+@pytest.mark.parametrize(
+    "phone",
+    ["+7 (916) 123-45-67", "8 916 123 45 67", "89161234567", "+79161234567", "916-123-45-67", " +7 916 1234567 "],
+)
+def test_russian_phone_formats_become_e164(phone):
+    assert _validate(_raw(phone=phone)).good.at[0, "phone"] == "+79161234567"
+
+
+def test_foreign_phones_and_default_region():
+    result = _validate(_raw(phone="+44 20 7946 0123"), _raw(external_id="c-2", phone="+49 30 12345678"))
+    assert list(result.good["phone"]) == ["+442079460123", "+493012345678"]
+    national_uk = pd.DataFrame([_raw(phone="020 7946 0123")], columns=list(CSV_COLUMNS))
+    assert validate_contact_rows(national_uk, default_region="GB").good.at[0, "phone"] == "+442079460123"
+    assert list(validate_contact_rows(national_uk).errors["column"]) == ["phone"]
+
+
+def test_normalised_row():
+    result = _validate(
+        _raw(
+            external_id=" c-7 ",
+            first_name="  Анна  Мария ",
+            last_name=" Петрова",
+            email=" Anna.Petrova@Example.RU ",
+            telegram_chat_id="5007686286",
+            city=" Казань ",
+            language="RU",
+            consent_email="Да",
+            consent_telegram="нет",
+            consent_sms="",
+            consent_source="bot:/start promo",
+            consent_at="2026-03-14T10:22:05+03:00",
+        )
+    )
+    assert result.errors.empty
+    row = result.good.iloc[0]
+    assert row["row"] == 2
+    assert row["external_id"] == "c-7"
+    assert (row["first_name"], row["last_name"], row["city"]) == ("Анна Мария", "Петрова", "Казань")
+    assert row["email"] == "anna.petrova@example.ru"
+    assert row["phone"] is None
+    assert result.good["telegram_chat_id"].dtype == "Int64" and row["telegram_chat_id"] == 5007686286
+    assert row["language"] == "ru"
+    assert (row["consent_email"], row["consent_telegram"], row["consent_sms"]) == (True, False, None)
+    assert row["consent_at"] == pd.Timestamp("2026-03-14T07:22:05Z")
+    assert str(result.good["consent_at"].dtype) == "datetime64[us, UTC]"
+
+
+@pytest.mark.parametrize(
+    ("token", "decision"),
+    [("yes", True), ("YES", True), ("да", True), ("1", True), ("true", True), ("no", False), ("Нет", False), ("0", False), ("False", False), ("", None)],
+)
+def test_consent_tokens(token, decision):
+    assert _validate(_raw(consent_email=token, consent_source="import:crm")).good.at[0, "consent_email"] is decision
+
+
+def test_missing_column_is_one_clear_error():
+    raw = pd.DataFrame([_raw()], columns=list(CSV_COLUMNS)).drop(columns="phone")
+    result = validate_contact_rows(raw)
+    assert result.errors.to_dict("records") == [{"row": 1, "column": "phone", "value": "", "reason": "missing column"}]
+    assert result.good.empty and list(result.good.columns) == ["row", *CSV_COLUMNS]
+
+
+def test_row_with_several_problems_is_reported_per_problem_and_not_imported():
+    result = _validate(
+        _raw(),
+        _raw(external_id="c-2", email="bad@", telegram_chat_id="@anna", language="de", consent_sms="может"),
+    )
+    assert list(result.errors["row"]) == [3, 3, 3, 3, 3]
+    assert list(result.errors["column"]) == ["email", "telegram_chat_id", "language", "consent_sms", "consent_source"]
+    assert list(result.errors.columns) == list(ERROR_COLUMNS)
+    assert list(result.good["row"]) == [2]
+
+
+def test_address_and_duplicate_rules():
+    result = _validate(
+        _raw(),
+        _raw(email="second@example.ru"),
+        _raw(external_id="c-3", email="", phone="", telegram_chat_id=""),
+        _raw(external_id="c-4", email="", telegram_chat_id="-1001234567890"),
+    )
+    assert result.errors[["row", "column", "reason"]].to_dict("records") == [
+        {"row": 3, "column": "external_id", "reason": "duplicate external_id, first seen on row 2"},
+        {"row": 4, "column": "email|phone|telegram_chat_id", "reason": "no address: need an email, phone or telegram_chat_id"},
+    ]
+    assert list(result.good["external_id"]) == ["c-1", "c-4"]
+    assert result.good.at[0, "email"] == "anna@example.ru"
+
+
+def test_header_only_file(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text(",".join(CSV_COLUMNS) + "\n", encoding="utf-8")
+    result = validate_contact_rows(read_contacts_csv(path))
+    assert result.errors.empty and result.good.empty
+
+
+def test_markdown_report_is_cut_with_a_count(shipped):
+    _, result = shipped
+    report = error_report_markdown(result.errors, limit=5)
+    lines = report.splitlines()
+    assert lines[0] == "| row | column | value | reason |"
+    assert len([line for line in lines if line.startswith("| ") and line[2].isdigit()]) == 5
+    assert lines[-1] == f"… and {len(result.errors) - 5} more"
+    assert "email\\|phone\\|telegram_chat_id" in error_report_markdown(result.errors)
+    assert "more" not in error_report_markdown(result.errors)
+    assert error_report_markdown(result.errors.iloc[:0]) == "No errors."
+
+
+def test_error_report_csv_round_trips(shipped, tmp_path):
+    _, result = shipped
+    path = write_error_report(result.errors, tmp_path / "reports" / "errors.csv")
+    again = pd.read_csv(path, dtype={"row": "int64"}, keep_default_na=False)
+    assert list(again.columns) == list(ERROR_COLUMNS)
+    pd.testing.assert_frame_equal(again, result.errors, check_dtype=False)
