@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	$(VENV)/bin/algor-dbt parse --project-dir dbt_project --profiles-dir dbt_project --quiet
+	$(PY) -m resources.dbt  # parse the dbt project once, so the code location loads fast
 	touch $@
 
 ## Run one campaign end to end on the embedded default (SQLite + chDB + provider sandbox).

@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TENANT = "demo"
+# The demo prints its own progress; the runs' full logs are in the Dagster UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 STEPS = 7
 WAIT_CALLBACKS_S = 120
 WAIT_DELIVERY_RUN_S = 240
@@ -119,7 +121,7 @@ def main() -> int:
 
         instance = dg.DagsterInstance.get()
         step(2, "Running campaign_pipeline_job: import → contacts → consents → segments → campaign → send")
-        result = defs.resolve_job_def("campaign_pipeline_job").execute_in_process(instance=instance, partition_key=TENANT, raise_on_error=False)
+        result = defs.resolve_job_def("campaign_pipeline_job").execute_in_process(instance=instance, partition_key=TENANT, run_config=QUIET, raise_on_error=False)
         if not result.success:
             raise DemoError(f"campaign_pipeline_job failed (run {result.run_id}); open it with `make ui` for the step logs")
         print_pipeline_summary(result)
@@ -132,7 +134,7 @@ def main() -> int:
         wait_delivery_runs(instance, daemon)
 
         step(5, "Building dbt reports (staging + campaign funnel) on chDB")
-        result = defs.resolve_job_def("reports_job").execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def("reports_job").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
         if not result.success:
             raise DemoError(f"reports_job failed (run {result.run_id}); see `make ui` or {log_dir}")
 

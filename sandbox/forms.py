@@ -33,7 +33,7 @@ async def read_params(request: Request) -> list[tuple[str, object]]:
             raise BadRequest("JSON body must be an object")
         return params + list(data.items())
     if content_type.startswith("application/x-www-form-urlencoded"):
-        return params + parse_qsl(body.decode(), keep_blank_values=True)
+        return params + parse_qsl(body.decode(errors="replace"), keep_blank_values=True)
     if content_type.startswith("multipart/form-data"):
         # The default (compat32) policy: the modern header parser costs milliseconds per request.
         message = BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
@@ -42,6 +42,6 @@ async def read_params(request: Request) -> list[tuple[str, object]]:
         for part in message.get_payload():
             name = part.get_param("name", header="content-disposition")
             payload = part.get_payload(decode=True) or b""
-            params.append((str(name), payload.decode(part.get_content_charset() or "utf-8")))
+            params.append((str(name), payload.decode(part.get_content_charset() or "utf-8", errors="replace")))
         return params
     raise BadRequest(f"unsupported content type {content_type!r}")

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sandbox.callbacks import Callback
+from sandbox.config import TelegramBot
 from sandbox.forms import BadRequest, read_params
 from sandbox.outcomes import BLOCKED, CLICK, TELEGRAM, outcome_for
 from sandbox.state import SandboxState
@@ -66,7 +67,7 @@ async def _dispatch(request: Request) -> JSONResponse:
     if method == "setWebhook":
         return _set_webhook(state, token, params)
     if method == "sendMessage":
-        return await _send_message(request, state, bot.token, bot.rate_limit_per_s, params)
+        return await _send_message(request, state, bot, params)
     return _error(404, "Not Found")
 
 
@@ -78,9 +79,7 @@ def _set_webhook(state: SandboxState, token: str, params: dict[str, Any]) -> JSO
     return _ok(True, description="Webhook was set" if url else "Webhook was deleted")
 
 
-async def _send_message(
-    request: Request, state: SandboxState, token: str, rate_limit: int | None, params: dict[str, Any]
-) -> JSONResponse:
+async def _send_message(request: Request, state: SandboxState, bot: TelegramBot, params: dict[str, Any]) -> JSONResponse:
     chat_id, text = params.get("chat_id"), params.get("text")
     problem = (
         "chat_id is empty" if chat_id in (None, "") else
@@ -95,8 +94,8 @@ async def _send_message(
     if problem:
         state.refuse(TELEGRAM)
         return _error(400, f"Bad Request: {problem}")
-    account = str(bot_id(token))
-    if refusal := await state.admit(request, TELEGRAM, account, rate_limit):
+    token, account = bot.token, str(bot_id(bot.token))
+    if refusal := await state.admit(request, TELEGRAM, account, bot.rate_limit_per_s):
         state.refuse(TELEGRAM)
         description = refusal.description
         if refusal.retry_after is not None:

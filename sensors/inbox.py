@@ -22,16 +22,17 @@ MAX_ROWS_PER_RUN = 50_000
 
 def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int]) -> tuple[list[dg.RunRequest], dict[str, int]]:
     """Pure planning step: one run request per tenant with unprocessed rows past its cursor."""
-    query = (
-        sa.select(inbox.c.tenant, sa.func.min(inbox.c.id), sa.func.max(inbox.c.id))
-        .where(inbox.c.processed_at.is_(None))
-        .group_by(inbox.c.tenant)
-    )
+    tenants = conn.execute(sa.select(inbox.c.tenant).where(inbox.c.processed_at.is_(None)).distinct()).scalars().all()
     requests, new_cursor = [], dict(cursor)
-    for tenant, _first, last in conn.execute(query):
-        start = cursor.get(tenant, 0) + 1
-        if last < start:
+    for tenant in sorted(tenants):
+        first, last = conn.execute(
+            sa.select(sa.func.min(inbox.c.id), sa.func.max(inbox.c.id)).where(
+                inbox.c.tenant == tenant, inbox.c.processed_at.is_(None), inbox.c.id > cursor.get(tenant, 0)
+            )
+        ).one()
+        if first is None:
             continue
+        start = first
         end = min(last, start + MAX_ROWS_PER_RUN - 1)
         requests.append(
             dg.RunRequest(

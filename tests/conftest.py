@@ -29,3 +29,16 @@ def instance(tmp_path: Path) -> dg.DagsterInstance:
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home"), overrides={"concurrency": {"pools": {"default_limit": 1}}}) as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh database on the local PostgreSQL for this test session, dropped afterwards.
+
+    Never skipped: CI starts the server (.ci/run), and a test that silently skips proves nothing.
+    """
+    from pg import create_database, drop_database
+
+    url = create_database()
+    yield url
+    drop_database(url)

@@ -27,15 +27,6 @@ def _admin() -> psycopg.Connection:
     return psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=3)
 
 
-def postgres_available() -> bool:
-    """Whether the test server answers, so callers can skip with a clear reason instead of erroring."""
-    try:
-        with _admin():
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
 def create_database(prefix: str = "algor_test") -> str:
     """Create an empty database with a unique name; return its SQLAlchemy URL (psycopg 3 driver)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -8,32 +8,25 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from pg import create_database, drop_database, postgres_available
 
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
 from orchestrator_assets.imports.validation import CSV_COLUMNS, read_contacts_csv, validate_contact_rows
+from resources.opstore import migrate
 from resources.opstore_schema import consent_events, consents, contacts, metadata
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    if not postgres_available():
-        pytest.skip("PostgreSQL test server not reachable (set ALGOR_TEST_POSTGRES)")
-    url = create_database()
-    yield url
-    drop_database(url)
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request, tmp_path):
     url = f"sqlite:///{tmp_path / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    migrate(url)  # the schema as production gets it: from the Alembic migrations
     engine = sa.create_engine(url)
-    metadata.create_all(engine)
     yield engine
     metadata.drop_all(engine)
+    with engine.begin() as conn:  # so the next test migrates from scratch again
+        conn.execute(sa.text("DROP TABLE alembic_version"))
     engine.dispose()
 
 

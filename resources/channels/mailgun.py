@@ -87,7 +87,9 @@ class MailgunConnector:
         return classify(response.status_code, json_object(response), response.text, response.headers)
 
 
-def classify(status: int, body: Mapping[str, Any], text: str = "", headers: Mapping[str, str] | None = None) -> SendResult:
+def classify(
+    status: int, body: Mapping[str, Any], text: str = "", headers: Mapping[str, str] | None = None
+) -> SendResult:
     """Map a messages-API answer to a SendResult. 400/401/403/404 are our fault (payload, key, domain)."""
     error = str(body.get("message") or text.strip() or f"HTTP {status}")
     if 200 <= status < 300 and body.get("id"):
