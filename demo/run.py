@@ -50,7 +50,7 @@ def wait_http(url: str, what: str, process: subprocess.Popen, timeout: float = 6
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DemoError(f"{what} exited with code {process.returncode} before it was ready (see its log above)")
+            raise DemoError(f"{what} exited with code {process.returncode} before it was ready (see its log in $ALGOR_HOME/logs)")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -83,6 +83,8 @@ def main() -> int:
     home = settings.home
     dagster_home = Path(os.environ.get("DAGSTER_HOME", home / "dagster_home"))
     if home.exists():
+        if any(home.iterdir()) and not (home / "operational.sqlite3").exists() and not (home / "logs").exists():
+            raise DemoError(f"ALGOR_HOME={home} holds files that are not a previous demo's; refusing to reset it")
         shutil.rmtree(home)
     dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
