@@ -42,3 +42,19 @@ def postgres_url():
     url = create_database()
     yield url
     drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """(recorder, base URL): a webhook endpoint on loopback that records what the sandbox posts."""
+    from sandbox.recorder import CallbackRecorder
+    from sandbox.server import run_uvicorn_in_thread
+
+    recorder = CallbackRecorder()
+    with run_uvicorn_in_thread(recorder.app) as url:
+        yield recorder, url
+
+
+@pytest.fixture(scope="module")
+def recorder(receiver):
+    return receiver[0]

@@ -15,7 +15,7 @@ from resources.channels import CallbackEvent, MailgunConnector, OutboundMessage,
 from resources.channels import mailgun as mg
 from sandbox.config import MailgunDomain, SandboxConfig
 from sandbox.recorder import CallbackRecorder
-from sandbox.server import run_uvicorn_in_thread, running_sandbox
+from sandbox.server import running_sandbox
 
 DOMAIN, API_KEY, SIGNING_KEY = "mg.example.ru", "key-sandbox-1", "signing-key-1"
 LIMITED = "limited.example.ru"
@@ -55,17 +55,6 @@ def send(base_url: str, msg: OutboundMessage, domain: str = DOMAIN, key: str = A
     return asyncio.run(go())
 
 
-@pytest.fixture(scope="module")
-def receiver():
-    """(recorder, its base URL): the webhook endpoint the sandbox posts events to."""
-    recorder = CallbackRecorder()
-    with run_uvicorn_in_thread(recorder.app) as url:
-        yield recorder, url
-
-
-@pytest.fixture(scope="module")
-def recorder(receiver):
-    return receiver[0]
 
 
 @pytest.fixture(scope="module")

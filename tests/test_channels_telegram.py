@@ -15,8 +15,7 @@ from resources.channels import OutboundMessage, SendResult, TelegramConnector
 from resources.channels import telegram as tg
 from sandbox.config import SandboxConfig, TelegramBot
 from sandbox.outcomes import outcome_for
-from sandbox.recorder import CallbackRecorder
-from sandbox.server import run_uvicorn_in_thread, running_sandbox
+from sandbox.server import running_sandbox
 
 TOKEN = "123456:sandbox-token"
 LIMITED = "222222:rate-limited"
@@ -52,17 +51,6 @@ def send(base_url: str, msg: OutboundMessage, token: str = TOKEN, **client_optio
     return asyncio.run(go())
 
 
-@pytest.fixture(scope="module")
-def receiver():
-    """(recorder, its base URL): the webhook endpoint the sandbox posts updates to."""
-    recorder = CallbackRecorder()
-    with run_uvicorn_in_thread(recorder.app) as url:
-        yield recorder, url
-
-
-@pytest.fixture(scope="module")
-def recorder(receiver):
-    return receiver[0]
 
 
 @pytest.fixture(scope="module")

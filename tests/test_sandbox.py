@@ -17,8 +17,7 @@ from resources.channels import telegram as tg
 from resources.settings import REPO_ROOT
 from sandbox.config import MailgunDomain, SandboxConfig, TelegramBot
 from sandbox.outcomes import bucket, outcome_for
-from sandbox.recorder import CallbackRecorder
-from sandbox.server import run_uvicorn_in_thread, running_sandbox
+from sandbox.server import running_sandbox
 
 TOKEN, SECRET = "42:sandbox", "sbx-secret"
 DOMAIN, API_KEY, SIGNING_KEY = "mg.example.ru", "key-1", "signing-1"
@@ -37,11 +36,6 @@ def mail_form(to: str, **extra: str) -> dict[str, str]:
     return {"from": "shop@mg.example.ru", "to": to, "subject": "Hi", "text": "Hello", **extra}
 
 
-@pytest.fixture(scope="module")
-def receiver():
-    recorder = CallbackRecorder()
-    with run_uvicorn_in_thread(recorder.app) as url:
-        yield recorder, url
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Both functions take the ``good`` frame of ``validation.validate_contact_rows`` and a connection
 inside the caller's transaction (``with engine.begin() as conn``), so a failed import leaves no
 half-written state. They run unchanged on SQLite (embedded default) and PostgreSQL (production):
-the only dialect-specific piece is the ``INSERT … ON CONFLICT`` construct, chosen by ``_insert``.
+the only dialect-specific piece is the ``INSERT … ON CONFLICT`` construct, chosen by ``resources.sql.upsert_insert``.
 
 Re-importing the same file is a no-op and is reported as such (``unchanged`` counts): contacts
 are compared with what is stored before writing, consent events are keyed by their facts and
@@ -20,24 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestrator_assets.imports.validation import CHANNELS
 from resources.opstore_schema import consent_events, consents, contacts
+from resources.sql import upsert_insert
 
 PURPOSE = "marketing"
 BATCH_SIZE = 500
 CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "city", "language")
-
-
-def _insert(conn: sa.Connection, table: sa.Table):
-    """``INSERT`` that supports ``on_conflict_do_*`` for the connection's dialect."""
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    raise NotImplementedError(f"contact import supports sqlite and postgresql, not {dialect}")
 
 
 def _utc(moment: datetime | pd.Timestamp) -> datetime:
@@ -88,7 +78,7 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
     now = _utc(now)
     records = _records(good_df, ("external_id", *CONTACT_FIELDS))
     counts = {"inserted": 0, "updated": 0, "unchanged": 0}
-    insert = _insert(conn, contacts)
+    insert = upsert_insert(conn, contacts)
     upsert = insert.on_conflict_do_update(
         index_elements=[contacts.c.tenant, contacts.c.external_id],
         set_={
@@ -149,7 +139,7 @@ def _state_upsert(conn: sa.Connection):
     The ``WHERE`` makes the database keep the state whose event is newest, so an old decision
     arriving late (e.g. an old CRM export) is logged but cannot override a newer withdrawal.
     """
-    insert = _insert(conn, consents)
+    insert = upsert_insert(conn, consents)
     new, c = insert.excluded, consents.c
     return insert.on_conflict_do_update(
         index_elements=[c.tenant, c.contact_id, c.channel, c.purpose],
@@ -189,7 +179,7 @@ def record_consents(
     counts = {"granted": 0, "withdrawn": 0, "unchanged": 0}
     fact = [consent_events.c[name] for name in ("tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source")]
     log_event = (
-        _insert(conn, consent_events)
+        upsert_insert(conn, consent_events)
         .on_conflict_do_nothing(index_elements=fact)
         .returning(consent_events.c.contact_id, consent_events.c.channel)
     )
