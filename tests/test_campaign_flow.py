@@ -27,15 +27,24 @@ def test_campaign_end_to_end_two_tenants(algor_home, instance, monkeypatch, tmp_
             allowed = _consented_segment_members(conn, bundle)
         assert sent_demo["sent"] > 0 and sent_demo["skipped_already_sent"] == 0
 
-        # Re-running the same campaign (and re-importing the same file) sends nothing twice.
+        # A run that died between request and answer leaves its row claimed: simulate one.
+        with engine.begin() as conn:
+            victim = conn.execute(sa.select(sends.c.send_id).where(sends.c.tenant == "demo", sends.c.status == "sent").limit(1)).scalar_one()
+            conn.execute(sa.update(sends).where(sends.c.send_id == victim).values(status="claimed", run_id="a-run-that-died"))
+
+        # Re-running the same campaign (and re-importing the same file) sends nothing twice, and
+        # the ambiguous row is held and reported, not re-sent.
         received_before = len(stack.sandbox_messages("telegram")) + len(stack.sandbox_messages("mailgun"))
         again = run_pipeline(instance, "demo")
         assert metadata(again, "contacts/contacts")["inserted"] == 0
         assert metadata(again, "contacts/contacts")["updated"] == 0
         resend = metadata(again, "sends/campaign_sends")
         assert resend["sent"] == 0 and resend["failed"] == 0
-        assert resend["skipped_already_sent"] == sent_demo["sent"] + sent_demo["failed"]
+        assert resend["ambiguous_held"] == 1
+        assert resend["skipped_already_sent"] == sent_demo["sent"] + sent_demo["failed"] - 1
         assert len(stack.sandbox_messages("telegram")) + len(stack.sandbox_messages("mailgun")) == received_before
+        (check,) = [e for e in again.get_asset_check_evaluations() if e.check_name == "no_ambiguous_sends"]
+        assert not check.passed
 
         stack.wait_for_callbacks()
         requests, cursor = process_inbox(instance)

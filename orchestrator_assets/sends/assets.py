@@ -21,6 +21,7 @@ from resources.opstore import OperationalStore
 from resources.warehouse import WAREHOUSE_POOL, Warehouse
 
 LEDGER_FLUSH_EVERY = 200
+AMBIGUOUS_CHECK = "no_ambiguous_sends"
 
 
 @dg.asset(
@@ -29,6 +30,13 @@ LEDGER_FLUSH_EVERY = 200
     partitions_def=tenant_partitions,
     ins={"messages": dg.AssetIn(key=[CAMPAIGNS, "campaign_messages"])},
     pool=WAREHOUSE_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            AMBIGUOUS_CHECK,
+            asset=[SENDS, "campaign_sends"],
+            description="No ledger row is left claimed by a run that died mid-send (those wait for a status check or an operator)",
+        )
+    ],
 )
 def campaign_sends(
     context: dg.AssetExecutionContext,
@@ -117,6 +125,14 @@ def campaign_sends(
                 markdown_table(["campaign", "channel", "attempted"], [(c, ch, n) for (c, ch), n in sorted(by_campaign.items())])
             ),
             **published,
-        }
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=AMBIGUOUS_CHECK,
+                passed=claims.ambiguous == 0,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"ambiguous_held": claims.ambiguous},
+            )
+        ],
     )
 
