@@ -16,9 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sandbox import mailgun, telegram
+from sandbox.providers import PROVIDER_MODULES
 from sandbox.config import SandboxConfig
-from sandbox.outcomes import MAILGUN, TELEGRAM
 from sandbox.state import SandboxState
 
 
@@ -38,23 +37,24 @@ def create_app(config: SandboxConfig) -> Starlette:
         Route("/_sandbox/stats", _stats, methods=["GET"]),
         Route("/_sandbox/reset", _reset, methods=["POST"]),
     ]
-    app = Starlette(routes=telegram.routes() + mailgun.routes() + inspection, lifespan=lifespan)
+    provider_routes = [route for module in PROVIDER_MODULES.values() for route in module.routes()]
+    app = Starlette(routes=provider_routes + inspection, lifespan=lifespan)
     app.state.sandbox = state
     return app
 
 
 async def _messages(request: Request) -> JSONResponse:
-    """What was received, oldest first; `?provider=telegram|mailgun` filters."""
+    """What was received, oldest first; `?provider=<name>` (a key of PROVIDER_MODULES) filters."""
     state: SandboxState = request.app.state.sandbox
     provider = request.query_params.get("provider")
-    if provider not in (None, TELEGRAM, MAILGUN):
+    if provider is not None and provider not in PROVIDER_MODULES:
         return JSONResponse({"message": f"unknown provider {provider!r}"}, status_code=400)
     return JSONResponse({"messages": [m for m in state.messages if provider in (None, m["provider"])]})
 
 
 async def _stats(request: Request) -> JSONResponse:
     state: SandboxState = request.app.state.sandbox
-    providers = {name: stats.as_json() for name, stats in state.stats.items()}
+    providers = {name: state.stats[name].as_json() for name in PROVIDER_MODULES}
     return JSONResponse({"providers": providers, "callbacks": state.dispatcher.stats()})
 
 

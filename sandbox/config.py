@@ -34,9 +34,65 @@ class MailgunDomain(_Strict):
     rate_limit_per_s: int | None = Field(default=None, ge=1)
 
 
+class VkGroup(_Strict):
+    group_id: int
+    access_token: str  # community token presented as access_token on every method call
+    secret: str | None = None  # Callback API secret, sent inside every event body
+    webhook_url: str | None = None
+    rate_limit_per_s: int | None = Field(default=None, ge=1)  # VK: 20 req/s per community token
+
+
+class SendGridAccount(_Strict):
+    api_key: str  # "Authorization: Bearer <key>"
+    webhook_url: str | None = None  # Event Webhook URL; events are ECDSA-signed by the sandbox's own key
+    rate_limit_per_s: int | None = Field(default=None, ge=1)
+
+
+class SmscAccount(_Strict):
+    login: str
+    password: str
+    webhook_url: str | None = None  # status handler URL from the account settings
+    rate_limit_per_s: int | None = Field(default=None, ge=1)
+
+
+class SmsRuAccount(_Strict):
+    api_id: str
+    webhook_url: str | None = None  # registered with callback/add
+    rate_limit_per_s: int | None = Field(default=None, ge=1)
+
+
+class TwilioAccount(_Strict):
+    account_sid: str
+    auth_token: str  # HTTP Basic password and the X-Twilio-Signature HMAC key
+    webhook_url: str | None = None  # default StatusCallback when a message names none
+    rate_limit_per_s: int | None = Field(default=None, ge=1)
+
+
+class D360Account(_Strict):
+    api_key: str  # D360-API-KEY header
+    webhook_url: str | None = None
+    webhook_headers: dict[str, str] = {}  # custom headers 360dialog adds to each webhook (our auth)
+    rate_limit_per_s: int | None = Field(default=None, ge=1)
+
+
+class GreenApiInstance(_Strict):
+    id_instance: int
+    api_token: str  # in the path: /waInstance{id}/sendMessage/{token}
+    webhook_url: str | None = None
+    webhook_token: str | None = None  # sent back as the Authorization header of each webhook
+    rate_limit_per_s: int | None = Field(default=None, ge=1)
+
+
 class SandboxConfig(_Strict):
     telegram: list[TelegramBot] = []
     mailgun: list[MailgunDomain] = []
+    vk: list[VkGroup] = []
+    sendgrid: list[SendGridAccount] = []
+    smsc: list[SmscAccount] = []
+    smsru: list[SmsRuAccount] = []
+    twilio: list[TwilioAccount] = []
+    d360: list[D360Account] = []
+    greenapi: list[GreenApiInstance] = []
     callback_delay_s: float = Field(default=0.05, ge=0)  # accepted send → first callback POST
     callback_max_attempts: int = Field(default=5, ge=1)  # POSTs per callback before it counts as failed
     callback_backoff_s: float = Field(default=0.2, ge=0)  # wait before retry n is backoff * 2**(n-1)

@@ -11,7 +11,7 @@ import itertools
 import math
 import random
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -20,7 +20,6 @@ from starlette.requests import Request
 
 from sandbox.callbacks import CallbackDispatcher
 from sandbox.config import SandboxConfig
-from sandbox.outcomes import MAILGUN, TELEGRAM
 
 # Test knobs a client may send with any provider call (never sent by the real providers' clients):
 FAULT_HEADER = "X-Sandbox-Fault"  # "503": answer with that status instead of handling the call
@@ -40,10 +39,16 @@ class Refusal:
 class ProviderStats:
     accepted: int = 0
     refused: int = 0
+    limit_violations: int = 0  # calls over the account's rate limit (answered the provider's way)
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def as_json(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "refused": self.refused, "outcomes": dict(self.outcomes)}
+        return {
+            "accepted": self.accepted,
+            "refused": self.refused,
+            "limit_violations": self.limit_violations,
+            "outcomes": dict(self.outcomes),
+        }
 
 
 class SandboxState:
@@ -62,7 +67,7 @@ class SandboxState:
 
     def reset(self) -> None:
         self.messages: list[dict[str, Any]] = []
-        self.stats = {TELEGRAM: ProviderStats(), MAILGUN: ProviderStats()}
+        self.stats: defaultdict[str, ProviderStats] = defaultdict(ProviderStats)
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._faults = random.Random(self.config.fault_seed)
         self.dispatcher.reset()
@@ -90,6 +95,7 @@ class SandboxState:
             status = int(forced or HTTPStatus.SERVICE_UNAVAILABLE)
             return Refusal(status, HTTPStatus(status).phrase)
         if rate_limit and (wait := self._throttle((provider, account), rate_limit)):
+            self.stats[provider].limit_violations += 1
             return Refusal(HTTPStatus.TOO_MANY_REQUESTS, "Too Many Requests", retry_after=wait)
         return None
 
