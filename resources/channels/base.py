@@ -33,17 +33,36 @@ IGNORED = "ignored"  # authentic but uninteresting; still carries an event_key s
 
 
 @dataclass(frozen=True)
+class Attachment:
+    kind: str  # "photo" | "document" | "video" | "audio" (each connector says which it supports)
+    url: str  # HTTPS URL the provider fetches (or a provider media id, e.g. VK "photo-123_456")
+    filename: str | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class TemplateRef:
+    """A provider-approved template (WhatsApp outside the 24-hour window): Twilio ContentSid, 360dialog name."""
+
+    template_id: str
+    language: str = "ru"
+    variables: tuple[str, ...] = ()  # positional: {{1}}, {{2}}, …
+
+
+@dataclass(frozen=True)
 class OutboundMessage:
     send_id: str  # our ledger id (uuid str); carried to the provider where it allows (Mailgun v:send_id)
     tenant: str
     campaign: str
-    channel: str  # "telegram" | "email"
-    address: str  # telegram chat_id as str, or e-mail address
+    channel: str  # "telegram" | "email" | "vk" | "sms" | "whatsapp"
+    address: str  # chat id / peer id as str, e-mail address, or E.164 phone
     text: str  # plain text body
     subject: str | None = None
     html: str | None = None  # e-mail HTML (the connector inlines CSS with css_inline)
-    buttons: tuple[tuple[str, str], ...] = ()  # (label, callback_data) inline buttons (telegram)
+    buttons: tuple[tuple[str, str], ...] = ()  # (label, callback_data/payload) inline buttons
     unsubscribe_url: str | None = None  # e-mail: List-Unsubscribe target
+    attachments: tuple[Attachment, ...] = ()
+    template: TemplateRef | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,9 @@ class SendResult:
     error_class: str | None = None  # UNREACHABLE | TRANSIENT | RATE_LIMITED | REJECTED
     error: str | None = None  # the provider's words
     retry_after: float | None = None
+    # True when the request may have reached the provider although we got no answer (read timeout,
+    # connection reset after sending): resending could duplicate unless the provider deduplicates.
+    may_have_been_accepted: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,13 +91,36 @@ class CallbackEvent:
 class ChannelConnector(Protocol):
     provider: str
     channel: str
+    # True when the provider itself drops a repeated send of the same send_id (VK random_id, SMSC
+    # id + error 9), so an ambiguous send may safely be sent again.
+    provider_deduplicates: bool
 
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult: ...
 
 
+class BatchConnector(ChannelConnector, Protocol):
+    """A connector whose provider takes many recipients in one call (Mailgun, SendGrid)."""
+
+    max_batch: int
+
+    async def send_batch(self, client: httpx.AsyncClient, messages: list[OutboundMessage]) -> list[SendResult]:
+        """One result per message, in the order given."""
+        ...
+
+
+# Transport errors raised before any byte of the request left: the provider cannot have seen it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 def transport_failure(exc: httpx.HTTPError) -> SendResult:
-    """A timeout or connection error: transient, although the provider may already have accepted the send."""
-    return SendResult(ok=False, error_class=TRANSIENT, error=f"{type(exc).__name__}: {exc}")
+    """A timeout or connection error: transient; unless it happened while connecting, the provider
+    may already have accepted the send."""
+    return SendResult(
+        ok=False,
+        error_class=TRANSIENT,
+        error=f"{type(exc).__name__}: {exc}",
+        may_have_been_accepted=not isinstance(exc, _NOT_SENT),
+    )
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class MailgunConnector:
 
     provider = "mailgun"
     channel = "email"
+    provider_deduplicates = False  # no idempotency key on messages.send
 
     def __init__(self, base_url: str, domain: str, api_key: str, sender: str):
         self._url = f"{base_url.rstrip('/')}/v3/{domain}/messages"

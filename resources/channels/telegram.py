@@ -47,6 +47,7 @@ class TelegramConnector:
 
     provider = "telegram"
     channel = "telegram"
+    provider_deduplicates = False  # the Bot API has no idempotency key
 
     def __init__(self, base_url: str, bot_token: str, parse_mode: str | None = None):
         self._url = f"{base_url.rstrip('/')}/bot{bot_token}/sendMessage"
