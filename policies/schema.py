@@ -504,9 +504,47 @@ class SuppressionPolicy(_Strict):
     complaint_suppresses_all_channels: StrictBool
 
 
+class RetryPolicy(_Strict):
+    """Exponential backoff with full jitter for sends the provider refused transiently or for rate.
+
+    A send whose request may have reached the provider (read timeout, reset) is only retried when
+    the provider deduplicates; otherwise it is held as ambiguous, whatever this policy says.
+    """
+
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    base_delay_s: float = Field(default=0.5, gt=0)
+    max_delay_s: float = Field(default=30.0, gt=0)
+
+
+class RateLimit(_Strict):
+    """A token bucket: ``per_second`` sustained, ``burst`` at once (defaults to ``per_second``)."""
+
+    per_second: float = Field(gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class CircuitBreakerPolicy(_Strict):
+    """Stop calling a provider account after ``failure_threshold`` consecutive transient failures;
+    try one call again after ``reset_after_s``."""
+
+    failure_threshold: int = Field(default=20, ge=1)
+    reset_after_s: float = Field(default=30.0, gt=0)
+
+
+class DispatchPolicy(_Strict):
+    max_in_flight_per_account: int = Field(default=64, ge=1)
+    retry: RetryPolicy = RetryPolicy()
+    circuit_breaker: CircuitBreakerPolicy = CircuitBreakerPolicy()
+    # Limits by provider name (one bucket per provider *account*), per tenant and per campaign.
+    provider_limits: dict[str, RateLimit] = {}
+    tenant_limit: RateLimit | None = None
+    campaign_limit: RateLimit | None = None
+
+
 class Policy(_Strict):
     consent: ConsentPolicy
     suppression: SuppressionPolicy
+    dispatch: DispatchPolicy = DispatchPolicy()
 
     def requires_consent(self, channel: Channel) -> bool:
         return channel in self.consent.channels_requiring_consent
