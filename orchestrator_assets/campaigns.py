@@ -13,14 +13,19 @@ from orchestrator_assets.tables import markdown_table
 from policies.loader import load_bundle
 from policies.schema import Campaign
 from policies.templates import render_message
-from resources.connectors import CHANNEL_PROVIDERS
 from resources.links import sign_unsubscribe
 from resources.opstore import OperationalStore
 from resources.opstore_schema import consents, contacts, segment_members
 from resources.settings import get_settings
 
 # The contact column that holds each channel's address.
-ADDRESS_COLUMNS = {"telegram": contacts.c.telegram_chat_id, "email": contacts.c.email, "sms": contacts.c.phone}
+ADDRESS_COLUMNS = {
+    "telegram": contacts.c.telegram_chat_id,
+    "email": contacts.c.email,
+    "vk": contacts.c.vk_user_id,
+    "sms": contacts.c.phone,
+    "whatsapp": contacts.c.phone,
+}
 MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url"]
 
 
@@ -72,7 +77,9 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     tenant = context.partition_key
     now = dt.datetime.now(dt.UTC)
     gateway_url = get_settings().gateway_url
-    due = [c for c in load_bundle().campaigns[tenant].values() if (c.name == config.campaign if config.campaign else c.schedule.start_at <= now)]
+    bundle = load_bundle()
+    tenant_accounts = bundle.tenants[tenant].accounts
+    due = [c for c in bundle.campaigns[tenant].values() if (c.name == config.campaign if config.campaign else c.schedule.start_at <= now)]
     if config.campaign and not due:
         raise dg.Failure(f"campaign {config.campaign!r} is not defined for tenant {tenant!r}")
     rows: list[dict] = []
@@ -90,7 +97,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                             "campaign": campaign.name,
                             "step": campaign.step,
                             "channel": content.channel,
-                            "provider": CHANNEL_PROVIDERS[content.channel],
+                            "provider": str(tenant_accounts.provider_for(content.channel)),
                             "contact_id": contact["id"],
                             "address": str(contact["address"]),
                             "subject": rendered.subject,

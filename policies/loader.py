@@ -112,8 +112,8 @@ def _campaign_problems(
             if tenant.accounts.for_channel(content.channel) is None:
                 yield (
                     f"{at}.channels[{j}].channel",
-                    f"tenant {campaign.tenant!r} has no {content.channel.provider} account for channel "
-                    f"{content.channel} in {TENANTS_FILE}",
+                    f"tenant {campaign.tenant!r} has no account for channel {content.channel} in {TENANTS_FILE} "
+                    f"(configure one of: {', '.join(content.channel.traits.providers)})",
                 )
 
 

@@ -68,39 +68,50 @@ class Provider(StrEnum):
 
     TELEGRAM = "telegram"
     MAILGUN = "mailgun"
+    SENDGRID = "sendgrid"
+    VK = "vk"
+    SMSC = "smsc"
+    SMSRU = "smsru"
+    TWILIO = "twilio"
+    D360 = "d360"
+    GREENAPI = "greenapi"
 
 
 @dataclass(frozen=True)
 class ChannelTraits:
     """What a channel's messages may contain; the validators and the renderer read only this."""
 
-    provider: Provider
-    needs_subject: bool
-    allows_html: bool
-    allows_buttons: bool
-    max_text_chars: int | None
-    needs_unsubscribe_link: bool
+    providers: tuple[Provider, ...]  # who can carry this channel, in default preference order
+    needs_subject: bool = False
+    allows_html: bool = False
+    allows_buttons: bool = False
+    max_text_chars: int | None = None
+    needs_unsubscribe_link: bool = False
+    allows_template: bool = False  # provider-approved templates (WhatsApp outside the 24-hour window)
 
 
 class Channel(StrEnum):
-    """A messaging channel. Adding vk/sms/whatsapp is one member here (plus an account model
-    if it needs a new provider); validation and rendering follow from its traits."""
+    """A messaging channel; validation and rendering follow from its traits."""
 
     TELEGRAM = "telegram", ChannelTraits(
-        provider=Provider.TELEGRAM,
-        needs_subject=False,
-        allows_html=False,
+        providers=(Provider.TELEGRAM,),
         allows_buttons=True,
-        max_text_chars=4096,
-        needs_unsubscribe_link=False,  # the user leaves by blocking the bot
+        max_text_chars=4096,  # the user leaves by blocking the bot: no unsubscribe link needed
     )
     EMAIL = "email", ChannelTraits(
-        provider=Provider.MAILGUN,
+        providers=(Provider.MAILGUN, Provider.SENDGRID),
         needs_subject=True,
         allows_html=True,
-        allows_buttons=False,
-        max_text_chars=None,
         needs_unsubscribe_link=True,
+    )
+    VK = "vk", ChannelTraits(providers=(Provider.VK,), allows_buttons=True, max_text_chars=4096)
+    # SMS length is capped in segments (GSM-7/UCS-2), checked after rendering.
+    SMS = "sms", ChannelTraits(providers=(Provider.SMSC, Provider.SMSRU, Provider.TWILIO))
+    WHATSAPP = "whatsapp", ChannelTraits(
+        providers=(Provider.D360, Provider.TWILIO, Provider.GREENAPI),
+        allows_buttons=True,
+        max_text_chars=4096,
+        allows_template=True,
     )
 
     traits: ChannelTraits
@@ -111,10 +122,6 @@ class Channel(StrEnum):
         member.traits = traits
         return member
 
-    @property
-    def provider(self) -> Provider:
-        return self.traits.provider
-
 
 # --- tenants ---------------------------------------------------------------------------------
 
@@ -123,7 +130,22 @@ class _Account(_Strict):
     @property
     def env_names(self) -> tuple[str, ...]:
         """The env-var names this account reads (every ``*_env`` field)."""
-        return tuple(value for key, value in self if key.endswith("_env"))
+        return tuple(value for key, value in self if key.endswith("_env") and value)
+
+
+def _sender_is_an_address(value: str) -> str:
+    """``Name <addr@domain>`` or a bare address; a broken From is rejected by every provider."""
+    _, address = parseaddr(value)
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"sender {value!r} is not 'Name <address>' or an address: {exc}") from None
+    return value
+
+
+EmailSender = Annotated[str, BeforeValidator(_sender_is_an_address)]
+Domain = Annotated[str, StringConstraints(max_length=253, pattern=r"^([a-z0-9-]+\.)+[a-z]{2,63}$")]
+E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
 
 
 class TelegramAccount(_Account):
@@ -132,40 +154,100 @@ class TelegramAccount(_Account):
 
 
 class MailgunAccount(_Account):
-    domain: Annotated[str, StringConstraints(max_length=253, pattern=r"^([a-z0-9-]+\.)+[a-z]{2,63}$")]
+    domain: Domain
     api_key_env: EnvVarName
     signing_key_env: EnvVarName
-    sender: str
+    sender: EmailSender
 
-    @field_validator("sender")
-    @classmethod
-    def _sender_is_an_address(cls, value: str) -> str:
-        """``Name <addr@domain>`` or a bare address; a broken From is rejected by every provider."""
-        _, address = parseaddr(value)
-        try:
-            validate_email(address, check_deliverability=False)
-        except EmailNotValidError as exc:
-            raise ValueError(f"sender {value!r} is not 'Name <address>' or an address: {exc}") from None
-        return value
+
+class SendGridAccount(_Account):
+    api_key_env: EnvVarName
+    webhook_public_key_env: EnvVarName  # Event Webhook verification key (base64 DER), from SendGrid
+    sender: EmailSender
+
+
+class VkAccount(_Account):
+    group_id: int = Field(gt=0)
+    access_token_env: EnvVarName
+    callback_secret_env: EnvVarName
+    confirmation_code_env: EnvVarName
+
+
+class SmscAccount(_Account):
+    login: NonBlank
+    password_env: EnvVarName
+    sender: NonBlank | None = None
+
+
+class SmsRuAccount(_Account):
+    api_id_env: EnvVarName
+    sender: NonBlank | None = None
+
+
+class TwilioAccount(_Account):
+    account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$")]
+    auth_token_env: EnvVarName
+    sms_sender: E164 | None = None
+    whatsapp_sender: E164 | None = None
+
+
+class D360Account(_Account):
+    api_key_env: EnvVarName
+    webhook_secret_env: EnvVarName  # sent back by 360dialog as a custom webhook header
+
+
+class GreenApiAccount(_Account):
+    id_instance: int = Field(gt=0)
+    api_token_env: EnvVarName
+    webhook_token_env: EnvVarName
 
 
 class ChannelAccounts(_Strict):
-    """Provider accounts, one field per ``Provider`` value (so ``for_channel`` can look them up)."""
+    """Provider accounts, one field per ``Provider`` value, plus which provider carries a channel
+    when several could (default: the first configured in the channel's preference order)."""
 
     telegram: TelegramAccount | None = None
     mailgun: MailgunAccount | None = None
+    sendgrid: SendGridAccount | None = None
+    vk: VkAccount | None = None
+    smsc: SmscAccount | None = None
+    smsru: SmsRuAccount | None = None
+    twilio: TwilioAccount | None = None
+    d360: D360Account | None = None
+    greenapi: GreenApiAccount | None = None
+    channel_providers: dict[Channel, Provider] = {}
 
     @model_validator(mode="after")
-    def _at_least_one(self) -> ChannelAccounts:
+    def _consistent(self) -> ChannelAccounts:
         if not self.configured():
             raise ValueError(f"configure at least one account ({', '.join(Provider)})")
+        for channel, provider in self.channel_providers.items():
+            if provider not in channel.traits.providers:
+                raise ValueError(f"{provider} cannot carry {channel} (it can: {', '.join(channel.traits.providers)})")
+            if getattr(self, provider.value) is None:
+                raise ValueError(f"channel_providers.{channel} names {provider}, but no {provider} account is configured")
+        if self.twilio and not (self.twilio.sms_sender or self.twilio.whatsapp_sender):
+            raise ValueError("twilio needs sms_sender or whatsapp_sender")
         return self
 
     def configured(self) -> list[_Account]:
         return [account for provider in Provider if (account := getattr(self, provider.value))]
 
-    def for_channel(self, channel: Channel) -> TelegramAccount | MailgunAccount | None:
-        return getattr(self, channel.provider.value)
+    def provider_for(self, channel: Channel) -> Provider | None:
+        """The provider that carries ``channel`` for this tenant, or None when none is configured."""
+        if channel in self.channel_providers:
+            return self.channel_providers[channel]
+        return next((p for p in channel.traits.providers if self._carries(p, channel)), None)
+
+    def _carries(self, provider: Provider, channel: Channel) -> bool:
+        account = getattr(self, provider.value)
+        if provider is Provider.TWILIO and account is not None:
+            return bool(account.whatsapp_sender if channel is Channel.WHATSAPP else account.sms_sender)
+        return account is not None
+
+    def for_channel(self, channel: Channel) -> _Account | None:
+        provider = self.provider_for(channel)
+        return None if provider is None else getattr(self, provider.value)
 
     @property
     def env_names(self) -> tuple[str, ...]:
@@ -218,11 +300,12 @@ class ContactField(StrEnum):
     EMAIL = "email"
     PHONE = "phone"
     TELEGRAM_CHAT_ID = "telegram_chat_id"
+    VK_USER_ID = "vk_user_id"
     CITY = "city"
     LANGUAGE = "language"
 
 
-INTEGER_FIELDS = frozenset({ContactField.TELEGRAM_CHAT_ID})
+INTEGER_FIELDS = frozenset({ContactField.TELEGRAM_CHAT_ID, ContactField.VK_USER_ID})
 
 
 class Op(StrEnum):

@@ -27,6 +27,7 @@ contacts = sa.Table(
     sa.Column("email", sa.String(320)),
     sa.Column("phone", sa.String(32)),
     sa.Column("telegram_chat_id", sa.BigInteger),
+    sa.Column("vk_user_id", sa.BigInteger),
     sa.Column("city", sa.String(128)),
     sa.Column("language", sa.String(8)),
     sa.Column("created_at", UTCDateTime, nullable=False),

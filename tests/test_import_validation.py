@@ -12,6 +12,7 @@ from orchestrator_assets.imports.sample_contacts import (
     write_sample,
 )
 from orchestrator_assets.imports.validation import (
+    OPTIONAL_COLUMNS,
     CSV_COLUMNS,
     ERROR_COLUMNS,
     error_report_markdown,
@@ -166,7 +167,16 @@ def test_missing_column_is_one_clear_error():
     raw = pd.DataFrame([_raw()], columns=list(CSV_COLUMNS)).drop(columns="phone")
     result = validate_contact_rows(raw)
     assert result.errors.to_dict("records") == [{"row": 1, "column": "phone", "value": "", "reason": "missing column"}]
-    assert result.good.empty and list(result.good.columns) == ["row", *CSV_COLUMNS]
+    assert result.good.empty and set(result.good.columns) == {"row", *CSV_COLUMNS, *OPTIONAL_COLUMNS}
+
+
+def test_optional_channel_columns_may_be_absent_or_filled():
+    without = validate_contact_rows(pd.DataFrame([_raw()], columns=list(CSV_COLUMNS)))
+    assert without.errors.empty and pd.isna(without.good.at[0, "vk_user_id"])
+    filled = validate_contact_rows(pd.DataFrame([{**_raw(), "vk_user_id": "555", "consent_vk": "да", "consent_whatsapp": "maybe", "consent_source": "bot:vk"}]))
+    assert filled.errors[["column", "reason"]].to_dict("records") == [
+        {"column": "consent_whatsapp", "reason": "not a consent value (use yes/no, да/нет, 1/0, true/false, or leave empty)"}
+    ]
 
 
 def test_row_with_several_problems_is_reported_per_problem_and_not_imported():
@@ -189,7 +199,7 @@ def test_address_and_duplicate_rules():
     )
     assert result.errors[["row", "column", "reason"]].to_dict("records") == [
         {"row": 3, "column": "external_id", "reason": "duplicate external_id, first seen on row 2"},
-        {"row": 4, "column": "email|phone|telegram_chat_id", "reason": "no address: need an email, phone or telegram_chat_id"},
+        {"row": 4, "column": "email|phone|telegram_chat_id|vk_user_id", "reason": "no address: need an email, phone, telegram_chat_id or vk_user_id"},
     ]
     assert list(result.good["external_id"]) == ["c-1", "c-4"]
     assert result.good.at[0, "email"] == "anna@example.ru"

@@ -66,9 +66,29 @@ def test_accounts_hold_env_var_names_and_channels_map_to_providers():
     demo = load_tenants().tenants["demo"]
     assert demo.accounts.telegram.bot_token_env == "ALGOR_DEMO_TELEGRAM_BOT_TOKEN"
     assert all(name.startswith("ALGOR_DEMO_") for name in demo.accounts.env_names)
-    assert Channel.TELEGRAM.provider is Provider.TELEGRAM
-    assert Channel("email").provider is Provider.MAILGUN
+    assert demo.accounts.provider_for(Channel.TELEGRAM) is Provider.TELEGRAM
+    assert demo.accounts.provider_for(Channel("email")) is Provider.MAILGUN
     assert demo.accounts.for_channel(Channel.EMAIL) is demo.accounts.mailgun
+
+
+def test_a_tenant_chooses_which_provider_carries_a_channel():
+    from policies.schema import ChannelAccounts
+
+    accounts = {
+        "mailgun": {"domain": "mg.x.example.com", "api_key_env": "X_MG_KEY", "signing_key_env": "X_MG_SIGN", "sender": "x@mg.x.example.com"},
+        "sendgrid": {"api_key_env": "X_SG_KEY", "webhook_public_key_env": "X_SG_PUB", "sender": "x@x.example.com"},
+        "twilio": {"account_sid": "AC" + "0" * 32, "auth_token_env": "X_TW_TOKEN", "whatsapp_sender": "+14155238886"},
+    }
+    default = ChannelAccounts.model_validate(accounts)
+    assert default.provider_for(Channel.EMAIL) is Provider.MAILGUN  # first in the channel's preference order
+    assert default.provider_for(Channel.WHATSAPP) is Provider.TWILIO
+    assert default.provider_for(Channel.SMS) is None  # twilio has no sms_sender
+    chosen = ChannelAccounts.model_validate({**accounts, "channel_providers": {"email": "sendgrid"}})
+    assert chosen.for_channel(Channel.EMAIL) is chosen.sendgrid
+    with pytest.raises(ValueError, match="cannot carry email"):
+        ChannelAccounts.model_validate({**accounts, "channel_providers": {"email": "twilio"}})
+    with pytest.raises(ValueError, match="no vk account"):
+        ChannelAccounts.model_validate({**accounts, "channel_providers": {"vk": "vk"}})
 
 
 # --- bad files: file + key path + reason -----------------------------------------------------
@@ -192,7 +212,7 @@ BAD_EDITS = [
         "tenants.yaml",
         _drop_acme_mailgun,
         "campaigns[1].channels[0].channel",
-        "tenant 'acme' has no mailgun account for channel email",
+        "tenant 'acme' has no account for channel email",
         id="channel without account",
     ),
     pytest.param(

@@ -27,7 +27,7 @@ from resources.sql import upsert_insert
 
 PURPOSE = "marketing"
 BATCH_SIZE = 500
-CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "city", "language")
+CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "vk_user_id", "city", "language")
 
 
 def _utc(moment: datetime | pd.Timestamp) -> datetime:

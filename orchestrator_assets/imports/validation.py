@@ -46,9 +46,11 @@ CSV_COLUMNS: tuple[str, ...] = (
     "consent_source",
     "consent_at",
 )
-CHANNELS: tuple[str, ...] = ("email", "telegram", "sms")
+# Columns a file may leave out (added with the VK and WhatsApp channels); absent means empty.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp")
+CHANNELS: tuple[str, ...] = ("email", "telegram", "sms", "vk", "whatsapp")
 CONSENT_COLUMNS: tuple[str, ...] = tuple(f"consent_{channel}" for channel in CHANNELS)
-ADDRESS_COLUMNS: tuple[str, ...] = ("email", "phone", "telegram_chat_id")
+ADDRESS_COLUMNS: tuple[str, ...] = ("email", "phone", "telegram_chat_id", "vk_user_id")
 # The error-table "column" of a row that has no address at all: no single cell is at fault.
 NO_ADDRESS_COLUMN = "|".join(ADDRESS_COLUMNS)
 ERROR_COLUMNS: tuple[str, ...] = ("row", "column", "value", "reason")
@@ -190,9 +192,10 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
         "external_id": pa.Column(
             checks=[pa.Check(lambda s: ~_blank(s), error="required"), _max_length(_MAX_LENGTH["external_id"])]
         ),
-        "telegram_chat_id": pa.Column(
-            checks=pa.Check(lambda s: _blank(s) | s.map(_is_int64).astype(bool), error="not an integer")
-        ),
+        **{
+            column: pa.Column(checks=pa.Check(lambda s: _blank(s) | s.map(_is_int64).astype(bool), error="not an integer"))
+            for column in ("telegram_chat_id", "vk_user_id")
+        },
         "language": pa.Column(
             checks=pa.Check(
                 lambda s: _blank(s) | s.str.strip().str.lower().isin(LANGUAGES),
@@ -307,7 +310,7 @@ def _row_rule_errors(text: pd.DataFrame) -> list[dict]:
                 "row": position + FIRST_DATA_ROW,
                 "column": NO_ADDRESS_COLUMN,
                 "value": "",
-                "reason": "no address: need an email, phone or telegram_chat_id",
+                "reason": "no address: need an email, phone, telegram_chat_id or vk_user_id",
             }
         )
     # Consent law asks us to prove where each decision came from; the store requires a source.
@@ -357,10 +360,13 @@ def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU") -> Vali
     one is authoritative; later ones are errors pointing at it.
     """
     text = _as_text(raw)
+    for column in OPTIONAL_COLUMNS:
+        if column not in text.columns:
+            text[column] = ""
     errors = _schema_errors(text)
     missing = [error for error in errors if error["reason"] == "missing column"]
     if missing:
-        nothing = pd.DataFrame({column: pd.Series(dtype="str") for column in CSV_COLUMNS})
+        nothing = pd.DataFrame({column: pd.Series(dtype="str") for column in CSV_COLUMNS + OPTIONAL_COLUMNS})
         return ValidationResult(good=_good_frame(nothing, default_region, []), errors=_error_frame(missing))
 
     good = _good_frame(text, default_region, errors)
@@ -381,6 +387,7 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> 
             "email": _normalise(text["email"], normalize_email, "email", errors),
             "phone": _normalise(text["phone"], lambda v: normalize_phone(v, default_region), "phone", errors),
             "telegram_chat_id": _each(text["telegram_chat_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
+            "vk_user_id": _each(text["vk_user_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
             "city": _each(text["city"], _tidy),
             "language": _each(text["language"], lambda v: v.strip().lower() or None),
             **{column: _each(text[column], _or_none(parse_consent)) for column in CONSENT_COLUMNS},
@@ -394,7 +401,8 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> 
 
 def _column_order(column: str) -> int:
     first = column.split("|", 1)[0]
-    return CSV_COLUMNS.index(first) if first in CSV_COLUMNS else len(CSV_COLUMNS)
+    columns = CSV_COLUMNS + OPTIONAL_COLUMNS
+    return columns.index(first) if first in columns else len(columns)
 
 
 # --- reports ----------------------------------------------------------------------------------
