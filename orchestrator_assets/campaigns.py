@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
+from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.tables import markdown_table
@@ -15,7 +16,7 @@ from policies.schema import Campaign
 from policies.templates import render_message
 from resources.links import sign_unsubscribe
 from resources.opstore import OperationalStore
-from resources.opstore_schema import consents, contacts, segment_members
+from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends
 from resources.settings import get_settings
 
 # The contact column that holds each channel's address.
@@ -56,6 +57,29 @@ def audience_query(tenant: str, campaign: Campaign, channel: str) -> sa.Select:
     )
 
 
+def fallback_plan(conn: sa.Connection, tenant: str, campaign: Campaign, eligible: dict[str, list], now: dt.datetime) -> dict[str, list]:
+    """Per channel, the contacts whose next channel (``orchestrator_assets.fallback``) it is."""
+    history: dict[int, dict[str, Attempt]] = {}
+    query = (
+        sa.select(sends.c.contact_id, sends.c.channel, sends.c.status, sends.c.finished_at, deliveries.c.status.label("delivery"))
+        .outerjoin(deliveries, deliveries.c.send_id == sends.c.send_id)
+        .where(sends.c.tenant == tenant, sends.c.campaign == campaign.name, sends.c.step == campaign.step)
+    )
+    for row in conn.execute(query):
+        finished = row.finished_at.replace(tzinfo=dt.UTC) if row.finished_at and row.finished_at.tzinfo is None else row.finished_at
+        history.setdefault(row.contact_id, {})[row.channel] = Attempt(row.status, row.delivery, finished)  # SQLite drops tz
+    order = [content.channel for content in campaign.channels]
+    by_id = {channel: {contact["id"]: contact for contact in contacts_} for channel, contacts_ in eligible.items()}
+    after = dt.timedelta(minutes=campaign.fallback.undelivered_after_minutes) if campaign.fallback.undelivered_after_minutes else None
+    plan: dict[str, list] = {channel: [] for channel in order}
+    for contact_id in sorted({cid for ids in by_id.values() for cid in ids}):
+        reachable = {channel for channel in order if contact_id in by_id[channel]}
+        channel = next_channel(order, reachable, history.get(contact_id, {}), now, after)
+        if channel is not None:
+            plan[channel].append(by_id[channel][contact_id])
+    return plan
+
+
 def segment_size(conn: sa.Connection, tenant: str, segment: str) -> int:
     query = sa.select(sa.func.count()).where(segment_members.c.tenant == tenant, segment_members.c.segment == segment)
     return conn.execute(query).scalar_one()
@@ -87,9 +111,13 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     with opstore.engine().connect() as conn:
         for campaign in due:
             members = segment_size(conn, tenant, campaign.segment)
+            eligible = {
+                content.channel: conn.execute(audience_query(tenant, campaign, content.channel)).mappings().all()
+                for content in campaign.channels
+            }
+            plan = eligible if campaign.fallback is None else fallback_plan(conn, tenant, campaign, eligible, now)
             for content in campaign.channels:
-                audience = conn.execute(audience_query(tenant, campaign, content.channel)).mappings().all()
-                for contact in audience:
+                for contact in plan[content.channel]:
                     unsubscribe_url = f"{gateway_url}/unsubscribe/{tenant}/{sign_unsubscribe(tenant, contact['id'], campaign.name)}"
                     rendered = render_message(content, contact, {"unsubscribe_url": unsubscribe_url})
                     rows.append(
@@ -107,14 +135,17 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                             "unsubscribe_url": unsubscribe_url if content.channel == "email" else None,
                         }
                     )
-                summary.append((campaign.name, content.channel, members, len(audience), members - len(audience)))
+                audience = len(eligible[content.channel])
+                summary.append((campaign.name, content.channel, members, audience, members - audience, len(plan[content.channel])))
     context.log.info(f"{len(due)} due campaign(s), {len(rows)} messages rendered")
     return dg.Output(
         pd.DataFrame(rows, columns=MESSAGE_COLUMNS),
         metadata={
             "messages": len(rows),
             "campaigns": dg.MetadataValue.md(
-                markdown_table(["campaign", "channel", "segment members", "audience", "excluded (no consent/address)"], summary)
+                markdown_table(
+                    ["campaign", "channel", "segment members", "audience", "excluded (no consent/address)", "to send now"], summary
+                )
             ),
         },
     )

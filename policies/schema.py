@@ -523,6 +523,15 @@ class Schedule(_Strict):
     start_at: AwareDatetime  # naive times are ambiguous across tenant timezones
 
 
+class Fallback(_Strict):
+    """Reach each contact on ONE channel: the first in ``channels`` order they have consent and an
+    address for; move to the next only when that send failed (unreachable, rejected, bounced) or,
+    with ``undelivered_after_minutes``, was not confirmed delivered in time. Without a fallback
+    block every listed channel is sent, each under its own consent."""
+
+    undelivered_after_minutes: int | None = Field(default=None, ge=1)
+
+
 class Campaign(_Strict):
     name: Slug
     tenant: TenantId
@@ -531,6 +540,7 @@ class Campaign(_Strict):
     channels: list[ChannelContent] = Field(min_length=1)
     schedule: Schedule
     step: StepName = "main"
+    fallback: Fallback | None = None
 
     @field_validator("channels")
     @classmethod
