@@ -27,7 +27,7 @@ ADDRESS_COLUMNS = {
     "sms": contacts.c.phone,
     "whatsapp": contacts.c.phone,
 }
-MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url"]
+MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url", "attachments", "template"]
 
 
 class CampaignSelection(dg.Config):
@@ -133,6 +133,13 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                             "html": rendered.html,
                             "buttons": json.dumps([(b.label, b.callback_data) for b in rendered.buttons], ensure_ascii=False),
                             "unsubscribe_url": unsubscribe_url if content.channel == "email" else None,
+                            "attachments": json.dumps([a.model_dump() for a in content.attachments], ensure_ascii=False),
+                            "template": json.dumps(
+                                None
+                                if content.template is None
+                                else {"template_id": content.template.id, "language": content.template.language, "variables": rendered.template_variables},
+                                ensure_ascii=False,
+                            ),
                         }
                     )
                 audience = len(eligible[content.channel])

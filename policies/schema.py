@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from email.utils import parseaddr
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -88,6 +88,8 @@ class ChannelTraits:
     max_text_chars: int | None = None
     needs_unsubscribe_link: bool = False
     allows_template: bool = False  # provider-approved templates (WhatsApp outside the 24-hour window)
+    attachment_kinds: frozenset[str] = frozenset()  # what every provider of the channel can attach
+    max_sms_segments: int | None = None  # GSM-7/UCS-2 segments, checked after rendering
 
 
 class Channel(StrEnum):
@@ -97,6 +99,7 @@ class Channel(StrEnum):
         providers=(Provider.TELEGRAM,),
         allows_buttons=True,
         max_text_chars=4096,  # the user leaves by blocking the bot: no unsubscribe link needed
+        attachment_kinds=frozenset({"photo", "document"}),
     )
     EMAIL = "email", ChannelTraits(
         providers=(Provider.MAILGUN, Provider.SENDGRID),
@@ -104,14 +107,17 @@ class Channel(StrEnum):
         allows_html=True,
         needs_unsubscribe_link=True,
     )
-    VK = "vk", ChannelTraits(providers=(Provider.VK,), allows_buttons=True, max_text_chars=4096)
-    # SMS length is capped in segments (GSM-7/UCS-2), checked after rendering.
-    SMS = "sms", ChannelTraits(providers=(Provider.SMSC, Provider.SMSRU, Provider.TWILIO))
+    # VK attachments are media ids uploaded beforehand ("photo-123_456").
+    VK = "vk", ChannelTraits(
+        providers=(Provider.VK,), allows_buttons=True, max_text_chars=4096, attachment_kinds=frozenset({"photo", "document"})
+    )
+    SMS = "sms", ChannelTraits(providers=(Provider.SMSC, Provider.SMSRU, Provider.TWILIO), max_sms_segments=6)
     WHATSAPP = "whatsapp", ChannelTraits(
         providers=(Provider.D360, Provider.TWILIO, Provider.GREENAPI),
         allows_buttons=True,
         max_text_chars=4096,
         allows_template=True,
+        attachment_kinds=frozenset({"photo", "document"}),
     )
 
     traits: ChannelTraits
@@ -449,6 +455,29 @@ class Button(_Strict):
         return value
 
 
+class AttachmentSpec(_Strict):
+    kind: Literal["photo", "document", "video", "audio"]
+    url: NonBlank  # HTTPS URL the provider fetches, or a provider media id (VK "photo-123_456")
+    filename: NonBlank | None = None
+    caption: NonBlank | None = None
+
+
+class TemplateSpec(_Strict):
+    """A provider-approved template (WhatsApp: 360dialog template name / Twilio ContentSid);
+    ``variables`` are Jinja2 templates rendered per contact into {{1}}, {{2}}, …"""
+
+    id: NonBlank
+    language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(_[A-Z]{2})?$")] = "ru"
+    variables: list[NonBlank] = []
+
+    @field_validator("variables")
+    @classmethod
+    def _variables_are_templates(cls, value: list[str]) -> list[str]:
+        for number, source in enumerate(value, start=1):
+            _check_template(source, f"template variable {number}", None)
+        return value
+
+
 def _check_template(source: str, part: str, channel: Channel | None) -> None:
     """Parse with the sandboxed environment and apply the channel's static limits."""
     try:
@@ -472,6 +501,8 @@ class ChannelContent(_Strict):
     text: NonBlank
     html: NonBlank | None = Field(default=None, validate_default=True)
     buttons: list[Button] = Field(default_factory=list, validate_default=True)
+    attachments: list[AttachmentSpec] = Field(default_factory=list, validate_default=True)
+    template: TemplateSpec | None = Field(default=None, validate_default=True)
 
     # Set by the owning Campaign so render errors can name it.
     _campaign: str | None = PrivateAttr(default=None)
@@ -516,6 +547,29 @@ class ChannelContent(_Strict):
         channel = info.data.get("channel")
         if value and channel is not None and not channel.traits.allows_buttons:
             raise ValueError(f"{channel} messages have no buttons")
+        return value
+
+    @field_validator("attachments")
+    @classmethod
+    def _attachments(cls, value: list[AttachmentSpec], info: ValidationInfo) -> list[AttachmentSpec]:
+        channel = info.data.get("channel")
+        if channel is None:
+            return value
+        allowed = channel.traits.attachment_kinds
+        for attachment in value:
+            if attachment.kind not in allowed:
+                supported = ", ".join(sorted(allowed)) or "none"
+                raise ValueError(f"{channel} cannot carry a {attachment.kind} attachment (supported: {supported})")
+        if len(value) > 1:
+            raise ValueError(f"{channel} messages carry at most one attachment here")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: TemplateSpec | None, info: ValidationInfo) -> TemplateSpec | None:
+        channel = info.data.get("channel")
+        if value is not None and channel is not None and not channel.traits.allows_template:
+            raise ValueError(f"{channel} has no provider templates")
         return value
 
 

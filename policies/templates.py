@@ -17,6 +17,8 @@ from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError, met
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
+from resources.channels.sms_segments import segments as sms_segments
+
 if TYPE_CHECKING:
     from policies.schema import Button, ChannelContent
 
@@ -77,6 +79,7 @@ class RenderedMessage:
     text: str
     html: str | None
     buttons: tuple[Button, ...]
+    template_variables: tuple[str, ...] = ()
 
 
 def _where(content: ChannelContent, part: str) -> str:
@@ -112,9 +115,21 @@ def render_message(channel_content: ChannelContent, contact: Mapping[str, Any], 
     if limit is not None and len(text) > limit:
         where = _where(channel_content, "text")
         raise TemplateRenderError(f"{where}: rendered {len(text)} characters; the limit is {limit}")
+    if channel.traits.max_sms_segments is not None:
+        info = sms_segments(text)
+        if info.segments > channel.traits.max_sms_segments:
+            raise TemplateRenderError(
+                f"{_where(channel_content, 'text')}: rendered {info.segments} SMS segments ({info.encoding}, "
+                f"{info.units} units); the cap is {channel.traits.max_sms_segments}"
+            )
+    template = channel_content.template
+    variables = tuple(
+        render(f"template variable {number}", source) for number, source in enumerate(template.variables if template else (), start=1)
+    )
     return RenderedMessage(
         subject=" ".join(subject.split()) if subject is not None else None,
         text=text,
         html=html,
         buttons=tuple(channel_content.buttons),
+        template_variables=variables,
     )

@@ -560,3 +560,34 @@ def test_sandbox_blocks_unsafe_attributes():
 def test_extra_cannot_shadow_the_contact(black_friday):
     with pytest.raises(ValueError, match="must not contain 'contact'"):
         render_message(black_friday.content_for(Channel.TELEGRAM), {}, {"contact": {"first_name": "x"}})
+
+
+# --- attachments, provider templates, SMS length (checked before anything is sent) -----------
+
+
+def _content(**fields):
+    from policies.schema import ChannelContent
+
+    return ChannelContent.model_validate(fields)
+
+
+def test_attachments_are_checked_against_what_the_channel_can_carry():
+    assert _content(channel="telegram", text="hi", attachments=[{"kind": "photo", "url": "https://x.example/a.jpg"}]).attachments
+    with pytest.raises(ValueError, match="sms cannot carry a photo attachment"):
+        _content(channel="sms", text="hi", attachments=[{"kind": "photo", "url": "https://x.example/a.jpg"}])
+    with pytest.raises(ValueError, match="telegram cannot carry a video attachment"):
+        _content(channel="telegram", text="hi", attachments=[{"kind": "video", "url": "https://x.example/a.mp4"}])
+
+
+def test_provider_templates_only_where_the_channel_has_them_and_variables_render():
+    content = _content(channel="whatsapp", text="fallback", template={"id": "order_confirm", "variables": ["{{ contact.first_name }}"]})
+    assert render_message(content, {"first_name": "Иван"}, {}).template_variables == ("Иван",)
+    with pytest.raises(ValueError, match="telegram has no provider templates"):
+        _content(channel="telegram", text="hi", template={"id": "x"})
+
+
+def test_sms_over_the_segment_cap_fails_at_render_time():
+    content = _content(channel="sms", text="{{ contact.first_name }}")
+    assert render_message(content, {"first_name": "Я" * 402}, {}).text  # 6 UCS-2 parts of 67 = 402
+    with pytest.raises(TemplateRenderError, match="7 SMS segments"):
+        render_message(content, {"first_name": "Я" * 403}, {})
