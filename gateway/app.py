@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 import logging
-import time
 from collections import OrderedDict
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 import sqlalchemy as sa
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
 
-from gateway.inbox import already_stored, store_callback
+from gateway.inbox import already_stored, store_callbacks
+from gateway.receivers import MAX_BODY_BYTES, RECEIVERS, Refused
 from policies.loader import load_tenants
 from policies.schema import Tenant
 from resources.callbacks import UNSUBSCRIBE, unsubscribe_event_key, unsubscribe_payload
-from resources.channels import mailgun, telegram
 from resources.links import verify_unsubscribe
 from resources.opstore import engine_for, migrate
 from resources.settings import get_settings
 
 log = logging.getLogger("algor.gateway")
-MAX_BODY_BYTES = 1_000_000
 SEEN_TOKENS_MAX = 100_000
 UNSUBSCRIBE_FORM = """<!doctype html><meta charset="utf-8"><title>Отписка / Unsubscribe</title>
 <p>Отписаться от рассылок {sender}? / Unsubscribe from {sender}'s mailings?</p>
@@ -55,8 +52,7 @@ class SeenTokens:
 
 
 def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | None = None) -> FastAPI:
-    settings = get_settings()
-    url = database_url or settings.database_url
+    url = database_url or get_settings().database_url
     migrate(url)
     engine = engine_for(url)
     tenants = tenants if tenants is not None else load_tenants().tenants
@@ -69,61 +65,42 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
             raise HTTPException(404, "unknown tenant")
         return tenant
 
-    async def json_body(request: Request) -> tuple[bytes, dict]:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, "body too large")
+    def persist(tenant_id: str, provider: str, events: list[tuple[str, dict]]) -> int:
         try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise HTTPException(400, "body is not JSON") from None
-        if not isinstance(payload, dict):
-            raise HTTPException(400, "body is not a JSON object")
-        return body, payload
-
-    def persist(tenant_id: str, provider: str, account: str, event_key: str, body: bytes) -> bool:
-        try:
-            return store_callback(engine, tenant_id, provider, account, event_key, body.decode())
+            return store_callbacks(engine, tenant_id, provider, events)
         except sa.exc.OperationalError as exc:  # store down: make the provider retry
             log.error("inbox unavailable: %s", exc)
             raise HTTPException(503, "inbox unavailable, retry later") from None
 
-    @app.post("/hooks/{tenant_id}/telegram")
-    async def telegram_update(tenant_id: str, request: Request) -> Response:
+    async def receive(tenant_id: str, provider: str, extra: str, request: Request) -> Response:
         tenant = tenant_or_404(tenant_id)
-        if tenant.accounts.telegram is None:
-            raise HTTPException(404, "no telegram account")
-        secret = settings.secret(tenant.accounts.telegram.webhook_secret_env)
-        if not telegram.verify_webhook(request.headers, secret):
-            log.warning("refused telegram update for %s: bad secret token", tenant_id)
-            raise HTTPException(403, "bad secret token")
-        body, payload = await json_body(request)
-        new = persist(tenant_id, "telegram", "bot", telegram.event_key(payload), body)
-        log.info("telegram update %s for %s (%s)", telegram.event_key(payload), tenant_id, "stored" if new else "duplicate")
-        return Response(status_code=200)
+        receiver = RECEIVERS.get(provider)
+        if receiver is None:
+            raise HTTPException(404, "unknown provider")
+        try:
+            # Read per request (cheap): the public URL Twilio signs may be known only after start-up.
+            accepted = await receiver(request, tenant, get_settings(), extra)
+            # Mailgun's signature does not cover the body: a token seen before may only come back
+            # with an event we already hold (a provider retry), never with a new one.
+            if accepted.replay_token and not seen_tokens.first_use(accepted.replay_token):
+                if not all(already_stored(engine, tenant_id, provider, key) for key, _ in accepted.events):
+                    raise Refused(406, "replayed signature")
+        except Refused as refused:
+            log.warning("refused %s callback for %s: %s", provider, tenant_id, refused.reason)
+            raise HTTPException(refused.status, refused.reason) from None
+        stored = persist(tenant_id, provider, accepted.events)
+        log.info("%s callback for %s: %d event(s), %d new", provider, tenant_id, len(accepted.events), stored)
+        return accepted.answer
 
-    @app.post("/hooks/{tenant_id}/mailgun")
-    async def mailgun_event(tenant_id: str, request: Request) -> Response:
-        tenant = tenant_or_404(tenant_id)
-        if tenant.accounts.mailgun is None:
-            raise HTTPException(404, "no mailgun account")
-        body, payload = await json_body(request)
-        key = settings.secret(tenant.accounts.mailgun.signing_key_env)
-        if not mailgun.verify_webhook(payload, key, time.time()):
-            log.warning("refused mailgun event for %s: bad or stale signature", tenant_id)
-            raise HTTPException(406, "bad signature")  # Mailgun stops retrying on 406
-        token = str(payload["signature"]["token"])
-        event_id = str(payload.get("event-data", {}).get("id", ""))
-        if not event_id:
-            raise HTTPException(400, "event-data.id missing")
-        # A replayed signature for an event we already hold is a harmless retry; for any other
-        # event it is a forgery.
-        if not seen_tokens.first_use(token) and not already_stored(engine, tenant_id, "mailgun", event_id):
-            log.warning("refused mailgun event for %s: replayed token", tenant_id)
-            raise HTTPException(406, "replayed signature")
-        new = persist(tenant_id, "mailgun", tenant.accounts.mailgun.domain, event_id, body)
-        log.info("mailgun event %s for %s (%s)", event_id, tenant_id, "stored" if new else "duplicate")
-        return PlainTextResponse("ok")
+    @app.post("/hooks/{tenant_id}/{provider}")
+    async def provider_callback(tenant_id: str, provider: str, request: Request) -> Response:
+        """A provider's callback, verified the way that provider defines it."""
+        return await receive(tenant_id, provider, "", request)
+
+    @app.post("/hooks/{tenant_id}/{provider}/{secret}")
+    async def provider_callback_secret_path(tenant_id: str, provider: str, secret: str, request: Request) -> Response:
+        """For providers that sign nothing (SMS.ru), the callback URL carries a secret."""
+        return await receive(tenant_id, provider, secret, request)
 
     @app.get("/unsubscribe/{tenant_id}/{token}", response_class=HTMLResponse)
     async def unsubscribe_page(tenant_id: str, token: str) -> HTMLResponse:
@@ -144,7 +121,7 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
         body = (await request.body())[:MAX_BODY_BYTES]
         method = "one-click" if b"List-Unsubscribe=One-Click" in body else "form"
         payload = unsubscribe_payload(contact_id, campaign, method, dt.datetime.now(dt.UTC))
-        persist(tenant_id, UNSUBSCRIBE, "links", unsubscribe_event_key(contact_id, campaign), json.dumps(payload).encode())
+        persist(tenant_id, UNSUBSCRIBE, [(unsubscribe_event_key(contact_id, campaign), payload)])
         return HTMLResponse(UNSUBSCRIBED_PAGE)
 
     @app.get("/health")

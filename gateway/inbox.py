@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import sqlalchemy as sa
 
@@ -10,19 +11,19 @@ from resources.opstore_schema import webhook_inbox
 from resources.sql import upsert_insert
 
 
-def store_callback(engine: sa.Engine, tenant: str, provider: str, account: str, event_key: str, payload: str) -> bool:
-    """Insert one callback; returns False when the provider's event id was already stored."""
-    row = {
-        "tenant": tenant,
-        "provider": provider,
-        "account": account,
-        "event_key": event_key,
-        "payload": payload,
-        "received_at": dt.datetime.now(dt.UTC),
-    }
+def store_callbacks(engine: sa.Engine, tenant: str, provider: str, events: list[tuple[str, dict]]) -> int:
+    """Insert a post's events in one transaction, skipping event ids already stored; returns how
+    many were new. Nothing is acknowledged to the provider before this commits."""
+    if not events:
+        return 0
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        {"tenant": tenant, "provider": provider, "account": provider, "event_key": key, "payload": json.dumps(payload, ensure_ascii=False), "received_at": now}
+        for key, payload in events
+    ]
     with engine.begin() as conn:
-        result = conn.execute(upsert_insert(conn, webhook_inbox).on_conflict_do_nothing(), [row])
-    return result.rowcount == 1
+        result = conn.execute(upsert_insert(conn, webhook_inbox).on_conflict_do_nothing(), rows)
+    return max(result.rowcount, 0)
 
 
 def already_stored(engine: sa.Engine, tenant: str, provider: str, event_key: str) -> bool:

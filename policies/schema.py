@@ -187,6 +187,7 @@ class SmscAccount(_Account):
 
 class SmsRuAccount(_Account):
     api_id_env: EnvVarName
+    callback_secret_env: EnvVarName  # SMS.ru signs nothing: the callback URL carries this secret
     sender: NonBlank | None = None
 
 

@@ -1,7 +1,8 @@
 """Callback parsers by source: the gateway and the delivery processor share them.
 
-Besides the providers, the product itself is a source: one-click unsubscribe requests
-(RFC 8058) land in the same inbox as provider callbacks and are processed the same way.
+The inbox stores one row per provider event (a SendGrid batch or an SMS.ru ``data[]`` post is
+split by the gateway), so each parser here takes one stored payload. Besides the providers, the
+product itself is a source: one-click unsubscribe requests (RFC 8058) land in the same inbox.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from resources.channels import mailgun, telegram
+from resources.channels import d360, greenapi, mailgun, sendgrid, smsc, smsru, telegram, twilio, vk
 from resources.channels.base import CallbackEvent
 
 UNSUBSCRIBE = "unsubscribe"
@@ -40,8 +41,32 @@ def parse_unsubscribe(payload: dict) -> list[CallbackEvent]:
 PARSERS: dict[str, Callable[[dict], list[CallbackEvent]]] = {
     "telegram": telegram.parse_update,
     "mailgun": mailgun.parse_event,
+    "sendgrid": lambda event: sendgrid.parse_events([event]),
+    "vk": vk.parse_event,
+    "smsc": smsc.parse_status,
+    "smsru": smsru.parse_callback,
+    "twilio": twilio.parse_callback,
+    "d360": d360.parse_webhook,
+    "greenapi": greenapi.parse_webhook,
     UNSUBSCRIBE: parse_unsubscribe,
 }
 
-# Which channel each source's consent changes apply to.
-PROVIDER_CHANNELS = {"telegram": "telegram", "mailgun": "email", UNSUBSCRIBE: "email"}
+_CHANNELS = {
+    "telegram": "telegram",
+    "mailgun": "email",
+    "sendgrid": "email",
+    "vk": "vk",
+    "smsc": "sms",
+    "smsru": "sms",
+    "d360": "whatsapp",
+    "greenapi": "whatsapp",
+    UNSUBSCRIBE: "email",
+}
+
+
+def consent_channel(provider: str, payload: dict) -> str:
+    """The channel a source's consent changes apply to (Twilio carries both SMS and WhatsApp)."""
+    if provider == "twilio":
+        parties = f"{payload.get('From', '')} {payload.get('To', '')}"
+        return "whatsapp" if "whatsapp:" in parties else "sms"
+    return _CHANNELS[provider]

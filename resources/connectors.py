@@ -15,13 +15,28 @@ from pydantic import Field
 
 from policies.schema import Channel, Provider, Tenant
 from resources.channels.base import ChannelConnector
+from resources.channels.d360 import WEBHOOK_SECRET_HEADER, D360Connector
+from resources.channels.greenapi import GreenApiConnector
 from resources.channels.mailgun import MailgunConnector
+from resources.channels.sendgrid import SendGridConnector
+from resources.channels.smsc import SmscConnector
+from resources.channels.smsru import SmsRuConnector
 from resources.channels.telegram import TelegramConnector
+from resources.channels.twilio import TwilioConnector
+from resources.channels.vk import VkConnector
+from resources.embedded_keys import sendgrid_sandbox_signing_key
 from resources.settings import Settings, get_settings
 
 PRODUCTION_BASE_URLS = {
     Provider.TELEGRAM: "https://api.telegram.org",
     Provider.MAILGUN: "https://api.mailgun.net",
+    Provider.SENDGRID: "https://api.sendgrid.com",
+    Provider.VK: "https://api.vk.com",
+    Provider.SMSC: "https://smsc.ru",
+    Provider.SMSRU: "https://sms.ru",
+    Provider.TWILIO: "https://api.twilio.com",
+    Provider.D360: "https://waba-v2.360dialog.io",
+    Provider.GREENAPI: "https://api.green-api.com",
 }
 
 # provider -> (account, secret reader, base url, channel) -> connector
@@ -31,6 +46,19 @@ FACTORIES: dict[Provider, Factory] = {
     Provider.MAILGUN: lambda account, secret, base, channel: MailgunConnector(
         base, account.domain, secret(account.api_key_env), account.sender
     ),
+    Provider.SENDGRID: lambda account, secret, base, channel: SendGridConnector(base, secret(account.api_key_env), account.sender),
+    Provider.VK: lambda account, secret, base, channel: VkConnector(base, account.group_id, secret(account.access_token_env)),
+    Provider.SMSC: lambda account, secret, base, channel: SmscConnector(base, account.login, secret(account.password_env), account.sender),
+    Provider.SMSRU: lambda account, secret, base, channel: SmsRuConnector(base, secret(account.api_id_env), account.sender),
+    Provider.TWILIO: lambda account, secret, base, channel: TwilioConnector(
+        base,
+        account.account_sid,
+        secret(account.auth_token_env),
+        account.whatsapp_sender if channel is Channel.WHATSAPP else account.sms_sender,
+        channel=str(channel),
+    ),
+    Provider.D360: lambda account, secret, base, channel: D360Connector(base, secret(account.api_key_env)),
+    Provider.GREENAPI: lambda account, secret, base, channel: GreenApiConnector(base, account.id_instance, secret(account.api_token_env)),
 }
 
 
@@ -63,35 +91,48 @@ class ChannelConnectors(dg.ConfigurableResource):
         provider = tenant.accounts.provider_for(channel)
         if provider is None:
             raise UnknownChannelError(f"tenant {tenant.name!r} has no account for channel {channel} (one of: {', '.join(channel.traits.providers)})")
-        factory = FACTORIES.get(provider)
-        if factory is None:
-            raise UnknownChannelError(f"provider {provider} has no connector yet")
         settings = get_settings()
-        return factory(getattr(tenant.accounts, provider.value), settings.secret, self._base(provider, settings), channel)
+        return FACTORIES[provider](getattr(tenant.accounts, provider.value), settings.secret, self._base(provider, settings), channel)
 
 
 def sandbox_accounts(tenants: dict[str, Tenant], gateway_url: str) -> dict[str, Any]:
     """The provider-side view of our accounts, for the sandbox to load.
 
-    A real provider knows our tokens and where to send callbacks because we registered them in
-    its dashboard (Mailgun) or via its API (Telegram ``setWebhook``); the sandbox learns the same
-    facts from this mapping.
+    A real provider knows our credentials and where to send callbacks because we registered them
+    in its dashboard or through its API (Telegram ``setWebhook``, SMS.ru ``callback/add``); the
+    sandbox learns the same facts from this mapping.
     """
     secret = get_settings().secret
-    config: dict[str, list] = {"telegram": [], "mailgun": []}
+    config: dict[str, list] = {provider.value: [] for provider in Provider}
     for tenant_id, tenant in sorted(tenants.items()):
         hooks = f"{gateway_url}/hooks/{tenant_id}"
-        if (account := tenant.accounts.telegram) is not None:
-            config["telegram"].append(
-                {"token": secret(account.bot_token_env), "webhook_url": f"{hooks}/telegram", "secret_token": secret(account.webhook_secret_env)}
-            )
-        if (account := tenant.accounts.mailgun) is not None:
+        accounts = tenant.accounts
+        if (a := accounts.telegram) is not None:
+            config["telegram"].append({"token": secret(a.bot_token_env), "webhook_url": f"{hooks}/telegram", "secret_token": secret(a.webhook_secret_env)})
+        if (a := accounts.mailgun) is not None:
             config["mailgun"].append(
-                {
-                    "domain": account.domain,
-                    "api_key": secret(account.api_key_env),
-                    "signing_key": secret(account.signing_key_env),
-                    "webhook_url": f"{hooks}/mailgun",
-                }
+                {"domain": a.domain, "api_key": secret(a.api_key_env), "signing_key": secret(a.signing_key_env), "webhook_url": f"{hooks}/mailgun"}
+            )
+        if (a := accounts.sendgrid) is not None:
+            config["sendgrid"].append(
+                {"api_key": secret(a.api_key_env), "webhook_url": f"{hooks}/sendgrid", "signing_key": sendgrid_sandbox_signing_key(a.webhook_public_key_env)}
+            )
+        if (a := accounts.vk) is not None:
+            config["vk"].append(
+                {"group_id": a.group_id, "access_token": secret(a.access_token_env), "secret": secret(a.callback_secret_env), "webhook_url": f"{hooks}/vk"}
+            )
+        if (a := accounts.smsc) is not None:
+            config["smsc"].append({"login": a.login, "password": secret(a.password_env), "webhook_url": f"{hooks}/smsc"})
+        if (a := accounts.smsru) is not None:
+            config["smsru"].append({"api_id": secret(a.api_id_env), "webhook_url": f"{hooks}/smsru/{secret(a.callback_secret_env)}"})
+        if (a := accounts.twilio) is not None:
+            config["twilio"].append({"account_sid": a.account_sid, "auth_token": secret(a.auth_token_env), "webhook_url": f"{hooks}/twilio"})
+        if (a := accounts.d360) is not None:
+            config["d360"].append(
+                {"api_key": secret(a.api_key_env), "webhook_url": f"{hooks}/d360", "webhook_headers": {WEBHOOK_SECRET_HEADER: secret(a.webhook_secret_env)}}
+            )
+        if (a := accounts.greenapi) is not None:
+            config["greenapi"].append(
+                {"id_instance": a.id_instance, "api_token": secret(a.api_token_env), "webhook_url": f"{hooks}/greenapi", "webhook_token": secret(a.webhook_token_env)}
             )
     return config

@@ -50,6 +50,10 @@ class Settings:
     def reports_dir(self) -> Path:
         return self.home / "reports"
 
+    def configured_secret(self, name: str) -> str | None:
+        """The secret if it is explicitly set, else None (no embedded derivation)."""
+        return os.environ.get(name) or None
+
     def secret(self, name: str) -> str:
         """A provider credential by env-var name.
 

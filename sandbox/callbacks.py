@@ -2,9 +2,9 @@
 
 Each accepted send may queue a chain of callbacks (e.g. delivered → opened → clicked). A chain runs
 in its own asyncio task: it waits `delay_s` (so the send's HTTP answer reaches the sender first, as it
-usually does in production), then POSTs each callback in order. A non-2xx answer or a connection error
-is retried up to `max_attempts` POSTs with exponential backoff; Mailgun treats 406 as "rejected, do
-not retry". Every attempt is rebuilt (re-signed for Mailgun: fresh timestamp and token), so a retry
+usually does in production), then POSTs each callback in order. A non-2xx answer (for VK and SMS.ru
+also a 2xx without their expected body, "ok" and "100") or a connection error is retried up to
+`max_attempts` POSTs with exponential backoff; Mailgun treats 406 as "rejected, do not retry". Every attempt is rebuilt (re-signed for Mailgun: fresh timestamp and token), so a retry
 never trips the receiver's replay or staleness checks.
 """
 
@@ -26,6 +26,8 @@ class Callback:
     url: str
     build: Build
     final_statuses: frozenset[int] = frozenset()  # non-2xx answers that end retrying (Mailgun: 406)
+    form: bool = False  # post the body form-urlencoded (Twilio) instead of as JSON
+    expected_body: str | None = None  # the answer body that counts as accepted (VK "ok", SMS.ru "100"); None: any
 
 
 class CallbackDispatcher:
@@ -85,11 +87,12 @@ class CallbackDispatcher:
             try:
                 async with self._slots:
                     body, headers = callback.build()
-                    response = await self._client.post(callback.url, json=body, headers=dict(headers))
+                    encoded = {"data": body} if callback.form else {"json": body}
+                    response = await self._client.post(callback.url, headers=dict(headers), **encoded)
             except httpx.HTTPError:
                 pass  # connection refused or timed out: retried like a 5xx
             else:
-                if response.is_success:
+                if response.is_success and callback.expected_body in (None, response.text.strip()):
                     return True
                 if response.status_code in callback.final_statuses:
                     return False

@@ -46,6 +46,9 @@ class SendGridAccount(_Strict):
     api_key: str  # "Authorization: Bearer <key>"
     webhook_url: str | None = None  # Event Webhook URL; events are ECDSA-signed by the sandbox's own key
     rate_limit_per_s: int | None = Field(default=None, ge=1)
+    # PEM of the P-256 private key the Event Webhook is signed with. None: one derived from api_key,
+    # so the public key (GET /v3/user/webhooks/event/settings/signed) survives sandbox restarts.
+    signing_key: str | None = None
 
 
 class SmscAccount(_Strict):
@@ -66,6 +69,7 @@ class TwilioAccount(_Strict):
     auth_token: str  # HTTP Basic password and the X-Twilio-Signature HMAC key
     webhook_url: str | None = None  # default StatusCallback when a message names none
     rate_limit_per_s: int | None = Field(default=None, ge=1)
+    inbound_url: str | None = None  # the sender's incoming-message URL (replies such as STOP); None: webhook_url
 
 
 class D360Account(_Strict):
@@ -79,8 +83,9 @@ class GreenApiInstance(_Strict):
     id_instance: int
     api_token: str  # in the path: /waInstance{id}/sendMessage/{token}
     webhook_url: str | None = None
-    webhook_token: str | None = None  # sent back as the Authorization header of each webhook
+    webhook_token: str | None = None  # sent back as "Authorization: Bearer <token>" on each webhook
     rate_limit_per_s: int | None = Field(default=None, ge=1)
+    yellow_card_recipients: list[str] = []  # phones (any format) whose send draws a yellowCard status
 
 
 class SandboxConfig(_Strict):

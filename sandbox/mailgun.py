@@ -4,6 +4,10 @@ Auth is HTTP Basic `api:<key>`; a wrong key gets 401 with the plain-text body "F
 errors are `{"message": "…"}`. Webhook bodies are `{"signature": {…}, "event-data": {…}}`, signed
 here with the sandbox's own HMAC code (deliberately not `resources.channels`, so the tests prove
 two independent implementations agree).
+Batch sending: up to 1000 `to` recipients per call; with `recipient-variables`, every
+`%recipient.<key>%` in subject, text, html, `v:` and `h:` fields is replaced per recipient with that
+recipient's value (an unknown key stays as written), so each recipient's record and events carry its
+own variables.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -36,6 +41,8 @@ _EVENTS = {
 }
 _DELIVERED_EVENTS = ("delivered",)
 _URL = re.compile(r"https?://[^\s\"'<>]+")
+_RECIPIENT_VARIABLE = re.compile(r"%recipient\.([^%\s]+)%")
+MAX_RECIPIENTS = 1000
 
 
 def routes() -> list[Route]:
@@ -80,15 +87,24 @@ async def _messages(request: Request) -> Response:
         state.refuse(MAILGUN)
         return _error(400, str(exc))
     fields = {name: str(value) for name, value in params}  # last one wins, except `to` below
-    recipients = [addr for _, addr in getaddresses([str(v) for n, v in params if n == "to"]) if "@" in addr]
+    addresses = getaddresses([str(v) for n, v in params if n == "to"])
+    recipients = [addr for _, addr in addresses]
     problem = (
         "from parameter is missing" if not fields.get("from") else
         "to parameter is missing" if "to" not in fields else
-        "to parameter is not a valid address. please check documentation" if not recipients else
+        "to parameter is not a valid address. please check documentation"
+        if not recipients or not all("@" in addr for addr in recipients) else
+        f"Too many recipients, max is {MAX_RECIPIENTS}" if len(recipients) > MAX_RECIPIENTS else
         "subject parameter is missing" if "subject" not in fields else
         "Need at least one of 'text', 'html' or 'template' parameters specified"
         if not (fields.get("text") or fields.get("html") or fields.get("template")) else None
     )
+    try:
+        recipient_variables = json.loads(fields.get("recipient-variables") or "{}")
+    except ValueError:
+        recipient_variables = None
+    if not isinstance(recipient_variables, dict):
+        problem = problem or "recipient-variables parameter is not a valid JSON"
     if problem:
         state.refuse(MAILGUN)
         return _error(400, problem)
@@ -98,9 +114,12 @@ async def _messages(request: Request) -> Response:
 
     now = datetime.now(UTC)
     message_id = f"{now:%Y%m%d%H%M%S}.{next(state.message_ids)}.{secrets.token_hex(8).upper()}@{domain}"
-    variables = {name[2:]: value for name, value in fields.items() if name.startswith("v:")}
-    headers = {name[2:]: value for name, value in fields.items() if name.startswith("h:")}
+    tags = [str(value) for name, value in params if name == "o:tag"]
     for recipient in recipients:
+        own = recipient_variables.get(recipient)
+        mine = _substitute(fields, own if isinstance(own, dict) else {})
+        variables = {name[2:]: value for name, value in mine.items() if name.startswith("v:")}
+        headers = {name[2:]: value for name, value in mine.items() if name.startswith("h:")}
         outcome = outcome_for(MAILGUN, recipient)
         state.record(
             MAILGUN,
@@ -108,9 +127,9 @@ async def _messages(request: Request) -> Response:
             accepted=True,
             account=domain,
             recipient=recipient,
-            text=fields.get("text"),
-            subject=fields["subject"],
-            html=fields.get("html"),
+            text=mine.get("text"),
+            subject=mine["subject"],
+            html=mine.get("html"),
             headers=headers,
             variables=variables,
             provider_message_id=message_id,
@@ -118,15 +137,21 @@ async def _messages(request: Request) -> Response:
         )
         if account.webhook_url:
             events = _EVENTS.get(outcome, _DELIVERED_EVENTS)
-            message = {
-                "message_id": message_id,
-                "fields": fields,
-                "variables": variables,
-                "tags": [str(value) for name, value in params if name == "o:tag"],
-                "recipient": recipient,
-            }
+            message = {"message_id": message_id, "fields": mine, "variables": variables, "tags": tags, "recipient": recipient}
             state.dispatcher.submit([_callback(account, event, message) for event in events])
     return JSONResponse({"id": f"<{message_id}>", "message": "Queued. Thank you."})
+
+
+def _substitute(fields: dict[str, str], variables: dict[str, Any]) -> dict[str, str]:
+    """`fields` with `%recipient.<key>%` replaced by this recipient's values (unknown keys stay)."""
+    if not variables:
+        return fields
+
+    def value(match: re.Match[str]) -> str:
+        key = match.group(1)
+        return str(variables[key]) if key in variables else match.group(0)
+
+    return {name: _RECIPIENT_VARIABLE.sub(value, text) for name, text in fields.items()}
 
 
 def _callback(account: MailgunDomain, event: str, message: dict[str, Any]) -> Callback:

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from sandbox import mailgun, telegram
+from sandbox import d360, greenapi, mailgun, telegram, twilio
+from sandbox import smsc, smsru, vk
+from sandbox import sendgrid
 
 PROVIDER_MODULES: dict[str, ModuleType] = {
     "telegram": telegram,
     "mailgun": mailgun,
+    "twilio": twilio,
+    "d360": d360,
+    "greenapi": greenapi,
+    "vk": vk,
+    "smsc": smsc,
+    "smsru": smsru,
+    "sendgrid": sendgrid,
 }

@@ -14,10 +14,11 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 
@@ -25,7 +26,7 @@ from starlette.routing import Route
 class Received:
     path: str
     headers: dict[str, str]  # names lower-cased
-    body: Any
+    body: Any  # parsed JSON, or a dict of the fields of a form-urlencoded POST (Twilio)
     status: int  # what the recorder answered
 
 
@@ -34,12 +35,18 @@ class CallbackRecorder:
         self._changed = threading.Condition()
         self._received: list[Received] = []
         self._scripted: defaultdict[str, deque[int]] = defaultdict(deque)
+        self._answers: dict[str, str] = {}  # path → plain-text body to answer with (VK "ok", SMS.ru "100")
         self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
 
     def fail_next(self, path: str, *statuses: int) -> None:
         """Answer the next POSTs to `path` with these statuses, in order, then 200 again."""
         with self._changed:
             self._scripted[path].extend(statuses)
+
+    def answer_with(self, path: str, text: str) -> None:
+        """Answer POSTs to `path` with this plain-text body (providers that check the answer's body)."""
+        with self._changed:
+            self._answers[path] = text
 
     def received(self, path: str) -> list[Received]:
         with self._changed:
@@ -65,11 +72,16 @@ class CallbackRecorder:
         assert len(accepted) >= count, f"{path}: {len(accepted)} of {count} callbacks after {timeout}s"
         return accepted[:count]
 
-    async def _handle(self, request: Request) -> JSONResponse:
+    async def _handle(self, request: Request) -> JSONResponse | PlainTextResponse:
         path = "/" + request.path_params["path"]
-        body = await request.json()
+        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            body: Any = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        else:
+            body = await request.json()
         with self._changed:
             status = self._scripted[path].popleft() if self._scripted[path] else 200
             self._received.append(Received(path, {k.lower(): v for k, v in request.headers.items()}, body, status))
             self._changed.notify_all()
+        if path in self._answers:
+            return PlainTextResponse(self._answers[path], status_code=status)
         return JSONResponse({"status": status}, status_code=status)

@@ -69,6 +69,8 @@ class SandboxState:
         self.messages: list[dict[str, Any]] = []
         self.stats: defaultdict[str, ProviderStats] = defaultdict(ProviderStats)
         self._windows: dict[tuple[str, str], deque[float]] = {}
+        # Per-provider scratch space that a reset forgets too: idempotency keys, message states (VK, SMSC).
+        self.memory: defaultdict[str, dict[Any, Any]] = defaultdict(dict)
         self._faults = random.Random(self.config.fault_seed)
         self.dispatcher.reset()
 

@@ -1,18 +1,24 @@
-"""The Telegram Bot API as the sandbox speaks it: `/bot<token>/<method>` for getMe, setWebhook, sendMessage.
+"""The Telegram Bot API as the sandbox speaks it: `/bot<token>/<method>` for getMe, setWebhook,
+sendMessage, sendPhoto, sendDocument and sendChatAction.
 
 Error bodies are Telegram's `{"ok": false, "error_code": n, "description": "…"}`. Deliberate
-deviation: setWebhook accepts plain-HTTP loopback URLs on any port (Telegram wants HTTPS on 443, 80,
-88 or 8443) because the receivers run locally.
+deviations: setWebhook accepts plain-HTTP loopback URLs on any port (Telegram wants HTTPS on 443, 80,
+88 or 8443) because the receivers run locally; media URLs are never fetched (any http(s) URL with a
+host "downloads"), and a file_id is accepted when it has the shape of one this sandbox issues. The
+parse_mode checks cover the common mistakes (unsupported or unclosed HTML tags, unescaped MarkdownV2
+characters), not Telegram's whole parser.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -25,7 +31,24 @@ from sandbox.outcomes import BLOCKED, CLICK, TELEGRAM, outcome_for
 from sandbox.state import SandboxState
 
 MAX_TEXT = 4096
+MAX_CAPTION = 1024
+MAX_CALLBACK_DATA = 64  # bytes
 _SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_CHAT_ACTIONS = frozenset({
+    "typing", "upload_photo", "record_video", "upload_video", "record_voice", "upload_voice",
+    "upload_document", "choose_sticker", "find_location", "record_video_note", "upload_video_note",
+})
+# Media methods: parameter name, file_id prefix this sandbox issues (the real ids start alike).
+_MEDIA = {"sendPhoto": ("photo", "AgACAgIAAx"), "sendDocument": ("document", "BQACAgIAAx")}
+_BAD_FILE = "wrong file identifier/HTTP URL specified"
+_HTML_TAGS = frozenset({
+    "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code", "pre",
+    "blockquote", "tg-emoji",
+})
+_HTML_TAG = re.compile(r"<(/?)([^\s>/]*)[^>]*>")
+_MD_RESERVED = set(">#+-=|{}.!")
+_MD_LINK_TARGET = re.compile(r"\]\((?:[^)\\]|\\.)*\)")  # "](url)": inside, only ")" and "\" are escaped
+_MD_CODE = re.compile(r"```.*?```|`[^`]*`", re.DOTALL)  # inside code, only "`" and "\" are escaped
 
 
 def routes() -> list[Route]:
@@ -54,7 +77,7 @@ async def _dispatch(request: Request) -> JSONResponse:
     token, method = request.path_params["token"], request.path_params["method"]
     bot = next((bot for bot in state.config.telegram if bot.token == token), None)
     if bot is None:
-        if method == "sendMessage":
+        if method == "sendMessage" or method in _MEDIA:
             state.refuse(TELEGRAM)
         return _error(401, "Unauthorized")
     try:
@@ -66,8 +89,10 @@ async def _dispatch(request: Request) -> JSONResponse:
         return _ok({"id": ident, "is_bot": True, "first_name": "Sandbox bot", "username": f"sandbox_{ident}_bot"})
     if method == "setWebhook":
         return _set_webhook(state, token, params)
-    if method == "sendMessage":
-        return await _send_message(request, state, bot, params)
+    if method in ("sendMessage", *_MEDIA):
+        return await _send(request, state, bot, method, params)
+    if method == "sendChatAction":
+        return await _send_chat_action(request, state, bot, params)
     return _error(404, "Not Found")
 
 
@@ -79,44 +104,58 @@ def _set_webhook(state: SandboxState, token: str, params: dict[str, Any]) -> JSO
     return _ok(True, description="Webhook was set" if url else "Webhook was deleted")
 
 
-async def _send_message(request: Request, state: SandboxState, bot: TelegramBot, params: dict[str, Any]) -> JSONResponse:
-    chat_id, text = params.get("chat_id"), params.get("text")
+async def _send(request: Request, state: SandboxState, bot: TelegramBot, method: str, params: dict[str, Any]) -> JSONResponse:
+    """sendMessage / sendPhoto / sendDocument: validate, admit, decide the outcome, answer the Message."""
+    chat_id, parse_mode = params.get("chat_id"), params.get("parse_mode")
+    kind, prefix = _MEDIA.get(method, ("", ""))
+    text = params.get("caption" if kind else "text")
+    file_ref = str(params.get(kind) or "") if kind else ""
     problem = (
         "chat_id is empty" if chat_id in (None, "") else
-        "message text is empty" if not text else
-        "message is too long" if len(str(text)) > MAX_TEXT else None
+        f"there is no {kind} in the request" if kind and not file_ref else
+        "message text is empty" if not kind and not text else None
     )
+    media = _media(kind, prefix, file_ref) if kind and not problem else {}
+    if kind and not problem and not media:
+        problem = _BAD_FILE
+    if not problem and text:
+        limit, too_long = (MAX_CAPTION, "message caption is too long") if kind else (MAX_TEXT, "message is too long")
+        problem = _entities_problem(str(text), parse_mode) or (
+            too_long if len(_plain(str(text), parse_mode)) > limit else None
+        )
     markup = params.get("reply_markup")
     try:
         markup = json.loads(markup) if isinstance(markup, str) else markup
     except ValueError:
         problem = problem or "can't parse reply keyboard markup JSON object"
+    problem = problem or _markup_problem(markup)
     if problem:
         state.refuse(TELEGRAM)
         return _error(400, f"Bad Request: {problem}")
     token, account = bot.token, str(bot_id(bot.token))
-    if refusal := await state.admit(request, TELEGRAM, account, bot.rate_limit_per_s):
-        state.refuse(TELEGRAM)
-        description = refusal.description
-        if refusal.retry_after is not None:
-            description = f"Too Many Requests: retry after {refusal.retry_after}"
-        return _error(refusal.status, description, refusal.retry_after)
+    if refusal := await _admit(request, state, account, bot):
+        return refusal
 
     chat = str(chat_id)
     outcome = outcome_for(TELEGRAM, chat)
-    record = {"account": account, "recipient": chat, "text": str(text), "send_id": None}
+    record = {"account": account, "recipient": chat, "method": method, "text": None if text is None else str(text),
+              "parse_mode": parse_mode, "send_id": None}
+    if kind:
+        record["media"] = file_ref
     if outcome == BLOCKED:
         state.record(TELEGRAM, outcome, accepted=False, provider_message_id=None, **record)
         return _error(403, "Forbidden: bot was blocked by the user")
 
     chat_key: int | str = int(chat) if chat.lstrip("-").isdigit() else chat
-    message = {
+    message: dict[str, Any] = {
         "message_id": next(state.message_ids),
         "from": {"id": bot_id(token), "is_bot": True, "first_name": "Sandbox bot"},
         "chat": {"id": chat_key, "type": "private"},
         "date": int(time.time()),
-        "text": str(text),
+        **media,
     }
+    if text:
+        message["caption" if media else "text"] = _plain(str(text), parse_mode)
     if markup:
         message["reply_markup"] = markup
     provider_message_id = f"{chat_key}:{message['message_id']}"
@@ -127,6 +166,113 @@ async def _send_message(request: Request, state: SandboxState, bot: TelegramBot,
         headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
         state.dispatcher.submit([Callback(url, lambda: (update, headers))])
     return _ok(message)
+
+
+async def _send_chat_action(request: Request, state: SandboxState, bot: TelegramBot, params: dict[str, Any]) -> JSONResponse:
+    """sendChatAction: `{"ok":true,"result":true}`; a blocked chat is refused like a message."""
+    chat_id, action = params.get("chat_id"), params.get("action")
+    if chat_id in (None, ""):
+        return _error(400, "Bad Request: chat_id is empty")
+    if action not in _CHAT_ACTIONS:
+        return _error(400, "Bad Request: wrong parameter action in request")
+    if refusal := await _admit(request, state, str(bot_id(bot.token)), bot, count=False):
+        return refusal
+    if outcome_for(TELEGRAM, str(chat_id)) == BLOCKED:
+        return _error(403, "Forbidden: bot was blocked by the user")
+    return _ok(True)
+
+
+async def _admit(request: Request, state: SandboxState, account: str, bot: TelegramBot, count: bool = True) -> JSONResponse | None:
+    """Test knobs, fault rate and the bot's rate limit; the refusal as Telegram words it, or None."""
+    refusal = await state.admit(request, TELEGRAM, account, bot.rate_limit_per_s)
+    if refusal is None:
+        return None
+    if count:
+        state.refuse(TELEGRAM)
+    description = refusal.description
+    if refusal.retry_after is not None:
+        description = f"Too Many Requests: retry after {refusal.retry_after}"
+    return _error(refusal.status, description, refusal.retry_after)
+
+
+def _media(kind: str, prefix: str, file_ref: str) -> dict[str, Any]:
+    """The Message fields for a sent photo/document, or {} when Telegram could not get the file.
+
+    Accepted: an http(s) URL with a host (documents only as .pdf/.zip/.gif, Telegram's rule for
+    sending documents by URL) or a file_id of this kind as issued below.
+    """
+    if "://" in file_ref:
+        parts = urlsplit(file_ref)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return {}
+        if kind == "document" and not parts.path.lower().endswith((".pdf", ".zip", ".gif")):
+            return {}
+        name = parts.path.rsplit("/", 1)[-1] or "file"
+    elif file_ref.startswith(prefix) and len(file_ref) == len(prefix) + 40:
+        name = "file"
+    else:
+        return {}
+
+    def file_id(variant: int) -> str:
+        return prefix + hashlib.sha256(f"{file_ref}|{variant}".encode()).hexdigest()[:40]
+
+    if kind == "photo":
+        sizes = ((90, 67, 1_302), (320, 240, 14_921), (800, 600, 61_404))
+        return {"photo": [{"file_id": file_id(n), "file_unique_id": file_id(n)[-16:], "width": w, "height": h,
+                           "file_size": size} for n, (w, h, size) in enumerate(sizes)]}
+    mime = {"pdf": "application/pdf", "zip": "application/zip", "gif": "image/gif"}
+    return {"document": {"file_name": name, "mime_type": mime.get(name.rsplit(".", 1)[-1].lower(), "application/octet-stream"),
+                         "file_id": file_id(0), "file_unique_id": file_id(0)[-16:], "file_size": 48_213}}
+
+
+def _entities_problem(text: str, parse_mode: Any) -> str | None:
+    """Telegram's "can't parse entities" refusals for the usual mistakes, or None."""
+    if parse_mode in (None, ""):
+        return None
+    if parse_mode not in ("HTML", "MarkdownV2", "Markdown"):
+        return "unsupported parse_mode"
+    if parse_mode == "HTML":
+        open_tags: list[str] = []
+        for match in _HTML_TAG.finditer(text):
+            closing, name = match.group(1), match.group(2).lower()
+            offset = len(text[: match.start()].encode())
+            if name not in _HTML_TAGS:
+                return f'can\'t parse entities: Unsupported start tag "{name}" at byte offset {offset}'
+            if not closing:
+                open_tags.append(name)
+            elif not open_tags or open_tags.pop() != name:
+                return f"can't parse entities: Unexpected end tag at byte offset {offset}"
+        if open_tags:
+            return f'can\'t parse entities: Can\'t find end tag corresponding to start tag "{open_tags[-1]}"'
+    if parse_mode == "MarkdownV2":
+        escaped, text = False, _MD_CODE.sub("", _MD_LINK_TARGET.sub("]", text))
+        for index, char in enumerate(text):
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char in _MD_RESERVED and not (char == ">" and (index == 0 or text[index - 1] == "\n")):
+                return f"can't parse entities: Character '{char}' is reserved and must be escaped with the preceding '\\'"
+    return None
+
+
+def _plain(text: str, parse_mode: Any) -> str:
+    """The text as the recipient sees it (what Telegram echoes in Message.text / caption)."""
+    if parse_mode == "HTML":
+        return html.unescape(_HTML_TAG.sub("", text))
+    if parse_mode == "MarkdownV2":
+        text = _MD_LINK_TARGET.sub("]", text)
+        return re.sub(r"\\(.)|[_*~`|\[\]]", lambda m: m.group(1) or "", text)
+    return text
+
+
+def _markup_problem(markup: Any) -> str | None:
+    for row in (markup.get("inline_keyboard") if isinstance(markup, dict) else None) or []:
+        for button in row if isinstance(row, list) else []:
+            data = button.get("callback_data") if isinstance(button, dict) else None
+            if data is not None and not 1 <= len(str(data).encode()) <= MAX_CALLBACK_DATA:
+                return "BUTTON_DATA_INVALID"
+    return None
 
 
 def _button_press(state: SandboxState, message: dict[str, Any], data: str) -> dict[str, Any]:

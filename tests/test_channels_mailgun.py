@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import socket
 import time
 import uuid
@@ -19,6 +20,7 @@ from sandbox.server import running_sandbox
 
 DOMAIN, API_KEY, SIGNING_KEY = "mg.example.ru", "key-sandbox-1", "signing-key-1"
 LIMITED = "limited.example.ru"
+BULK = "bulk.example.ru"  # no webhook, no rate limit: for big batches
 SENDER = "Магазин <shop@mg.example.ru>"
 
 # Published vector: mailgun/mailgun-php tests/Api/WebhookTest.php (testVerifyWebhookGood / Bad).
@@ -55,6 +57,24 @@ def send(base_url: str, msg: OutboundMessage, domain: str = DOMAIN, key: str = A
     return asyncio.run(go())
 
 
+def send_batch(base_url: str, msgs: list[OutboundMessage], domain: str = BULK) -> tuple[list[SendResult], int]:
+    """The connector's results and how many HTTP calls it made."""
+    calls: list[httpx.Request] = []
+
+    async def count(request: httpx.Request) -> None:
+        calls.append(request)
+
+    async def go() -> list[SendResult]:
+        async with httpx.AsyncClient(event_hooks={"request": [count]}, timeout=30) as client:
+            return await MailgunConnector(base_url, domain, API_KEY, SENDER).send_batch(client, msgs)
+
+    return asyncio.run(go()), len(calls)
+
+
+def records(base_url: str, msgs: list[OutboundMessage]) -> list[dict]:
+    """The sandbox's record of each message, in the order given."""
+    by_send_id = {m["send_id"]: m for m in httpx.get(f"{base_url}/_sandbox/messages", params={"provider": "mailgun"}).json()["messages"]}
+    return [by_send_id[msg.send_id] for msg in msgs]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +83,7 @@ def sandbox(receiver):
         mailgun=[
             MailgunDomain(domain=DOMAIN, api_key=API_KEY, signing_key=SIGNING_KEY, webhook_url=f"{receiver[1]}/mg"),
             MailgunDomain(domain=LIMITED, api_key=API_KEY, signing_key=SIGNING_KEY, rate_limit_per_s=1),
+            MailgunDomain(domain=BULK, api_key=API_KEY, signing_key=SIGNING_KEY),
         ],
         callback_delay_s=0.01,
         callback_backoff_s=0.01,
@@ -206,3 +227,71 @@ def test_parse_reference_events():
 def test_event_without_id_is_refused():
     with pytest.raises(ValueError):
         mg.parse_event({"event-data": {"event": "delivered", "timestamp": 1717000000}})
+
+
+# --- batch sending ---------------------------------------------------------------------------------
+
+
+def newsletter(address: str, token: str, **fields: object) -> OutboundMessage:
+    """A rendered campaign e-mail whose only personal part is its unsubscribe link (body and header)."""
+    url = f"https://algor.example/u/{token}?l=promo&c=c1"
+    body = {
+        "text": f"Скидка 10%: https://ex.ru/sale\nОтписаться: {url}",
+        "html": f'<html><head><style>a {{ color: red }}</style></head><body><a href="https://ex.ru/sale">Скидки</a> <a href="{html.escape(url)}">Отписаться</a></body></html>',
+    }
+    return email(address, unsubscribe_url=url, **(body | fields))
+
+
+def test_a_batch_is_one_call_and_every_recipient_keeps_its_own_values(sandbox):
+    msgs = [newsletter(f"deliver+b{n}@example.ru", f"tok{n}") for n in range(5)]
+    results, calls = send_batch(sandbox, msgs)
+    assert calls == 1
+    assert all(r.ok for r in results) and len({r.provider_message_id for r in results}) == 1
+    for msg, record in zip(msgs, records(sandbox, msgs), strict=True):
+        assert record["variables"] == {"send_id": msg.send_id}
+        assert record["provider_message_id"] == results[0].provider_message_id
+        assert record["headers"] == {"List-Unsubscribe": f"<{msg.unsubscribe_url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+        assert record["text"] == msg.text
+        assert f'href="{msg.unsubscribe_url}"' in record["html"] and 'style="color: red;"' in record["html"]
+
+
+def test_batch_callbacks_carry_each_recipients_send_id(sandbox, recorder):
+    tag = uuid.uuid4().hex[:6]
+    msgs = [newsletter(f"{outcome}+{tag}@example.ru", f"{outcome}{tag}") for outcome in ("click", "bounce", "complain")]
+    results, calls = send_batch(sandbox, msgs, domain=DOMAIN)
+    assert calls == 1 and all(r.ok for r in results)
+    for msg, kinds in zip(msgs, (["delivered", "opened", "clicked"], ["delivery_failed"], ["delivered", "complained"]), strict=True):
+        bodies = events_for(recorder, msg.send_id, len(kinds))
+        assert all(mg.verify_webhook(body, SIGNING_KEY, now=time.time()) for body in bodies)
+        events = [mg.parse_event(body)[0] for body in bodies]
+        assert [e.kind for e in events] == kinds
+        assert {(e.send_id, e.address, e.provider_message_id) for e in events} == {(msg.send_id, msg.address, results[0].provider_message_id)}
+
+
+def test_batches_group_identical_content_and_split_repeated_addresses(sandbox):
+    a, b = newsletter("deliver+ga@example.ru", "a"), newsletter("deliver+gb@example.ru", "b")
+    other = newsletter("deliver+gc@example.ru", "c", subject="Другая тема")
+    again = newsletter("Deliver+GA@example.ru", "a2")  # the same mailbox once more: never twice in one call
+    results, calls = send_batch(sandbox, [a, other, b, again])
+    assert calls == 3 and all(r.ok for r in results)
+    ids = [r.provider_message_id for r in results]
+    assert ids[0] == ids[2] and len({ids[0], ids[1], ids[3]}) == 3
+
+
+def test_a_bad_address_in_a_batch_fails_only_itself(sandbox):
+    msgs = [newsletter("deliver+ok1@example.ru", "ok1"), newsletter("not-an-address", "bad"), newsletter("deliver+ok2@example.ru", "ok2")]
+    results, calls = send_batch(sandbox, msgs)
+    assert calls == 1 + 3  # the batch's 400, then each message on its own
+    assert [r.ok for r in results] == [True, False, True]
+    assert (results[1].error_class, results[1].error) == ("rejected", "to parameter is not a valid address. please check documentation")
+
+
+def test_more_than_1000_recipients(sandbox):
+    form = [("from", SENDER), *(("to", f"deliver+{n}@example.ru") for n in range(1001)), ("subject", "s"), ("text", "t")]
+    answer = httpx.post(f"{sandbox}/v3/{BULK}/messages", auth=("api", API_KEY), files=[(k, (None, v)) for k, v in form])
+    assert (answer.status_code, answer.json()) == (400, {"message": "Too many recipients, max is 1000"})
+    assert mg.classify(answer.status_code, answer.json()).error_class == "rejected"
+    msgs = [newsletter(f"deliver+k{n}@example.ru", f"k{n}") for n in range(1001)]
+    results, calls = send_batch(sandbox, msgs)
+    assert calls == 2 and all(r.ok for r in results)
+    assert len({r.provider_message_id for r in results[:1000]}) == 1 and results[1000].provider_message_id != results[0].provider_message_id

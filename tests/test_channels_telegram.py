@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 import uuid
@@ -13,6 +14,7 @@ import pytest
 
 from resources.channels import OutboundMessage, SendResult, TelegramConnector
 from resources.channels import telegram as tg
+from resources.channels.base import Attachment
 from sandbox.config import SandboxConfig, TelegramBot
 from sandbox.outcomes import outcome_for
 from sandbox.server import running_sandbox
@@ -37,18 +39,33 @@ def chat_with(outcome: str, skip: int = 0) -> str:
     return next(matches)
 
 
-def message(chat: str, text: str = "Привет", buttons: tuple[tuple[str, str], ...] = ()) -> OutboundMessage:
+def message(
+    chat: str, text: str = "Привет", buttons: tuple[tuple[str, str], ...] = (), attachments: tuple[Attachment, ...] = ()
+) -> OutboundMessage:
     return OutboundMessage(
-        send_id=str(uuid.uuid4()), tenant="t1", campaign="c1", channel="telegram", address=chat, text=text, buttons=buttons
+        send_id=str(uuid.uuid4()), tenant="t1", campaign="c1", channel="telegram", address=chat, text=text,
+        buttons=buttons, attachments=attachments,
     )
 
 
-def send(base_url: str, msg: OutboundMessage, token: str = TOKEN, **client_options: object) -> SendResult:
+def send(
+    base_url: str, msg: OutboundMessage, token: str = TOKEN, parse_mode: str | None = None, **client_options: object
+) -> SendResult:
     async def go() -> SendResult:
         async with httpx.AsyncClient(**client_options) as client:
-            return await TelegramConnector(base_url, token).send(client, msg)
+            return await TelegramConnector(base_url, token, parse_mode=parse_mode).send(client, msg)
 
     return asyncio.run(go())
+
+
+def received(base_url: str, chat: str) -> dict:
+    """The sandbox's record of the last message to `chat`."""
+    messages = httpx.get(f"{base_url}/_sandbox/messages", params={"provider": "telegram"}).json()["messages"]
+    return [m for m in messages if m["recipient"] == chat][-1]
+
+
+PHOTO = Attachment("photo", "https://cdn.example.ru/promo/banner.jpg")
+PDF = Attachment("document", "https://cdn.example.ru/promo/price-list.pdf", filename="price-list.pdf")
 
 
 
@@ -93,8 +110,8 @@ def test_blocked_chat_is_unreachable_and_sends_no_callback(sandbox, recorder):
     ("token", "text", "error"),
     [
         ("999:unknown", "hi", "Unauthorized"),
-        (TOKEN, "", "Bad Request: message text is empty"),
-        (TOKEN, "x" * 4097, "Bad Request: message is too long"),
+        (TOKEN, "", "message text is empty"),  # refused by validate, before any call
+        (TOKEN, "x" * 4097, "message text is 4097 characters, Telegram allows 4096"),
     ],
 )
 def test_our_mistakes_are_rejected(sandbox, token, text, error):
@@ -222,3 +239,125 @@ def test_update_without_id_is_refused():
 def test_classify_provider_answers(status, body, error_class, retry_after):
     result = tg.classify(status, body)
     assert (result.ok, result.error_class, result.retry_after) == (False, error_class, retry_after)
+
+
+# --- rich messages: parse_mode, media, chat actions -------------------------------------------------
+
+
+def test_html_parse_mode_is_passed_and_counted_without_markup(sandbox):
+    chat = chat_with("deliver", skip=2)
+    text = "<b>Скидка</b> &amp; " + "x" * 4080  # 4100 characters on the wire, over the limit…
+    assert len(text) == 4100 and tg.visible_length(text, "HTML") == 4089  # …but only "Скидка & xx…" counts
+    result = send(sandbox, message(chat, text), parse_mode="HTML")
+    assert result.ok
+    record = received(sandbox, chat)
+    assert (record["method"], record["parse_mode"], record["text"]) == ("sendMessage", "HTML", text)
+
+
+def test_markdown_v2_mistakes_come_back_rejected(sandbox):
+    chat = chat_with("deliver", skip=3)
+    result = send(sandbox, message(chat, "Скидка 10%!"), parse_mode="MarkdownV2")
+    assert result.error_class == "rejected" and result.error.startswith("Bad Request: can't parse entities")
+    assert send(sandbox, message(chat, tg.escape_markdown_v2("Скидка 10%!")), parse_mode="MarkdownV2").ok
+
+
+def test_photo_goes_out_with_send_photo_and_the_text_as_caption(sandbox, recorder):
+    chat = chat_with("click", skip=1)
+    msg = message(chat, "Новая коллекция", buttons=(("Смотреть", "view:1"),), attachments=(PHOTO,))
+    assert TelegramConnector(sandbox, TOKEN).payload(msg) == {
+        "chat_id": int(chat),
+        "photo": PHOTO.url,
+        "caption": "Новая коллекция",
+        "reply_markup": {"inline_keyboard": [[{"text": "Смотреть", "callback_data": "view:1"}]]},
+    }
+    result = send(sandbox, msg)
+    assert result.ok and result.provider_message_id.startswith(f"{chat}:")
+    record = received(sandbox, chat)
+    assert (record["method"], record["media"], record["text"]) == ("sendPhoto", PHOTO.url, "Новая коллекция")
+    [update] = recorder.wait_for("/tg", 1, where=lambda body: str(body["callback_query"]["from"]["id"]) == chat)
+    pressed = update.body["callback_query"]
+    assert pressed["data"] == "view:1" and pressed["message"]["caption"] == "Новая коллекция"
+    assert pressed["message"]["photo"][-1]["file_id"]  # Telegram answers with the PhotoSize list
+    assert tg.parse_update(update.body)[0].provider_message_id == result.provider_message_id
+
+
+def test_document_goes_out_with_send_document(sandbox):
+    chat = chat_with("deliver", skip=4)
+    result = send(sandbox, message(chat, "", attachments=(Attachment("document", PDF.url, caption="Прайс"),)))
+    assert result.ok
+    record = received(sandbox, chat)
+    assert (record["method"], record["media"], record["text"]) == ("sendDocument", PDF.url, "Прайс")
+
+
+def test_a_file_id_the_sandbox_issued_can_be_sent_again(sandbox):
+    chat = chat_with("deliver", skip=5)
+    first = httpx.post(f"{sandbox}/bot{TOKEN}/sendPhoto", json={"chat_id": chat, "photo": PHOTO.url}).json()
+    file_id = first["result"]["photo"][-1]["file_id"]
+    assert send(sandbox, message(chat, "Ещё раз", attachments=(Attachment("photo", file_id),))).ok
+    wrong = send(sandbox, message(chat, "", attachments=(Attachment("photo", "AgACAgIAAxno-such-file"),)))
+    assert (wrong.error_class, wrong.error) == ("rejected", "Bad Request: wrong file identifier/HTTP URL specified")
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "description"),
+    [
+        ("sendPhoto", {"photo": "ftp://cdn.example.ru/a.jpg"}, "Bad Request: wrong file identifier/HTTP URL specified"),
+        ("sendDocument", {"document": "https://cdn.example.ru/a.txt"}, "Bad Request: wrong file identifier/HTTP URL specified"),
+        ("sendPhoto", {}, "Bad Request: there is no photo in the request"),
+        ("sendPhoto", {"photo": PHOTO.url, "caption": "я" * 1025}, "Bad Request: message caption is too long"),
+        ("sendMessage", {"text": "<b>hi", "parse_mode": "HTML"},
+         'Bad Request: can\'t parse entities: Can\'t find end tag corresponding to start tag "b"'),
+        ("sendMessage", {"text": "hi", "parse_mode": "html5"}, "Bad Request: unsupported parse_mode"),
+        ("sendMessage", {"text": "hi", "reply_markup": {"inline_keyboard": [[{"text": "x", "callback_data": "я" * 33}]]}},
+         "Bad Request: BUTTON_DATA_INVALID"),
+        ("sendChatAction", {"action": "dancing"}, "Bad Request: wrong parameter action in request"),
+    ],
+)
+def test_sandbox_refuses_media_and_markup_like_telegram(sandbox, method, body, description):
+    answer = httpx.post(f"{sandbox}/bot{TOKEN}/{method}", json={"chat_id": chat_with("deliver"), **body})
+    assert (answer.status_code, answer.json()) == (400, {"ok": False, "error_code": 400, "description": description})
+    assert tg.classify(answer.status_code, answer.json()).error_class == "rejected"
+
+
+def test_chat_action(sandbox):
+    async def go(chat: str, action: str = "typing") -> SendResult:
+        async with httpx.AsyncClient() as client:
+            return await TelegramConnector(sandbox, TOKEN).send_chat_action(client, chat, action)
+
+    assert asyncio.run(go(chat_with("deliver"))) == SendResult(ok=True)
+    assert asyncio.run(go(chat_with("deliver"), "upload_document")).ok
+    blocked = asyncio.run(go(chat_with("blocked")))
+    assert (blocked.error_class, blocked.error) == ("unreachable", "Forbidden: bot was blocked by the user")
+    with pytest.raises(ValueError):
+        asyncio.run(go(chat_with("deliver"), "dancing"))
+
+
+@pytest.mark.parametrize(
+    ("msg", "error"),
+    [
+        (message("1", attachments=(PHOTO, PDF)), "at most one attachment per message, got 2"),
+        (message("1", attachments=(Attachment("video", "https://cdn.example.ru/v.mp4"),)), "attachment kind 'video' is not supported"),
+        (message("1", attachments=(Attachment("audio", "https://cdn.example.ru/a.mp3"),)), "attachment kind 'audio' is not supported"),
+        (message("1", attachments=(Attachment("photo", "http://cdn.example.ru/a.jpg"),)), "photo URL must be an absolute https:// URL"),
+        (message("1", attachments=(Attachment("document", "https://cdn.example.ru/a.docx"),)), "only for .pdf, .zip and .gif"),
+        (message("1", "я" * 1025, attachments=(PHOTO,)), "caption is 1025 characters, Telegram allows 1024"),
+        (message("1", "   "), "message text is empty"),
+        (message("1", "x" * 4097), "message text is 4097 characters"),
+        (message("1", buttons=(("Да", "я" * 33),)), "callback_data must be 1-64 bytes"),
+        (message("1", buttons=(("Да", ""),)), "callback_data must be 1-64 bytes"),
+    ],
+)
+def test_validate_refuses_what_telegram_would(msg, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        TelegramConnector("http://127.0.0.1:9", TOKEN).validate(msg)
+    # send() refuses the same message without a call (nothing listens on port 9: a call would be a ConnectError)
+    result = send("http://127.0.0.1:9", msg)
+    assert result.error_class == "rejected" and error in result.error
+
+
+def test_validate_accepts_a_caption_of_1024_and_a_file_id():
+    connector = TelegramConnector("http://127.0.0.1:9", TOKEN)
+    connector.validate(message("1", "я" * 1024, attachments=(PHOTO,)))
+    connector.validate(message("1", "", attachments=(Attachment("document", "BQACAgIAAxkBAAIBQ2Zx"),)))
+    with pytest.raises(ValueError):
+        TelegramConnector("http://127.0.0.1:9", TOKEN, parse_mode="Markdown")

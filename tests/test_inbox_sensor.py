@@ -6,7 +6,7 @@ import json
 
 import dagster as dg
 
-from gateway.inbox import store_callback
+from gateway.inbox import store_callbacks
 from resources.opstore import OperationalStore
 from sensors.inbox import DELIVERY_OP, webhook_inbox_sensor
 
@@ -23,8 +23,8 @@ def test_sensor_requests_each_new_range_once_per_tenant(algor_home, instance):
     assert isinstance(evaluate(instance, None), dg.SkipReason)
 
     for n in range(3):
-        store_callback(engine, "demo", "telegram", "bot", f"update:{n}", json.dumps({"update_id": n}))
-    store_callback(engine, "acme", "mailgun", "mg.acme.example.com", "ev-1", "{}")
+        store_callbacks(engine, "demo", "telegram", [(f"update:{n}", {"update_id": n})])
+    store_callbacks(engine, "acme", "mailgun", [("ev-1", {})])
     first = evaluate(instance, None)
     by_tenant = {request.partition_key: request for request in first.run_requests}
     assert set(by_tenant) == {"demo", "acme"}
@@ -37,8 +37,8 @@ def test_sensor_requests_each_new_range_once_per_tenant(algor_home, instance):
     assert isinstance(evaluate(instance, first.cursor), dg.SkipReason)
 
     # A duplicate delivery of a stored event adds nothing; a new one yields only the new range.
-    assert store_callback(engine, "demo", "telegram", "bot", "update:2", "{}") is False
-    store_callback(engine, "demo", "telegram", "bot", "update:9", "{}")
+    assert store_callbacks(engine, "demo", "telegram", [("update:2", {})]) == 0
+    store_callbacks(engine, "demo", "telegram", [("update:9", {})])
     second = evaluate(instance, first.cursor)
     assert [request.run_key for request in second.run_requests] == ["inbox:demo:5-5"]
     assert json.loads(second.cursor) == {"acme": 4, "demo": 5}

@@ -99,7 +99,7 @@ def test_outcome_shares_follow_the_table():
 
 def test_unknown_provider_is_an_error():
     with pytest.raises(ValueError):
-        outcome_for("vk", "1")
+        outcome_for("no-such-provider", "1")
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_stats_messages_and_reset(client):
     client.post(f"/bot{TOKEN}/sendMessage", json={"chat_id": 1})
     client.post(f"/v3/{DOMAIN}/messages", auth=("api", API_KEY), data=mail_form("complain@x.ru", **{"v:send_id": "s-1"}))
     stats = wait_until_settled(client)
-    assert stats["providers"] == {
+    assert {name: stats["providers"][name] for name in ("telegram", "mailgun")} == {
         "telegram": {"accepted": 1, "refused": 2, "limit_violations": 0, "outcomes": {"blocked": 1, "deliver": 1}},
         "mailgun": {"accepted": 1, "refused": 0, "limit_violations": 0, "outcomes": {"complain": 1}},
     }

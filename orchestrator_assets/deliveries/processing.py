@@ -16,14 +16,23 @@ import sqlalchemy as sa
 
 from orchestrator_assets.delivery_status import RANKS, advances
 from resources import warehouse as wh
-from resources.callbacks import PARSERS, PROVIDER_CHANNELS
+from resources.callbacks import PARSERS, consent_channel
 from resources.channels.base import CallbackEvent
 from resources.opstore_schema import consent_events, consents, contacts, deliveries, sends
 from resources.sql import upsert_insert
 
 STATUS_KINDS = set(RANKS) - {wh.SENT}
 OPT_OUT_KINDS = {"opt_out", wh.UNSUBSCRIBED, wh.COMPLAINED}
-ALL_CHANNELS = ("telegram", "email", "sms")
+ALL_CHANNELS = ("telegram", "email", "vk", "sms", "whatsapp")
+# Which contact column holds the address a provider reports for each channel.
+ADDRESS_COLUMNS = {
+    "telegram": contacts.c.telegram_chat_id,
+    "vk": contacts.c.vk_user_id,
+    "email": contacts.c.email,
+    "sms": contacts.c.phone,
+    "whatsapp": contacts.c.phone,
+}
+INTEGER_ADDRESSES = frozenset({"telegram", "vk"})
 
 
 @dataclass
@@ -44,7 +53,7 @@ def _find_send(conn: sa.Connection, tenant: str, provider: str, event: CallbackE
     return conn.execute(sa.select(sends).where(sends.c.tenant == tenant, condition)).first()
 
 
-def _find_contact_id(conn: sa.Connection, tenant: str, provider: str, event: CallbackEvent, send) -> int | None:
+def _find_contact_id(conn: sa.Connection, tenant: str, channel: str, event: CallbackEvent, send) -> int | None:
     if send is not None:
         return send.contact_id
     if not event.address:
@@ -52,8 +61,12 @@ def _find_contact_id(conn: sa.Connection, tenant: str, provider: str, event: Cal
     if event.address.startswith("contact:"):  # our own unsubscribe links name the contact
         contact_id = int(event.address.removeprefix("contact:"))
         return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, contacts.c.id == contact_id)).scalar()
-    column = contacts.c.telegram_chat_id if provider == "telegram" else contacts.c.email
-    value = int(event.address) if provider == "telegram" and event.address.lstrip("-").isdigit() else event.address
+    column = ADDRESS_COLUMNS[channel]
+    value: str | int = event.address
+    if channel in INTEGER_ADDRESSES:
+        if not event.address.lstrip("-").isdigit():
+            return None
+        value = int(event.address)
     return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, column == value)).scalar()
 
 
@@ -93,16 +106,18 @@ def process_rows(conn: sa.Connection, tenant: str, rows, complaint_suppresses_al
         if parser is None:
             batch.errors[row.id] = f"no parser for provider {row.provider!r}"
             continue
-        for event in parser(json.loads(row.payload)):
+        payload = json.loads(row.payload)
+        channel = consent_channel(row.provider, payload)
+        for event in parser(payload):
             if event.kind == "ignored":
                 batch.tally["ignored"] += 1
                 continue
             send = _find_send(conn, tenant, row.provider, event)
             if event.kind in OPT_OUT_KINDS:
-                contact_id = _find_contact_id(conn, tenant, row.provider, event, send)
+                contact_id = _find_contact_id(conn, tenant, channel, event, send)
                 if contact_id is not None:
                     everywhere = event.kind == wh.COMPLAINED and complaint_suppresses_all
-                    channels = ALL_CHANNELS if everywhere else (PROVIDER_CHANNELS[row.provider],)
+                    channels = ALL_CHANNELS if everywhere else (channel,)
                     evidence = json.dumps({"inbox_id": row.id, "provider": row.provider, "event": event.event_key, "kind": event.kind})
                     batch.tally["consents_withdrawn"] += withdraw_consents(
                         conn, tenant, contact_id, channels, f"{row.provider}:{event.kind}", evidence, event.occurred_at, now

@@ -4,6 +4,11 @@ Send: `POST {base_url}/v3/{domain}/messages`, multipart form, HTTP Basic `api:<k
 travels as `v:send_id` and comes back in every event as `event-data.user-variables.send_id`. The
 provider id is the answer's "id" without angle brackets, which is how webhooks report it
 (`event-data.message.headers.message-id`).
+Batch sending: up to 1000 `to` recipients in one call with `recipient-variables`
+(`{address: {"send_id": …, "unsubscribe_url": …}}`); `v:send_id` is `%recipient.send_id%` and
+List-Unsubscribe `<%recipient.unsubscribe_url%>`, so every recipient gets its own values and its own
+events. Which messages can share a call: `resources.channels.batching`. The answer carries one id for
+the whole call, so every message of a batch gets that id; events are matched by send_id.
 Webhooks: JSON `{"signature": {timestamp, token, signature}, "event-data": {…}}`, signed with
 hex(HMAC-SHA256(webhook signing key, timestamp + token)).
 Source: Mailgun docs (sending, securing webhooks) and shared/reference/provider-protocols.md §3.
@@ -13,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +44,11 @@ from resources.channels.base import (
     transport_failure,
     utc_from_timestamp,
 )
+from resources.channels.batching import Batch, plan
+
+# recipient-variables keys (the same names as the v:/h: fields they feed).
+SEND_ID = "send_id"
+UNSUBSCRIBE_URL = "unsubscribe_url"
 
 # `failed` is handled apart: only permanent failures are final (Mailgun retries temporary ones itself).
 # `rejected` means Mailgun refused before sending (e.g. a suppressed address): as final as a hard bounce.
@@ -52,11 +63,13 @@ _EVENT_KINDS = {
 
 
 class MailgunConnector:
-    """Sends one e-mail per call from one sending domain; never retries (the caller owns retry policy)."""
+    """Sends e-mail from one sending domain, one message or one batch per call; never retries (the
+    caller owns retry policy)."""
 
     provider = "mailgun"
     channel = "email"
     provider_deduplicates = False  # no idempotency key on messages.send
+    max_batch = 1000  # Mailgun's limit of recipients per call
 
     def __init__(self, base_url: str, domain: str, api_key: str, sender: str):
         self._url = f"{base_url.rstrip('/')}/v3/{domain}/messages"
@@ -78,14 +91,61 @@ class MailgunConnector:
             fields.append(("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         return fields
 
+    def batch_fields(self, batch: Batch, messages: Sequence[OutboundMessage]) -> list[tuple[str, str]]:
+        """The form fields of one batch call: the batch's shared content, one `to` per member, and the
+        members' own values in `recipient-variables`."""
+        members = [messages[index] for index in batch.indexes]
+        fields = [("from", self._sender), *(("to", message.address) for message in members)]
+        if batch.subject is not None:
+            fields.append(("subject", batch.subject))
+        fields.append(("text", batch.text))
+        if batch.html:
+            fields.append(("html", css_inline.inline(batch.html)))
+        fields.append(("v:send_id", f"%recipient.{SEND_ID}%"))
+        variables: dict[str, dict[str, str]] = {}
+        for message in members:
+            variables[message.address] = {SEND_ID: message.send_id}
+            if message.unsubscribe_url:
+                variables[message.address][UNSUBSCRIBE_URL] = message.unsubscribe_url
+        if batch.unsubscribe:
+            fields.append(("h:List-Unsubscribe", f"<%recipient.{UNSUBSCRIBE_URL}%>"))
+            fields.append(("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        fields.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
+        return fields
+
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+        return (await self._post(client, self.fields(message)))[1]
+
+    async def send_batch(self, client: httpx.AsyncClient, messages: list[OutboundMessage]) -> list[SendResult]:
+        """One result per message, in order. Calls go out one after another, one per batch of
+        `batching.plan` (a batch of one is an ordinary send).
+
+        A 400 on a call of several recipients means nothing was sent, but the fault may be one
+        recipient's (an invalid address): that call's messages are then sent one by one, so one bad
+        address cannot sink the others. That is not a retry: the 400 rules out a duplicate.
+        """
+        results: dict[int, SendResult] = {}
+        for batch in plan(messages, f"%recipient.{UNSUBSCRIBE_URL}%", self.max_batch):
+            if len(batch.indexes) == 1:
+                outcome = [await self.send(client, messages[batch.indexes[0]])]
+            else:
+                status, shared = await self._post(client, self.batch_fields(batch, messages))
+                if status == 400:
+                    outcome = [await self.send(client, messages[index]) for index in batch.indexes]
+                else:
+                    outcome = [shared] * len(batch.indexes)
+            results.update(zip(batch.indexes, outcome, strict=True))
+        return [results[index] for index in range(len(messages))]
+
+    async def _post(self, client: httpx.AsyncClient, fields: list[tuple[str, str]]) -> tuple[int | None, SendResult]:
+        """(HTTP status or None without an answer, result)."""
         # (None, value) parts make httpx send multipart/form-data, as Mailgun documents, without file names.
-        files = [(name, (None, value)) for name, value in self.fields(message)]
+        files = [(name, (None, value)) for name, value in fields]
         try:
             response = await client.post(self._url, auth=self._auth, files=files)
         except httpx.HTTPError as exc:
-            return transport_failure(exc)
-        return classify(response.status_code, json_object(response), response.text, response.headers)
+            return None, transport_failure(exc)
+        return response.status_code, classify(response.status_code, json_object(response), response.text, response.headers)
 
 
 def classify(

@@ -1,7 +1,9 @@
 """Telegram Bot API connector and webhook helpers.
 
-Send: `POST {base_url}/bot<token>/sendMessage` (the token in the path is the auth). The provider id
-is "<chat_id>:<message_id>" because Telegram's message_id is unique only within a chat.
+Send: `POST {base_url}/bot<token>/<method>` (the token in the path is the auth). A message without
+attachments goes out with `sendMessage`; with one photo or document attachment, with `sendPhoto` /
+`sendDocument` and the text as its caption. The provider id is "<chat_id>:<message_id>" because
+Telegram's message_id is unique only within a chat. `send_chat_action` shows "typing…" and the like.
 Webhooks: Telegram puts no signature on the body; authenticity is the `X-Telegram-Bot-Api-Secret-Token`
 header set with `setWebhook(secret_token=…)`. Updates are deduplicated by `update_id`.
 Source: https://core.telegram.org/bots/api and shared/reference/provider-protocols.md §1.
@@ -10,10 +12,12 @@ Source: https://core.telegram.org/bots/api and shared/reference/provider-protoco
 from __future__ import annotations
 
 import hmac
+import html
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,6 +30,7 @@ from resources.channels.base import (
     REJECTED,
     TRANSIENT,
     UNREACHABLE,
+    Attachment,
     CallbackEvent,
     OutboundMessage,
     SendResult,
@@ -36,27 +41,94 @@ from resources.channels.base import (
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
+# Limits from the Bot API reference, counted after entities parsing (i.e. without the markup).
+MAX_TEXT = 4096  # sendMessage text
+MAX_CAPTION = 1024  # sendPhoto / sendDocument caption
+MAX_CALLBACK_DATA_BYTES = 64  # InlineKeyboardButton.callback_data is 1-64 bytes
+PARSE_MODES = ("HTML", "MarkdownV2")
+CHAT_ACTIONS = frozenset({
+    "typing", "upload_photo", "record_video", "upload_video", "record_voice", "upload_voice",
+    "upload_document", "choose_sticker", "find_location", "record_video_note", "upload_video_note",
+})
+# Attachment kind -> (method, the parameter carrying the file). Video and audio are not supported.
+_MEDIA_METHODS = {"photo": ("sendPhoto", "photo"), "document": ("sendDocument", "document")}
+# "In sendDocument, sending by URL will currently only work for GIF, PDF and ZIP files."
+_DOCUMENT_URL_SUFFIXES = (".pdf", ".zip", ".gif")
+
 # Descriptions that mean "this chat is gone for us", whatever the status code: an album to a blocked
 # user came back as 400 "USER_IS_BLOCKED" (telebot#669), so the text matters as much as the code.
 _UNREACHABLE_MARKERS = ("blocked", "deactivated", "can't initiate", "chat not found", "user_is_blocked")
 _RETRY_AFTER = re.compile(r"retry after (\d+)", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_MD_LINK_TARGET = re.compile(r"\]\((?:[^)\\]|\\.)*\)")
+_MD_MARKUP = re.compile(r"\\(.)|[_*~`|\[\]]")
+_MD_SPECIAL = "_*[]()~`>#+-=|{}.!\\"
 
 
 class TelegramConnector:
-    """Sends one message per call through one bot; never retries (the caller owns retry policy)."""
+    """Sends one message per call through one bot; never retries (the caller owns retry policy).
+
+    `parse_mode` ("HTML" or "MarkdownV2") applies to every text and caption this connector sends;
+    escape interpolated values with `html.escape` / `escape_markdown_v2`.
+    """
 
     provider = "telegram"
     channel = "telegram"
     provider_deduplicates = False  # the Bot API has no idempotency key
 
     def __init__(self, base_url: str, bot_token: str, parse_mode: str | None = None):
-        self._url = f"{base_url.rstrip('/')}/bot{bot_token}/sendMessage"
+        if parse_mode is not None and parse_mode not in PARSE_MODES:
+            raise ValueError(f"parse_mode must be one of {PARSE_MODES} or None, not {parse_mode!r}")
+        self._base = f"{base_url.rstrip('/')}/bot{bot_token}"
         self._parse_mode = parse_mode
 
+    def validate(self, message: OutboundMessage) -> None:
+        """Raise ValueError when Telegram would refuse `message` (or we cannot express it).
+
+        At most one attachment, of kind "photo" or "document"; its `url` is an HTTPS URL (documents
+        by URL only as .pdf/.zip/.gif, Telegram's rule) or a Telegram file_id. Text at most 4096
+        characters, or 1024 when it is a caption, counted without HTML/MarkdownV2 markup; no empty
+        text without an attachment; callback_data 1-64 bytes.
+        """
+        if len(message.attachments) > 1:
+            raise ValueError(f"Telegram connector sends at most one attachment per message, got {len(message.attachments)}")
+        for label, data in message.buttons:
+            if not label:
+                raise ValueError("inline button without a label")
+            if not 1 <= len(data.encode()) <= MAX_CALLBACK_DATA_BYTES:
+                raise ValueError(f"callback_data must be 1-{MAX_CALLBACK_DATA_BYTES} bytes: {data!r}")
+        if not message.attachments:
+            if not message.text.strip():
+                raise ValueError("message text is empty")
+            if (length := visible_length(message.text, self._parse_mode)) > MAX_TEXT:
+                raise ValueError(f"message text is {length} characters, Telegram allows {MAX_TEXT}")
+            return
+        attachment = message.attachments[0]
+        if attachment.kind not in _MEDIA_METHODS:
+            raise ValueError(f"attachment kind {attachment.kind!r} is not supported (only {', '.join(_MEDIA_METHODS)})")
+        _check_media(attachment)
+        if (length := visible_length(_caption(message), self._parse_mode)) > MAX_CAPTION:
+            raise ValueError(f"caption is {length} characters, Telegram allows {MAX_CAPTION}")
+
+    def method(self, message: OutboundMessage) -> str:
+        """The Bot API method that sends `message`: sendMessage, sendPhoto or sendDocument."""
+        return _MEDIA_METHODS[message.attachments[0].kind][0] if message.attachments else "sendMessage"
+
     def payload(self, message: OutboundMessage) -> dict[str, Any]:
-        """The sendMessage JSON body: one inline button per row, in the given order."""
-        body: dict[str, Any] = {"chat_id": _chat_id(message.address), "text": message.text}
-        if self._parse_mode:
+        """The JSON body for `method(message)`: one inline button per row, in the given order.
+
+        With an attachment the message text becomes the caption (the attachment's own caption is
+        used when the text is empty).
+        """
+        body: dict[str, Any] = {"chat_id": _chat_id(message.address)}
+        if message.attachments:
+            attachment = message.attachments[0]
+            body[_MEDIA_METHODS[attachment.kind][1]] = attachment.url
+            if caption := _caption(message):
+                body["caption"] = caption
+        else:
+            body["text"] = message.text
+        if self._parse_mode and ("text" in body or "caption" in body):
             body["parse_mode"] = self._parse_mode
         if message.buttons:
             body["reply_markup"] = {
@@ -65,18 +137,63 @@ class TelegramConnector:
         return body
 
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+        """Send `message`; a message `validate` refuses is REJECTED without calling Telegram."""
         try:
-            response = await client.post(self._url, json=self.payload(message))
+            self.validate(message)
+        except ValueError as exc:
+            return SendResult(ok=False, error_class=REJECTED, error=str(exc))
+        try:
+            response = await client.post(f"{self._base}/{self.method(message)}", json=self.payload(message))
+        except httpx.HTTPError as exc:
+            return transport_failure(exc)
+        return classify(response.status_code, json_object(response))
+
+    async def send_chat_action(self, client: httpx.AsyncClient, chat_id: str, action: str = "typing") -> SendResult:
+        """`sendChatAction`: the chat shows e.g. "typing…" for a few seconds or until our next message.
+
+        The answer is `{"ok":true,"result":true}`, so a successful result has no provider id. An
+        action outside CHAT_ACTIONS is a programming error: ValueError.
+        """
+        if action not in CHAT_ACTIONS:
+            raise ValueError(f"unknown chat action {action!r}")
+        try:
+            response = await client.post(
+                f"{self._base}/sendChatAction", json={"chat_id": _chat_id(chat_id), "action": action}
+            )
         except httpx.HTTPError as exc:
             return transport_failure(exc)
         return classify(response.status_code, json_object(response))
 
 
+def visible_length(text: str | None, parse_mode: str | None) -> int:
+    """The length Telegram counts against its limits: the text without its markup.
+
+    HTML: tags dropped and entities decoded (exact for well-formed markup). MarkdownV2: link targets,
+    formatting characters and escaping backslashes dropped (close, not exact: Telegram's own parser
+    decides; a text it finds too long still comes back as a 400, i.e. REJECTED).
+    """
+    if not text:
+        return 0
+    if parse_mode == "HTML":
+        return len(html.unescape(_HTML_TAG.sub("", text)))
+    if parse_mode == "MarkdownV2":
+        return len(_MD_MARKUP.sub(lambda m: m.group(1) or "", _MD_LINK_TARGET.sub("]", text)))
+    return len(text)
+
+
+def escape_markdown_v2(value: str) -> str:
+    """Escape every MarkdownV2 special character, for values interpolated into MarkdownV2 text."""
+    return "".join(f"\\{char}" if char in _MD_SPECIAL else char for char in value)
+
+
 def classify(status: int, body: Mapping[str, Any]) -> SendResult:
-    """Map a sendMessage answer to a SendResult (see the module docstring for the provider id)."""
+    """Map a Bot API answer to a SendResult (see the module docstring for the provider id)."""
     description = str(body.get("description") or f"HTTP {status}")
     if 200 <= status < 300 and body.get("ok"):
-        result = body.get("result") or {}
+        result = body.get("result")
+        if result is True:  # methods that answer with a bare true, e.g. sendChatAction
+            return SendResult(ok=True)
+        result = result if isinstance(result, Mapping) else {}
         chat_id, message_id = (result.get("chat") or {}).get("id"), result.get("message_id")
         if chat_id is not None and message_id is not None:
             return SendResult(ok=True, provider_message_id=f"{chat_id}:{message_id}")
@@ -179,3 +296,21 @@ def _retry_after(body: Mapping[str, Any]) -> float | None:
     match = _RETRY_AFTER.search(str(body.get("description") or ""))
     return float(match.group(1)) if match else None
 
+
+
+def _caption(message: OutboundMessage) -> str:
+    return message.text or (message.attachments[0].caption or "")
+
+
+def _check_media(attachment: Attachment) -> None:
+    """An HTTPS URL Telegram can fetch, or a file_id (no scheme) of a file Telegram already has."""
+    url = attachment.url.strip()
+    if not url:
+        raise ValueError(f"{attachment.kind} attachment without a URL or file_id")
+    if "://" not in url:
+        return  # a file_id
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"{attachment.kind} URL must be an absolute https:// URL: {url!r}")
+    if attachment.kind == "document" and not parts.path.lower().endswith(_DOCUMENT_URL_SUFFIXES):
+        raise ValueError(f"Telegram sends documents by URL only for .pdf, .zip and .gif files: {url!r}")

@@ -1,0 +1,279 @@
+"""VK community messages connector and Callback API helpers.
+
+Send: `POST {base_url}/method/messages.send`, form-encoded, with `access_token` (a community token
+with the messages scope) and `v` (the API version, required on every call). VK answers HTTP 200 even
+for errors: `{"response": <message id>}` or `{"error": {"error_code": n, "error_msg": "…"}}`. The
+provider id is the message id in the community's dialog with the peer.
+
+Idempotency: `random_id` is VK's own dedup key. VK checks it per sender (the community) over the
+whole message history and does not send a repeated one; we derive it from our send id
+(`random_id_for`), so resending the same send after an ambiguous failure is safe
+(`provider_deduplicates`). Cost of that: ids live in the signed int32 range, so distinct sends collide
+with birthday odds (about 1 in 2 after ~77,000 sends from one community); a collision is a message
+VK silently drops while answering with the earlier message's id.
+
+Callback API: JSON envelope `{type, group_id, event_id, v, secret?, object}`. There is no HMAC: the
+`secret` field equals the key set in the community settings (`verify_webhook`). Every event must be
+answered with the body `ok`; the one-off `confirmation` event is answered with the confirmation
+code instead (`confirmation_answer`). Events are deduplicated by `event_id`.
+Source: VK API docs, VKCOM/vk-api-schema 5.199 and shared/reference/provider-protocols.md §2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from resources.channels.base import (
+    CLICKED,
+    IGNORED,
+    OPT_IN,
+    OPT_OUT,
+    RATE_LIMITED,
+    REJECTED,
+    TRANSIENT,
+    UNREACHABLE,
+    CallbackEvent,
+    OutboundMessage,
+    SendResult,
+    json_object,
+    transport_failure,
+    utc_from_timestamp,
+)
+
+API_VERSION = "5.199"
+OK_ANSWER = "ok"  # the body every Callback API event except `confirmation` must be answered with
+MAX_TEXT = 4096  # characters; longer is error 914 "Message is too long"
+MAX_BUTTONS = 6  # one callback button per row; an inline keyboard has at most 6 rows (u)
+MAX_LABEL = 40  # characters per button label (u)
+MAX_PAYLOAD = 255  # characters of a button's JSON payload
+
+# <type><owner_id>_<media_id>[_<access_key>], e.g. photo-123_456 or doc123_789_abcdef
+MEDIA_ID = re.compile(r"^(photo|video|audio|doc|wall|market|poll|story|audio_message|graffiti)-?\d+_\d+(_[A-Za-z0-9]+)?$")
+
+# error_code → (class, retry-after hint in seconds). VK sends no retry-after value: these are ours.
+_ERRORS: dict[int, tuple[str, float | None]] = {
+    6: (RATE_LIMITED, 1.0),  # too many requests per second
+    9: (RATE_LIMITED, 10.0),  # flood control: too many (identical) messages; pause that peer
+    29: (RATE_LIMITED, 3600.0),  # a per-method quota is used up
+    18: (UNREACHABLE, None),  # user was deleted or banned
+    900: (UNREACHABLE, None),  # can't send messages for users from blacklist
+    901: (UNREACHABLE, None),  # no permission: the user has not allowed (or has revoked) community messages
+    902: (UNREACHABLE, None),  # the user's privacy settings
+    1: (TRANSIENT, None),  # unknown error
+    10: (TRANSIENT, None),  # internal server error
+}
+_STOP_WORDS = frozenset({"стоп", "stop"})
+
+
+def random_id_for(send_id: str) -> int:
+    """A deterministic, non-zero signed int32 from our send id (random_id 0 would disable VK's check)."""
+    value = int.from_bytes(hashlib.sha256(send_id.encode()).digest()[:4], "big", signed=True)
+    return value or 1
+
+
+class VkConnector:
+    """Sends one message per call from one community; never retries (the caller owns retry policy)."""
+
+    provider = "vk"
+    channel = "vk"
+    provider_deduplicates = True  # random_id derived from send_id
+
+    def __init__(self, base_url: str, group_id: int, access_token: str, api_version: str = API_VERSION):
+        self._url = f"{base_url.rstrip('/')}/method/messages.send"
+        self.group_id = group_id
+        self._token = access_token
+        self._version = api_version
+
+    def validate(self, message: OutboundMessage) -> None:
+        """Raise ValueError when VK cannot take this message as it is, so the caller can refuse it
+        before the first send: a non-numeric peer, empty or over-long text, attachments that are not
+        uploaded VK media ids, more buttons than an inline keyboard holds, or a template."""
+        if not message.address.lstrip("-").isdigit():
+            raise ValueError(f"VK peer_id must be an integer, got {message.address!r}")
+        if not message.text and not message.attachments:
+            raise ValueError("VK message needs text or an attachment")
+        if len(message.text) > MAX_TEXT:
+            raise ValueError(f"VK message text is {len(message.text)} characters; the limit is {MAX_TEXT}")
+        if message.template is not None:
+            raise ValueError("VK has no provider templates; render the text instead")
+        for attachment in message.attachments:
+            if not MEDIA_ID.match(attachment.url):
+                raise ValueError(
+                    f"VK attachments must be uploaded media ids like photo-123_456, got {attachment.url!r} "
+                    "(upload first: photos.getMessagesUploadServer → photos.saveMessagesPhoto, or docs.*)"
+                )
+        if len(message.buttons) > MAX_BUTTONS:
+            raise ValueError(f"VK inline keyboard holds {MAX_BUTTONS} buttons, got {len(message.buttons)}")
+        for label, data in message.buttons:
+            if not label or len(label) > MAX_LABEL:
+                raise ValueError(f"VK button label must be 1–{MAX_LABEL} characters, got {label!r}")
+            if len(_button_payload(data, message.send_id)) > MAX_PAYLOAD:
+                raise ValueError(f"VK button payload over {MAX_PAYLOAD} characters: {data!r}")
+
+    def fields(self, message: OutboundMessage) -> dict[str, str]:
+        """The messages.send form. Buttons become an inline keyboard of callback buttons, one per row,
+        each with the payload {"cmd": <data>, "sid": <send id>} so a press can be traced to the send."""
+        fields = {
+            "access_token": self._token,
+            "v": self._version,
+            "peer_id": message.address,
+            "random_id": str(random_id_for(message.send_id)),
+            "message": message.text,
+        }
+        if message.buttons:
+            fields["keyboard"] = json.dumps(keyboard(message.buttons, message.send_id), ensure_ascii=False)
+        if message.attachments:
+            fields["attachment"] = ",".join(attachment.url for attachment in message.attachments)
+        return fields
+
+    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+        """One messages.send call; a message `validate` refuses is REJECTED without a request."""
+        try:
+            self.validate(message)
+        except ValueError as exc:
+            return SendResult(ok=False, error_class=REJECTED, error=str(exc))
+        try:
+            response = await client.post(self._url, data=self.fields(message))
+        except httpx.HTTPError as exc:
+            return transport_failure(exc)
+        return classify(response.status_code, json_object(response))
+
+
+def keyboard(buttons: tuple[tuple[str, str], ...], send_id: str | None = None) -> dict[str, Any]:
+    """An inline keyboard of callback buttons, one per row (pressing one sends a `message_event`)."""
+    rows = [
+        [{"action": {"type": "callback", "label": label, "payload": _button_payload(data, send_id)}}]
+        for label, data in buttons
+    ]
+    return {"one_time": False, "inline": True, "buttons": rows}
+
+
+def _button_payload(data: str, send_id: str | None) -> str:
+    payload = {"cmd": data} if send_id is None else {"cmd": data, "sid": send_id}
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def classify(status: int, body: Mapping[str, Any]) -> SendResult:
+    """Map a messages.send answer (HTTP 200 either way) to a SendResult; see `_ERRORS` for the codes.
+
+    Auth and configuration errors (5, 7, 15, 27, 100, 911, 914, …) are REJECTED: retrying will not
+    help. 14 (captcha) is REJECTED too: a community token cannot solve one, so something is wrong
+    with the sending pattern and a person has to look.
+    """
+    if status != 200:
+        return SendResult(ok=False, error_class=TRANSIENT, error=f"HTTP {status}")
+    if isinstance(error := body.get("error"), Mapping):
+        code = error.get("error_code")
+        text = f"{code}: {error.get('error_msg') or 'error'}"
+        if code == 14:
+            hint = "captcha required: VK distrusts this sending pattern"
+            return SendResult(ok=False, error_class=REJECTED, error=f"{text} ({hint})")
+        error_class, retry_after = _ERRORS.get(code, (REJECTED, None)) if isinstance(code, int) else (TRANSIENT, None)
+        return SendResult(ok=False, error_class=error_class, error=text, retry_after=retry_after)
+    response = body.get("response")
+    if isinstance(response, int) and not isinstance(response, bool):
+        return SendResult(ok=True, provider_message_id=str(response))
+    return SendResult(ok=False, error_class=TRANSIENT, error="garbled answer: neither response nor error")
+
+
+def verify_webhook(payload: Mapping[str, Any], secret: str, group_id: int | None = None) -> bool:
+    """True when the event's `secret` field equals ours (constant time) and, if `group_id` is given,
+    the event is for that community. An empty configured secret verifies nothing."""
+    received = payload.get("secret")
+    if not secret or not isinstance(received, str):
+        return False
+    if group_id is not None and payload.get("group_id") != group_id:
+        return False
+    return hmac.compare_digest(received.encode(), secret.encode())
+
+
+def confirmation_answer(payload: Mapping[str, Any], code: str) -> str | None:
+    """The body to answer a `confirmation` event with (the community's confirmation code), else None.
+
+    VK sends it once when the server address is added; answer it before `verify_webhook`: whether it
+    carries the secret is unconfirmed, and the code is meant to be echoed anyway.
+    """
+    return code if payload.get("type") == "confirmation" else None
+
+
+def event_key(payload: Mapping[str, Any]) -> str:
+    """The dedup key of an event: its `event_id`. Raises ValueError when it is missing."""
+    event_id = payload.get("event_id")
+    if not event_id:
+        raise ValueError("VK callback without event_id")
+    return str(event_id)
+
+
+def parse_event(payload: Mapping[str, Any], received_at: datetime | None = None) -> list[CallbackEvent]:
+    """One Callback API event → one CallbackEvent (address = the user's id as a string).
+
+    - `message_allow` → OPT_IN (reason carries the `key` from the allow link);
+      `message_deny` → OPT_OUT.
+    - `group_join` → OPT_IN (reason carries join_type); `group_leave` → OPT_OUT, reason "left" when
+      `self` = 1, "removed by an admin" when 0.
+    - `message_event` (a callback button press) → CLICKED, reason = the payload's `cmd`, send_id = its
+      `sid` (our keyboards put both there). VK reports only the conversation_message_id, so the
+      provider id stays None.
+    - `message_new` whose text is "стоп"/"stop" (any case, surrounding punctuation ignored) → OPT_OUT.
+    - anything else → IGNORED, reason = the event type. Unknown fields are ignored.
+    Events without a timestamp of their own get `received_at` (default: now).
+    """
+    key = event_key(payload)
+    now = received_at or datetime.now(UTC)
+    kind_name = str(payload.get("type") or "")
+    obj = payload.get("object") if isinstance(payload.get("object"), Mapping) else {}
+    user = obj.get("user_id")
+    if kind_name == "message_allow":
+        return [_event(key, OPT_IN, user, now, f"message_allow key={obj.get('key') or ''}")]
+    if kind_name == "message_deny":
+        return [_event(key, OPT_OUT, user, now, "message_deny")]
+    if kind_name == "group_join":
+        return [_event(key, OPT_IN, user, now, f"group_join ({obj.get('join_type') or 'join'})")]
+    if kind_name == "group_leave":
+        who = "left" if obj.get("self") in (1, True) else "removed by an admin"
+        return [_event(key, OPT_OUT, user, now, f"group_leave: {who}")]
+    if kind_name == "message_event":
+        payload_data = _json_payload(obj.get("payload"))
+        send_id = payload_data.get("sid")
+        return [
+            _event(key, CLICKED, user, now, str(payload_data.get("cmd") or ""), str(send_id) if send_id else None)
+        ]
+    if kind_name == "message_new":
+        message = obj.get("message") if isinstance(obj.get("message"), Mapping) else obj  # pre-5.103 had no wrapper
+        at = utc_from_timestamp(message["date"]) if isinstance(message.get("date"), int | float) else now
+        sender = message.get("from_id", message.get("peer_id"))
+        text = message.get("text")
+        if isinstance(text, str) and text.strip().strip("!.").casefold() in _STOP_WORDS:
+            return [_event(key, OPT_OUT, sender, at, f"text:{text.strip()}")]
+        return [_event(key, IGNORED, sender, at, "message_new")]
+    return [_event(key, IGNORED, user, now, kind_name or "unknown")]
+
+
+def _event(key: str, kind: str, user: Any, at: datetime, reason: str, send_id: str | None = None) -> CallbackEvent:
+    return CallbackEvent(
+        event_key=key,
+        kind=kind,
+        provider_message_id=None,
+        address=None if user is None else str(user),
+        occurred_at=at,
+        reason=reason,
+        send_id=send_id,
+    )
+
+
+def _json_payload(value: Any) -> Mapping[str, Any]:
+    """A button payload: VK delivers it parsed in `message_event`, as a JSON string elsewhere."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, Mapping) else {}
