@@ -129,3 +129,15 @@ webhook_inbox = sa.Table(
     sa.UniqueConstraint("tenant", "provider", "event_key", name="uq_webhook_inbox_event"),
     sa.Index("ix_webhook_inbox_tenant_id", "tenant", "id"),
 )
+
+# Provider accounts a provider told us to stop using (GreenAPI ``yellowCard``: WhatsApp restricted
+# the number for spam). The dispatch engine refuses to send through a blocked account until an
+# operator clears the row.
+blocked_senders = sa.Table(
+    "blocked_senders",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("provider", sa.String(32), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("blocked_at", UTCDateTime, nullable=False),
+)

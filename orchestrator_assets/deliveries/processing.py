@@ -18,7 +18,8 @@ from orchestrator_assets.delivery_status import RANKS, advances
 from resources import warehouse as wh
 from resources.callbacks import PARSERS, consent_channel
 from resources.channels.base import CallbackEvent
-from resources.opstore_schema import consent_events, consents, contacts, deliveries, sends
+from resources.channels.greenapi import SENDER_BLOCKED
+from resources.opstore_schema import blocked_senders, consent_events, consents, contacts, deliveries, sends
 from resources.sql import upsert_insert
 
 STATUS_KINDS = set(RANKS) - {wh.SENT}
@@ -111,6 +112,11 @@ def process_rows(conn: sa.Connection, tenant: str, rows, complaint_suppresses_al
         for event in parser(payload):
             if event.kind == "ignored":
                 batch.tally["ignored"] += 1
+                continue
+            if event.kind == SENDER_BLOCKED:
+                values = {"tenant": tenant, "provider": row.provider, "reason": event.reason or "provider blocked the sender", "blocked_at": event.occurred_at}
+                conn.execute(upsert_insert(conn, blocked_senders).on_conflict_do_nothing(), [values])
+                batch.tally["sender_blocked"] += 1
                 continue
             send = _find_send(conn, tenant, row.provider, event)
             if event.kind in OPT_OUT_KINDS:

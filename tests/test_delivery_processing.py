@@ -1,0 +1,97 @@
+"""Applying inbox rows: statuses only move forward, opt-outs withdraw consent with evidence, and a
+provider's "stop this sender" is remembered — on a real, migrated SQLite store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator_assets.deliveries.processing import process_rows
+from resources.opstore import OperationalStore
+from resources.opstore_schema import blocked_senders, consent_events, consents, contacts, deliveries, sends, webhook_inbox
+
+NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def engine(algor_home):
+    store = OperationalStore()
+    store.migrate()
+    engine = store.engine()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(contacts),
+            [
+                {"id": 1, "tenant": "demo", "external_id": "c1", "phone": "+79160000001", "vk_user_id": 555, "created_at": NOW, "updated_at": NOW},
+                {"id": 2, "tenant": "acme", "external_id": "c1", "phone": "+79160000001", "vk_user_id": 555, "created_at": NOW, "updated_at": NOW},
+            ],
+        )
+        conn.execute(
+            sa.insert(consents),
+            [
+                {"tenant": t, "contact_id": cid, "channel": ch, "purpose": "marketing", "status": "granted", "source": "form", "granted_at": NOW, "updated_at": NOW}
+                for t, cid in (("demo", 1), ("acme", 2))
+                for ch in ("vk", "whatsapp")
+            ],
+        )
+        conn.execute(
+            sa.insert(sends).values(
+                send_id="s1", tenant="demo", campaign="c", step="main", contact_id=1, channel="whatsapp", provider="d360",
+                address="+79160000001", status="sent", run_id="r", provider_message_id="wamid.1", claimed_at=NOW, finished_at=NOW,
+            )
+        )
+    return engine
+
+
+def apply(engine, provider: str, *payloads: dict):
+    with engine.begin() as conn:
+        for n, payload in enumerate(payloads):
+            conn.execute(
+                sa.insert(webhook_inbox).values(
+                    tenant="demo", provider=provider, account=provider, event_key=f"{provider}-{hash(json.dumps(payload, sort_keys=True))}",
+                    payload=json.dumps(payload), received_at=NOW,
+                )
+            )
+        rows = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.processed_at.is_(None)).order_by(webhook_inbox.c.id)).all()
+        batch = process_rows(conn, "demo", rows, complaint_suppresses_all=True, now=NOW)
+        conn.execute(sa.update(webhook_inbox).values(processed_at=NOW))
+    return batch
+
+
+def d360_status(status: str, ts: int) -> dict:
+    value = {"messaging_product": "whatsapp", "metadata": {"phone_number_id": "1"}, "statuses": [{"id": "wamid.1", "status": status, "timestamp": str(ts), "recipient_id": "79160000001"}]}
+    return {"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{"field": "messages", "value": value}]}]}
+
+
+def test_read_before_delivered_keeps_the_furthest_status(engine):
+    apply(engine, "d360", d360_status("read", 1717000100))
+    batch = apply(engine, "d360", d360_status("delivered", 1717000003))  # late, out of order
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(deliveries.c.status)).scalar_one() == "opened"
+    assert "status:delivered" not in batch.tally
+    assert [event[2] for event in batch.events] == ["delivered"]  # still an event in the warehouse
+
+
+def test_vk_message_deny_withdraws_only_that_tenants_vk_consent_with_evidence(engine):
+    deny = {"type": "message_deny", "event_id": "a1b2c5", "v": "5.199", "group_id": 123, "secret": "s", "object": {"user_id": 555}}
+    apply(engine, "vk", deny)
+    with engine.connect() as conn:
+        state = {(r.tenant, r.channel): r.status for r in conn.execute(sa.select(consents))}
+        (fact,) = conn.execute(sa.select(consent_events)).all()
+    assert state == {("demo", "vk"): "withdrawn", ("demo", "whatsapp"): "granted", ("acme", "vk"): "granted", ("acme", "whatsapp"): "granted"}
+    assert (fact.action, fact.source) == ("withdraw", "vk:opt_out") and "a1b2c5" in fact.evidence
+
+
+def test_green_api_yellow_card_blocks_the_sender(engine):
+    yellow = {
+        "typeWebhook": "outgoingMessageStatus", "chatId": "79160000001@c.us", "instanceData": {"idInstance": 7103000000},
+        "timestamp": 1717000005, "idMessage": "3EB0", "status": "yellowCard", "sendByApi": True,
+    }
+    batch = apply(engine, "greenapi", yellow)
+    with engine.connect() as conn:
+        (row,) = conn.execute(sa.select(blocked_senders)).all()
+    assert (row.tenant, row.provider) == ("demo", "greenapi") and "yellowCard" in row.reason
+    assert batch.tally["sender_blocked"] == 1
