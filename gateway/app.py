@@ -9,20 +9,22 @@ sensor's and the delivery-processing run's job.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import html
 import logging
 from collections import OrderedDict
 
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.inbox import already_stored, store_callbacks
 from gateway.receivers import MAX_BODY_BYTES, RECEIVERS, Refused
+from gateway.scanners import looks_automated
 from policies.loader import load_tenants
 from policies.schema import Tenant
-from resources.callbacks import UNSUBSCRIBE, unsubscribe_event_key, unsubscribe_payload
-from resources.links import verify_unsubscribe
+from resources.callbacks import CLICKS, UNSUBSCRIBE, click_payload, unsubscribe_event_key, unsubscribe_payload
+from resources.links import verify_click, verify_unsubscribe
 from resources.opstore import engine_for, migrate
 from resources.settings import get_settings
 
@@ -123,6 +125,21 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
         payload = unsubscribe_payload(contact_id, campaign, method, dt.datetime.now(dt.UTC))
         persist(tenant_id, UNSUBSCRIBE, [(unsubscribe_event_key(contact_id, campaign), payload)])
         return HTMLResponse(UNSUBSCRIBED_PAGE)
+
+    @app.api_route("/c/{tenant_id}/{token}", methods=["GET", "HEAD"])
+    async def tracked_link(tenant_id: str, token: str, request: Request) -> Response:
+        """A tracked link: 302 to the signed target and a click recorded. Unknown or tampered
+        links are 404, so this is never an open redirect; HEAD requests and known link scanners
+        are recorded as non-human and not counted as clicks."""
+        tenant_or_404(tenant_id)
+        link = verify_click(tenant_id, token)
+        if link is None:
+            raise HTTPException(404, "unknown link")
+        user_agent = request.headers.get("user-agent", "")
+        human = request.method == "GET" and not looks_automated(user_agent)
+        now = dt.datetime.now(dt.UTC)
+        persist(tenant_id, CLICKS, [(f"{hashlib.sha256(token.encode()).hexdigest()[:32]}:{now.isoformat()}", click_payload(link, human, user_agent, now))])
+        return RedirectResponse(link["url"], status_code=302)
 
     @app.get("/health")
     async def health() -> dict:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from urllib.parse import parse_qsl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, Response

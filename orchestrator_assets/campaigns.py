@@ -14,7 +14,7 @@ from orchestrator_assets.tables import markdown_table
 from policies.loader import load_bundle
 from policies.schema import Campaign
 from policies.templates import render_message
-from resources.links import sign_unsubscribe
+from resources.links import rewrite_links, sign_click, sign_unsubscribe
 from resources.opstore import OperationalStore
 from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends
 from resources.settings import get_settings
@@ -27,6 +27,8 @@ ADDRESS_COLUMNS = {
     "sms": contacts.c.phone,
     "whatsapp": contacts.c.phone,
 }
+# Links are rewritten to signed click-tracking links except in SMS, where every character costs.
+TRACKED_CHANNELS = frozenset({"telegram", "email", "vk", "whatsapp"})
 MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url", "attachments", "template"]
 
 
@@ -120,6 +122,15 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                 for contact in plan[content.channel]:
                     unsubscribe_url = f"{gateway_url}/unsubscribe/{tenant}/{sign_unsubscribe(tenant, contact['id'], campaign.name)}"
                     rendered = render_message(content, contact, {"unsubscribe_url": unsubscribe_url})
+                    text, html = rendered.text, rendered.html
+                    if content.channel in TRACKED_CHANNELS:
+
+                        def tracked(url: str, contact_id: int = contact["id"], channel: str = content.channel) -> str:
+                            token = sign_click(tenant, campaign.name, campaign.step, contact_id, channel, url)
+                            return f"{gateway_url}/c/{tenant}/{token}"
+
+                        text = rewrite_links(text, tracked, keep={unsubscribe_url})
+                        html = rewrite_links(html, tracked, keep={unsubscribe_url}) if html else html
                     rows.append(
                         {
                             "campaign": campaign.name,
@@ -129,8 +140,8 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                             "contact_id": contact["id"],
                             "address": str(contact["address"]),
                             "subject": rendered.subject,
-                            "text": rendered.text,
-                            "html": rendered.html,
+                            "text": text,
+                            "html": html,
                             "buttons": json.dumps([(b.label, b.callback_data) for b in rendered.buttons], ensure_ascii=False),
                             "unsubscribe_url": unsubscribe_url if content.channel == "email" else None,
                             "attachments": json.dumps([a.model_dump() for a in content.attachments], ensure_ascii=False),

@@ -38,6 +38,30 @@ def parse_unsubscribe(payload: dict) -> list[CallbackEvent]:
     ]
 
 
+CLICKS = "clicks"
+
+
+def click_payload(link: dict, human: bool, user_agent: str, occurred_at: dt.datetime) -> dict:
+    return {"link": link, "human": human, "user_agent": user_agent[:256], "occurred_at": occurred_at.isoformat()}
+
+
+def parse_click(payload: dict) -> list[CallbackEvent]:
+    """A tracked-link hit: a click on the ledger row the link names; link scanners and HEAD
+    requests are recorded but not counted (honest statistics)."""
+    link = payload["link"]
+    return [
+        CallbackEvent(
+            event_key=f"click:{link['k']}:{link['c']}:{payload['occurred_at']}",
+            kind="clicked" if payload["human"] else "ignored",
+            provider_message_id=None,
+            address=None,
+            occurred_at=dt.datetime.fromisoformat(payload["occurred_at"]),
+            reason=link["url"] if payload["human"] else f"non-human: {payload['user_agent']}",
+            ledger_key=(link["k"], link["s"], link["c"], link["ch"]),
+        )
+    ]
+
+
 PARSERS: dict[str, Callable[[dict], list[CallbackEvent]]] = {
     "telegram": telegram.parse_update,
     "mailgun": mailgun.parse_event,
@@ -49,6 +73,7 @@ PARSERS: dict[str, Callable[[dict], list[CallbackEvent]]] = {
     "d360": d360.parse_webhook,
     "greenapi": greenapi.parse_webhook,
     UNSUBSCRIBE: parse_unsubscribe,
+    CLICKS: parse_click,
 }
 
 _CHANNELS = {
@@ -66,6 +91,12 @@ _CHANNELS = {
 
 def consent_channel(provider: str, payload: dict) -> str:
     """The channel a source's consent changes apply to (Twilio carries both SMS and WhatsApp)."""
+    if provider == CLICKS:
+        return payload["link"]["ch"]
+    return _consent_channel(provider, payload)
+
+
+def _consent_channel(provider: str, payload: dict) -> str:
     if provider == "twilio":
         parties = f"{payload.get('From', '')} {payload.get('To', '')}"
         return "whatsapp" if "whatsapp:" in parties else "sms"

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from orchestrator_assets.delivery_status import RANKS, advances
 from resources import warehouse as wh
-from resources.callbacks import PARSERS, consent_channel
+from resources.callbacks import CLICKS, PARSERS, consent_channel
 from resources.channels.base import CallbackEvent
 from resources.channels.greenapi import SENDER_BLOCKED
 from resources.opstore_schema import blocked_senders, consent_events, consents, contacts, deliveries, sends
@@ -45,7 +45,12 @@ class Batch:
 
 
 def _find_send(conn: sa.Connection, tenant: str, provider: str, event: CallbackEvent):
-    if event.send_id:
+    if event.ledger_key:
+        campaign, step, contact_id, channel = event.ledger_key
+        condition = sa.and_(
+            sends.c.campaign == campaign, sends.c.step == step, sends.c.contact_id == contact_id, sends.c.channel == channel
+        )
+    elif event.send_id:
         condition = sends.c.send_id == event.send_id
     elif event.provider_message_id:
         condition = sa.and_(sends.c.provider == provider, sends.c.provider_message_id == event.provider_message_id)
@@ -111,7 +116,7 @@ def process_rows(conn: sa.Connection, tenant: str, rows, complaint_suppresses_al
         channel = consent_channel(row.provider, payload)
         for event in parser(payload):
             if event.kind == "ignored":
-                batch.tally["ignored"] += 1
+                batch.tally["non_human_click" if row.provider == CLICKS else "ignored"] += 1
                 continue
             if event.kind == SENDER_BLOCKED:
                 values = {"tenant": tenant, "provider": row.provider, "reason": event.reason or "provider blocked the sender", "blocked_at": event.occurred_at}

@@ -86,6 +86,8 @@ class CallbackEvent:
     occurred_at: datetime  # tz-aware UTC
     reason: str = ""
     send_id: str | None = None  # when the provider echoes ours back
+    # (campaign, step, contact_id, channel): our own tracked links name the ledger row directly.
+    ledger_key: tuple[str, str, int, str] | None = None
 
 
 class ChannelConnector(Protocol):

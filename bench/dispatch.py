@@ -1,0 +1,152 @@
+"""Dispatch throughput and rate-limit accuracy against the provider sandbox in its own process.
+
+    .venv/bin/python bench/dispatch.py [--messages 100000] [--limit 200] [--limited-seconds 10]
+
+1. Clients: the same request loop through plain httpx, httpx over aiohttp (what the send path
+   uses, ``orchestrator_assets.sends.http``) and plain aiohttp.
+2. Throughput: ``--messages`` Telegram messages through the full send path (ledger on a scratch
+   SQLite file, limiter, connector, HTTP) with limits that never bind, and, against the same
+   sandbox, a plain aiohttp loop sending as many requests: ``ratio`` = msgs_per_s / raw_req_per_s.
+3. Limits: the sandbox bot limited to ``--limit`` calls per second (its sliding one-second window
+   answers 429 beyond that) and our provider limit set to the same number; ``limit × seconds``
+   messages go through the send path. A sliding window of X per second admits at most X × (T + 1)
+   calls in T seconds, so ``limited_achieved_over_allowed`` = calls the sandbox took / X(T + 1),
+   and ``limit_violations`` is the sandbox's own count of calls over its limit.
+
+Progress goes to stderr; the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+from harness import TENANT, sandbox_process, sandbox_reset, sandbox_stats, scratch_ledger, telegram_outgoing
+
+from orchestrator_assets.sends.http import provider_client
+from orchestrator_assets.sends.run import send_messages
+from policies.schema import DispatchPolicy, RateLimit
+from resources.channels.telegram import TelegramConnector
+
+FAST_TOKEN, LIMITED_TOKEN = "100001:fast", "100002:limited"
+NON_BINDING = RateLimit(per_second=1_000_000)
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def request_loop(post, count: int, concurrency: int) -> float:  # noqa: ANN001 - async (url, json) -> None
+    """Requests per second for ``count`` sendMessage calls, ``concurrency`` at a time."""
+    numbers = iter(range(count))
+
+    async def worker() -> None:
+        for n in numbers:
+            await post({"chat_id": 800_000_000 + n, "text": f"Hello {n}"})
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
+
+
+async def with_httpx(url: str, count: int, concurrency: int, over_aiohttp: bool) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    client = provider_client(concurrency) if over_aiohttp else httpx.AsyncClient(limits=limits, timeout=15)
+    async with client:
+
+        async def post(body: dict) -> None:
+            (await client.post(url, json=body)).json()
+
+        return await request_loop(post, count, concurrency)
+
+
+async def with_aiohttp(url: str, count: int, concurrency: int) -> float:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def post(body: dict) -> None:
+            async with session.post(url, json=body) as response:
+                await response.json()
+
+        return await request_loop(post, count, concurrency)
+
+
+def send_path(workdir: Path, name: str, url: str, token: str, count: int, policy: DispatchPolicy) -> tuple[float, dict]:
+    """(seconds, outcome totals) for ``count`` messages through the send path on a fresh ledger."""
+    engine = scratch_ledger(workdir / f"{name}.sqlite", count)
+    outgoing = telegram_outgoing(TelegramConnector(url, token), name, count)
+    started = time.perf_counter()
+    report = asyncio.run(send_messages(engine, TENANT, f"bench-{name}", outgoing, policy))
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    return seconds, dict(report.totals)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--client-requests", type=int, default=5_000, help="requests per client in the client comparison")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (= max_in_flight_per_account)")
+    parser.add_argument("--limit", type=int, default=200, help="calls per second allowed by the sandbox and by our limiter")
+    parser.add_argument("--limited-seconds", type=int, default=10)
+    args = parser.parse_args()
+    config = {"telegram": [{"token": FAST_TOKEN}, {"token": LIMITED_TOKEN, "rate_limit_per_s": args.limit}]}
+    result: dict = {"messages": args.messages, "concurrency": args.concurrency}
+    with tempfile.TemporaryDirectory() as tmp, sandbox_process(config, Path(tmp)) as url:
+        fast = f"{url}/bot{FAST_TOKEN}/sendMessage"
+        clients = {}
+        for name, run in (
+            ("httpx", lambda: with_httpx(fast, args.client_requests, args.concurrency, over_aiohttp=False)),
+            ("httpx_over_aiohttp", lambda: with_httpx(fast, args.client_requests, args.concurrency, over_aiohttp=True)),
+            ("aiohttp", lambda: with_aiohttp(fast, args.client_requests, args.concurrency)),
+        ):
+            sandbox_reset(url)
+            clients[name] = round(asyncio.run(run()))
+            log(f"client {name}: {clients[name]} req/s")
+        result["client_req_per_s"] = clients
+
+        sandbox_reset(url)
+        raw = asyncio.run(with_aiohttp(fast, args.messages, args.concurrency))
+        log(f"raw aiohttp loop: {raw:.0f} req/s")
+        sandbox_reset(url)
+        open_policy = DispatchPolicy(
+            max_in_flight_per_account=args.concurrency,
+            provider_limits={"telegram": NON_BINDING},
+            tenant_limit=NON_BINDING,
+            campaign_limit=NON_BINDING,
+        )
+        seconds, totals = send_path(Path(tmp), "throughput", url, FAST_TOKEN, args.messages, open_policy)
+        evaluated = sum(sandbox_stats(url, "telegram")["outcomes"].values())
+        log(f"send path: {args.messages / seconds:.0f} msg/s, {totals}, sandbox evaluated {evaluated}")
+        result.update(
+            msgs_per_s=round(args.messages / seconds),
+            raw_req_per_s=round(raw),
+            ratio=round(args.messages / seconds / raw, 3),
+            outcomes=totals,
+            sandbox_received=evaluated,
+        )
+
+        sandbox_reset(url)
+        limited_policy = DispatchPolicy(max_in_flight_per_account=args.concurrency, provider_limits={"telegram": RateLimit(per_second=args.limit)})
+        count = args.limit * args.limited_seconds
+        seconds, totals = send_path(Path(tmp), "limited", url, LIMITED_TOKEN, count, limited_policy)
+        stats = sandbox_stats(url, "telegram")
+        taken = sum(stats["outcomes"].values())
+        log(f"limited: {count} messages in {seconds:.2f} s, {totals}, sandbox {stats}")
+        result.update(
+            limit_per_s=args.limit,
+            limited_seconds=round(seconds, 2),
+            limited_achieved_over_allowed=round(taken / (args.limit * (seconds + 1)), 3),
+            limit_violations=stats["limit_violations"],
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

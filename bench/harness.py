@@ -1,0 +1,82 @@
+"""Shared pieces of the dispatch benchmarks: a sandbox process, a scratch ledger, synthetic messages.
+
+The sandbox runs as its own process (``python -m sandbox``) so the benchmarks measure our process
+against a provider on the other side of a real socket, as in production.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from orchestrator_assets.sends.ledger import LedgerKey, Wanted
+from orchestrator_assets.sends.run import Outgoing
+from resources.channels.base import ChannelConnector, OutboundMessage
+from resources.opstore import engine_for, migrate
+from resources.opstore_schema import contacts
+
+TENANT = "bench"
+FIRST_CHAT_ID = 700_000_000
+
+
+@contextmanager
+def sandbox_process(config: dict[str, Any], workdir: Path) -> Iterator[str]:
+    """``python -m sandbox`` on a free port with ``config``; yields its base URL."""
+    path = workdir / "sandbox.json"
+    path.write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "--config", str(path), "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        if "listening on" not in line:
+            raise RuntimeError(f"sandbox did not start: {line!r}")
+        yield line.rsplit(" ", 1)[-1].strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def sandbox_stats(url: str, provider: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/_sandbox/stats", timeout=30).json()["providers"][provider]
+
+
+def sandbox_reset(url: str) -> None:
+    httpx.post(f"{url}/_sandbox/reset", timeout=30).raise_for_status()
+
+
+def scratch_ledger(path: Path, contacts_count: int) -> sa.Engine:
+    """A migrated SQLite operational store with ``contacts_count`` contacts (ids 1..n; the ledger
+    references contacts)."""
+    url = f"sqlite:///{path}"
+    migrate(url)
+    engine = engine_for(url)
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        have = conn.execute(sa.select(sa.func.count()).select_from(contacts)).scalar_one()
+        rows = [
+            {"id": n, "tenant": TENANT, "external_id": f"c{n}", "telegram_chat_id": FIRST_CHAT_ID + n, "created_at": now, "updated_at": now}
+            for n in range(have + 1, contacts_count + 1)
+        ]
+        for start in range(0, len(rows), 5000):
+            conn.execute(sa.insert(contacts), rows[start : start + 5000])
+    return engine
+
+
+def telegram_outgoing(connector: ChannelConnector, campaign: str, count: int) -> list[Outgoing]:
+    """``count`` Telegram messages of ``campaign`` to contacts 1..count (chat id = FIRST_CHAT_ID + id)."""
+    items = []
+    for contact_id in range(1, count + 1):
+        address = str(FIRST_CHAT_ID + contact_id)
+        message = OutboundMessage(send_id="", tenant=TENANT, campaign=campaign, channel="telegram", address=address, text=f"Hello {contact_id}")
+        items.append(Outgoing(Wanted(LedgerKey(campaign, "main", contact_id, "telegram"), connector.provider, address), connector, message))
+    return items
