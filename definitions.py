@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from jobs import campaign_pipeline_job, delivery_processing_job, reports_job, reports_schedule
+from jobs.redrive import redrive_dead_letters_job
 from orchestrator_assets import campaigns, consents, contacts, segments
 from orchestrator_assets.deliveries import assets as deliveries
 from orchestrator_assets.imports import assets as imports
@@ -22,7 +23,7 @@ defs = dg.Definitions(
         warehouse_reports,
         campaign_funnel_export,
     ],
-    jobs=[campaign_pipeline_job, delivery_processing_job, reports_job],
+    jobs=[campaign_pipeline_job, delivery_processing_job, reports_job, redrive_dead_letters_job],
     schedules=[reports_schedule],
     sensors=[webhook_inbox_sensor],
     resources={

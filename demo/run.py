@@ -201,7 +201,9 @@ def wait_delivery_runs(instance, daemon: subprocess.Popen) -> None:
                 if run.status == dg.DagsterRunStatus.FAILURE:
                     raise DemoError(f"delivery_processing_job run {run.run_id} failed; open it with `make ui`")
         with engine.connect() as conn:
-            pending = conn.execute(sa.select(sa.func.count()).where(webhook_inbox.c.processed_at.is_(None))).scalar_one()
+            pending = conn.execute(
+                sa.select(sa.func.count()).where(webhook_inbox.c.processed_at.is_(None), webhook_inbox.c.dead_lettered_at.is_(None))
+            ).scalar_one()
             total = conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one()
         in_flight = [r for r in runs if r.status not in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)]
         if total and not pending and not in_flight:

@@ -126,6 +126,9 @@ webhook_inbox = sa.Table(
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("processed_at", UTCDateTime),
     sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime),  # retry not before this (exponential backoff)
+    sa.Column("dead_lettered_at", UTCDateTime),  # gave up; an operator re-drives it
     sa.UniqueConstraint("tenant", "provider", "event_key", name="uq_webhook_inbox_event"),
     sa.Index("ix_webhook_inbox_tenant_id", "tenant", "id"),
 )

@@ -6,6 +6,7 @@ range after it and carries ``run_key = inbox:<tenant>:<from>-<to>``, so a tick e
 operational store, never the warehouse.
 """
 
+import datetime as dt
 import json
 
 import dagster as dg
@@ -20,8 +21,9 @@ DELIVERY_OP = f"{DELIVERIES}__delivery_events"
 MAX_ROWS_PER_RUN = 50_000
 
 
-def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int]) -> tuple[list[dg.RunRequest], dict[str, int]]:
-    """Pure planning step: one run request per tenant with unprocessed rows past its cursor."""
+def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.datetime) -> tuple[list[dg.RunRequest], dict[str, int]]:
+    """Planning step: one run request per tenant with unprocessed rows past its cursor, plus one per
+    tenant whose retried rows are due again."""
     tenants = conn.execute(sa.select(inbox.c.tenant).where(inbox.c.processed_at.is_(None)).distinct()).scalars().all()
     requests, new_cursor = [], dict(cursor)
     for tenant in sorted(tenants):
@@ -43,7 +45,31 @@ def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int]) -> tuple[lis
             )
         )
         new_cursor[tenant] = end
+    requests += retry_run_requests(conn, cursor, now)
     return requests, new_cursor
+
+
+def retry_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.datetime) -> list[dg.RunRequest]:
+    """Runs for rows already handed out whose backoff has expired; the run key names the latest
+    due time, so the same due set is requested once."""
+    query = (
+        sa.select(inbox.c.tenant, sa.func.max(inbox.c.next_attempt_at))
+        .where(inbox.c.processed_at.is_(None), inbox.c.dead_lettered_at.is_(None), inbox.c.next_attempt_at <= now)
+        .group_by(inbox.c.tenant)
+    )
+    requests = []
+    for tenant, due in conn.execute(query):
+        if tenant not in cursor:
+            continue  # never handed out: the new-rows request covers it
+        requests.append(
+            dg.RunRequest(
+                run_key=f"inbox-retry:{tenant}:{due}",
+                partition_key=tenant,
+                run_config={"ops": {DELIVERY_OP: {"config": {"from_id": 0, "to_id": cursor[tenant]}}}},
+                tags={"algor/inbox_range": f"retry<= {cursor[tenant]}"},
+            )
+        )
+    return requests
 
 
 @dg.sensor(
@@ -56,7 +82,7 @@ def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int]) -> tuple[lis
 def webhook_inbox_sensor(context: dg.SensorEvaluationContext, opstore: OperationalStore) -> dg.SensorResult | dg.SkipReason:
     cursor = json.loads(context.cursor) if context.cursor else {}
     with opstore.engine().connect() as conn:
-        requests, new_cursor = inbox_run_requests(conn, cursor)
+        requests, new_cursor = inbox_run_requests(conn, cursor, dt.datetime.now(dt.UTC))
     if not requests:
         return dg.SkipReason("no new callbacks in the inbox")
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True))

@@ -6,6 +6,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from orchestrator_assets.deliveries.processing import process_rows
+from orchestrator_assets.deliveries.retries import due_rows, schedule_retries
 from orchestrator_assets.groups import DELIVERIES, SENDS
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.tables import markdown_table
@@ -22,23 +23,34 @@ class InboxRange(dg.Config):
     to_id: int = 0
 
 
+DEAD_LETTER_CHECK = "no_dead_letters"
+
+
 @dg.asset(
     key=[DELIVERIES, "delivery_events"],
     group_name=DELIVERIES,
     partitions_def=tenant_partitions,
     deps=[dg.AssetKey([SENDS, "campaign_sends"])],
     pool=WAREHOUSE_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            DEAD_LETTER_CHECK,
+            asset=[DELIVERIES, "delivery_events"],
+            description="No callback gave up after its retries (re-drive with redrive_dead_letters_job)",
+        )
+    ],
 )
 def delivery_events(context: dg.AssetExecutionContext, config: InboxRange, opstore: OperationalStore, warehouse: Warehouse) -> dg.MaterializeResult:
     """Delivery states and the delivery/click/complaint events behind them.
 
     Grain: one ``deliveries`` row per send (its furthest status) and one warehouse event per
     provider callback event. Source: verified callbacks in the webhook inbox, written by the
-    gateway. Opt-outs and complaints withdraw consent here, with the callback as evidence.
+    gateway. Opt-outs and complaints withdraw consent here, with the callback as evidence. A row
+    that cannot be applied yet is retried with exponential backoff, then dead-lettered.
     """
     tenant = context.partition_key
     now = dt.datetime.now(dt.UTC)
-    condition = sa.and_(inbox.c.tenant == tenant, inbox.c.processed_at.is_(None), inbox.c.id >= config.from_id)
+    condition = sa.and_(due_rows(tenant, now), inbox.c.id >= config.from_id)
     if config.to_id:
         condition = sa.and_(condition, inbox.c.id <= config.to_id)
     policy = load_bundle().policy
@@ -49,15 +61,38 @@ def delivery_events(context: dg.AssetExecutionContext, config: InboxRange, opsto
         # Append before the commit that marks rows processed: a crash in between re-processes
         # the rows, and the warehouse drops the repeated event ids.
         warehouse.append_events(batch.events)
-        for row_id in batch.processed_ids:
-            conn.execute(sa.update(inbox).where(inbox.c.id == row_id).values(processed_at=now, error=batch.errors.get(row_id)))
-    context.log.info(f"{len(rows)} inbox rows, {len(batch.processed_ids)} processed, {len(batch.events)} events appended")
+        if batch.processed_ids:
+            conn.execute(sa.update(inbox).where(inbox.c.id.in_(batch.processed_ids)).values(processed_at=now, error=None))
+        attempts = {row.id: row.attempts for row in rows}
+        dead = schedule_retries(conn, batch.retry, attempts, now)
+        dead_letters = conn.execute(
+            sa.select(inbox.c.id, inbox.c.provider, inbox.c.attempts, inbox.c.error)
+            .where(inbox.c.tenant == tenant, inbox.c.dead_lettered_at.is_not(None), inbox.c.processed_at.is_(None))
+            .order_by(inbox.c.id)
+        ).all()
+    context.log.info(
+        f"{len(rows)} inbox rows: {len(batch.processed_ids)} processed, {len(batch.retry) - dead} to retry, "
+        f"{dead} dead-lettered; {len(batch.events)} events appended"
+    )
     return dg.MaterializeResult(
         metadata={
             "inbox_rows": len(rows),
             "processed": len(batch.processed_ids),
+            "retrying": len(batch.retry) - dead,
+            "dead_lettered": dead,
             "events_appended": len(batch.events),
-            "problems": len(batch.errors),
             "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "count"], sorted(batch.tally.items()))),
-        }
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=DEAD_LETTER_CHECK,
+                passed=not dead_letters,
+                metadata={
+                    "dead_letters": len(dead_letters),
+                    "reasons": dg.MetadataValue.md(
+                        markdown_table(["inbox id", "provider", "attempts", "reason"], [tuple(r) for r in dead_letters[:50]])
+                    ),
+                },
+            )
+        ],
     )

@@ -41,7 +41,7 @@ class Batch:
     events: list[tuple] = field(default_factory=list)  # warehouse rows
     tally: Counter = field(default_factory=Counter)
     processed_ids: list[int] = field(default_factory=list)
-    errors: dict[int, str] = field(default_factory=dict)
+    retry: dict[int, str] = field(default_factory=dict)  # inbox id -> why it must be tried again
 
 
 def _find_send(conn: sa.Connection, tenant: str, provider: str, event: CallbackEvent):
@@ -104,46 +104,63 @@ def withdraw_consents(conn: sa.Connection, tenant: str, contact_id: int, channel
     return changed
 
 
+def _process_row(conn: sa.Connection, tenant: str, row, complaint_suppresses_all: bool, now: dt.datetime, batch: Batch) -> str | None:
+    """Apply one inbox row; returns why it must be retried, or None when it is done.
+
+    A status for a message we do not know yet is retried rather than dropped: a fast provider
+    can call back before the send's ledger row is finalised with its provider id.
+    """
+    parser = PARSERS.get(row.provider)
+    if parser is None:
+        return f"no parser for provider {row.provider!r}"
+    payload = json.loads(row.payload)
+    channel = consent_channel(row.provider, payload)
+    problem = None
+    for event in parser(payload):
+        if event.kind == "ignored":
+            batch.tally["non_human_click" if row.provider == CLICKS else "ignored"] += 1
+            continue
+        if event.kind == SENDER_BLOCKED:
+            values = {"tenant": tenant, "provider": row.provider, "reason": event.reason or "provider blocked the sender", "blocked_at": event.occurred_at}
+            conn.execute(upsert_insert(conn, blocked_senders).on_conflict_do_nothing(), [values])
+            batch.tally["sender_blocked"] += 1
+            continue
+        send = _find_send(conn, tenant, row.provider, event)
+        if event.kind in OPT_OUT_KINDS:
+            contact_id = _find_contact_id(conn, tenant, channel, event, send)
+            if contact_id is not None:
+                everywhere = event.kind == wh.COMPLAINED and complaint_suppresses_all
+                channels = ALL_CHANNELS if everywhere else (channel,)
+                evidence = json.dumps({"inbox_id": row.id, "provider": row.provider, "event": event.event_key, "kind": event.kind})
+                batch.tally["consents_withdrawn"] += withdraw_consents(
+                    conn, tenant, contact_id, channels, f"{row.provider}:{event.kind}", evidence, event.occurred_at, now
+                )
+        if event.kind not in STATUS_KINDS:
+            continue
+        if send is None:
+            batch.tally["unknown_message"] += 1
+            problem = f"{event.kind} for unknown message {event.provider_message_id or event.send_id or event.ledger_key}"
+            continue
+        if _advance_delivery(conn, tenant, send, event, now):
+            batch.tally[f"status:{event.kind}"] += 1
+        batch.events.append(
+            (tenant, f"{row.provider}:{event.event_key}", event.kind, send.send_id, send.campaign, send.channel, send.provider,
+             send.contact_id, send.provider_message_id or "", event.reason, event.occurred_at)
+        )
+    return problem
+
+
 def process_rows(conn: sa.Connection, tenant: str, rows, complaint_suppresses_all: bool, now: dt.datetime) -> Batch:
-    """Apply inbox rows within the caller's transaction; returns warehouse events and a tally."""
+    """Apply inbox rows within the caller's transaction; returns warehouse events, a tally and the
+    rows to retry. Every step is idempotent, so a retried row re-applies harmlessly."""
     batch = Batch()
     for row in rows:
-        parser = PARSERS.get(row.provider)
-        if parser is None:
-            batch.errors[row.id] = f"no parser for provider {row.provider!r}"
-            continue
-        payload = json.loads(row.payload)
-        channel = consent_channel(row.provider, payload)
-        for event in parser(payload):
-            if event.kind == "ignored":
-                batch.tally["non_human_click" if row.provider == CLICKS else "ignored"] += 1
-                continue
-            if event.kind == SENDER_BLOCKED:
-                values = {"tenant": tenant, "provider": row.provider, "reason": event.reason or "provider blocked the sender", "blocked_at": event.occurred_at}
-                conn.execute(upsert_insert(conn, blocked_senders).on_conflict_do_nothing(), [values])
-                batch.tally["sender_blocked"] += 1
-                continue
-            send = _find_send(conn, tenant, row.provider, event)
-            if event.kind in OPT_OUT_KINDS:
-                contact_id = _find_contact_id(conn, tenant, channel, event, send)
-                if contact_id is not None:
-                    everywhere = event.kind == wh.COMPLAINED and complaint_suppresses_all
-                    channels = ALL_CHANNELS if everywhere else (channel,)
-                    evidence = json.dumps({"inbox_id": row.id, "provider": row.provider, "event": event.event_key, "kind": event.kind})
-                    batch.tally["consents_withdrawn"] += withdraw_consents(
-                        conn, tenant, contact_id, channels, f"{row.provider}:{event.kind}", evidence, event.occurred_at, now
-                    )
-            if event.kind not in STATUS_KINDS:
-                continue
-            if send is None:
-                batch.tally["unknown_message"] += 1
-                batch.errors[row.id] = f"{event.kind} for unknown message {event.provider_message_id or event.send_id}"
-                continue
-            if _advance_delivery(conn, tenant, send, event, now):
-                batch.tally[f"status:{event.kind}"] += 1
-            batch.events.append(
-                (tenant, f"{row.provider}:{event.event_key}", event.kind, send.send_id, send.campaign, send.channel, send.provider,
-                 send.contact_id, send.provider_message_id or "", event.reason, event.occurred_at)
-            )
-        batch.processed_ids.append(row.id)
+        try:
+            problem = _process_row(conn, tenant, row, complaint_suppresses_all, now, batch)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a payload we cannot read (yet)
+            problem = f"cannot parse {row.provider} payload: {type(exc).__name__}: {exc}"
+        if problem:
+            batch.retry[row.id] = problem
+        else:
+            batch.processed_ids.append(row.id)
     return batch
