@@ -72,11 +72,12 @@ def scratch_ledger(path: Path, contacts_count: int) -> sa.Engine:
     return engine
 
 
-def telegram_outgoing(connector: ChannelConnector, campaign: str, count: int) -> list[Outgoing]:
-    """``count`` Telegram messages of ``campaign`` to contacts 1..count (chat id = FIRST_CHAT_ID + id)."""
-    items = []
+def outgoing(connector: ChannelConnector, campaign: str, count: int) -> list[Outgoing]:
+    """``count`` messages of ``campaign`` to contacts 1..count at address FIRST_CHAT_ID + id (a
+    Telegram chat id or a VK peer id)."""
+    channel, items = connector.channel, []
     for contact_id in range(1, count + 1):
         address = str(FIRST_CHAT_ID + contact_id)
-        message = OutboundMessage(send_id="", tenant=TENANT, campaign=campaign, channel="telegram", address=address, text=f"Hello {contact_id}")
-        items.append(Outgoing(Wanted(LedgerKey(campaign, "main", contact_id, "telegram"), connector.provider, address), connector, message))
+        message = OutboundMessage(send_id="", tenant=TENANT, campaign=campaign, channel=channel, address=address, text=f"Hello {contact_id}")
+        items.append(Outgoing(Wanted(LedgerKey(campaign, "main", contact_id, channel), connector.provider, address), connector, message))
     return items

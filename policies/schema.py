@@ -665,7 +665,8 @@ class RetryPolicy(_Strict):
 
 
 class RateLimit(_Strict):
-    """A token bucket: ``per_second`` sustained, ``burst`` at once (defaults to ``per_second``)."""
+    """``per_second`` sustained, at most ``burst`` calls in any tenth of a second (default: a tenth
+    of a second's worth), counted the way the provider counts them (see sends/limits.py)."""
 
     per_second: float = Field(gt=0)
     burst: int | None = Field(default=None, ge=1)

@@ -90,7 +90,7 @@ sends = sa.Table(
     sa.Column("channel", sa.String(32), nullable=False),
     sa.Column("provider", sa.String(32), nullable=False),
     sa.Column("address", sa.String(320), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # claimed | sent | failed
+    sa.Column("status", sa.String(16), nullable=False),  # claimed | sent | failed | ambiguous
     sa.Column("run_id", sa.String(64), nullable=False),  # the run that claimed the row
     sa.Column("provider_message_id", sa.String(256)),
     sa.Column("error_class", sa.String(32)),  # unreachable | transient | rate_limited | rejected

@@ -41,7 +41,9 @@ def test_campaign_end_to_end_two_tenants(algor_home, instance, monkeypatch, tmp_
         resend = metadata(again, "sends/campaign_sends")
         assert resend["sent"] == 0 and resend["failed"] == 0
         assert resend["ambiguous_held"] == 1
-        assert resend["skipped_already_sent"] == sent_demo["sent"] + sent_demo["failed"] - 1
+        # Recipients the provider called unreachable on the first run are suppressed now.
+        assert resend["messages"] == sent_demo["messages"] - sent_demo["failed"]
+        assert resend["skipped_already_sent"] == resend["messages"] - 1
         assert len(stack.sandbox_messages("telegram")) + len(stack.sandbox_messages("mailgun")) == received_before
         (check,) = [e for e in again.get_asset_check_evaluations() if e.check_name == "no_ambiguous_sends"]
         assert not check.passed
@@ -59,8 +61,16 @@ def test_campaign_end_to_end_two_tenants(algor_home, instance, monkeypatch, tmp_
             still_granted = conn.execute(
                 sa.select(sa.func.count()).where(consents.c.contact_id.in_(complained), consents.c.status == "granted")
             ).scalar_one()
-        # A complaint suppresses every channel (policy.yaml), not just e-mail.
+            blocked = conn.execute(
+                sa.select(sends.c.contact_id).where(sends.c.status == "failed", sends.c.error_class == "unreachable")
+            ).scalars().all()
+            blocked_still_granted = conn.execute(
+                sa.select(sa.func.count()).where(consents.c.contact_id.in_(blocked), consents.c.channel == "telegram", consents.c.status == "granted")
+            ).scalar_one()
+        # A complaint suppresses every channel (policy.yaml), not just e-mail; a recipient the
+        # provider calls unreachable (blocked the bot) is suppressed on that channel.
         assert complained and still_granted == 0
+        assert blocked and blocked_still_granted == 0
 
         # Contacts without consent (or outside the segment) got nothing; each tenant only reached its own.
         for (tenant, channel), addresses in recipients.items():
@@ -140,8 +150,10 @@ def _mailgun_event(send, event: str, event_id: str, key: str) -> dict:
 
 
 def _recipients_by_tenant(conn: sa.Connection) -> dict[tuple[str, str], set[str]]:
+    """Addresses each tenant's messages went to (a send the provider refused reached nobody)."""
     result: dict[tuple[str, str], set[str]] = {}
-    for tenant, channel, address in conn.execute(sa.select(sends.c.tenant, sends.c.channel, sends.c.address)):
+    accepted = sa.select(sends.c.tenant, sends.c.channel, sends.c.address).where(sends.c.status != "failed")
+    for tenant, channel, address in conn.execute(accepted):
         result.setdefault((tenant, channel), set()).add(address)
     return result
 

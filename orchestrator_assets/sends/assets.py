@@ -3,24 +3,24 @@
 import asyncio
 import datetime as dt
 import json
-from collections import Counter
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
 from orchestrator_assets.groups import CAMPAIGNS, SENDS
 from orchestrator_assets.partitions import tenant_partitions
-from orchestrator_assets.sends.dispatch import Job, dispatch
-from orchestrator_assets.sends.ledger import LedgerKey, claim, finalise
+from orchestrator_assets.sends.ledger import LedgerKey, Wanted
 from orchestrator_assets.sends.outcomes import publish_send_outcomes
+from orchestrator_assets.sends.run import Outgoing, SendReport, send_messages
 from orchestrator_assets.tables import markdown_table
 from policies.loader import load_bundle
-from resources.channels.base import OutboundMessage, SendResult
+from resources.channels.base import Attachment, OutboundMessage, TemplateRef
 from resources.connectors import ChannelConnectors
 from resources.opstore import OperationalStore
+from resources.opstore_schema import blocked_senders, consents
 from resources.warehouse import WAREHOUSE_POOL, Warehouse
 
-LEDGER_FLUSH_EVERY = 200
 AMBIGUOUS_CHECK = "no_ambiguous_sends"
 
 
@@ -34,7 +34,7 @@ AMBIGUOUS_CHECK = "no_ambiguous_sends"
         dg.AssetCheckSpec(
             AMBIGUOUS_CHECK,
             asset=[SENDS, "campaign_sends"],
-            description="No ledger row is left claimed by a run that died mid-send (those wait for a status check or an operator)",
+            description="No ledger row is ambiguous: claimed by a run that died mid-send, or sent without an answer to a provider that does not deduplicate (those wait for a status check or an operator)",
         )
     ],
 )
@@ -48,91 +48,116 @@ def campaign_sends(
     """Every campaign message handed to its provider, recorded once in the send ledger.
 
     Grain: one ledger row per (tenant, campaign, step, contact, channel) in ``sends``, plus one
-    ``sent``/``send_failed`` event per row in the warehouse. Source: rendered campaign messages.
-    Re-running sends nothing twice: finalised rows are skipped, rows another run left mid-send are
-    held as ambiguous.
+    ``sent``/``send_failed`` event per final row in the warehouse. Source: rendered campaign
+    messages. Re-running sends nothing twice: final rows are skipped, transient failures are
+    retried, ambiguous rows are held (see ``orchestrator_assets.sends.ledger``).
     """
     tenant = context.partition_key
     engine = opstore.engine()
+    bundle = load_bundle()
     # Resolve every connector before claiming anything: a missing account or unknown channel
     # fails here, with nothing half-sent.
-    tenant_policy = load_bundle().tenants[tenant]
-    by_channel = {channel: connectors.connector(tenant_policy, channel) for channel in sorted(set(messages["channel"]))}
+    by_channel = {channel: connectors.connector(bundle.tenants[tenant], channel) for channel in sorted(set(messages["channel"]))}
+    purposes = {name: campaign.purpose for name, campaign in bundle.campaigns.get(tenant, {}).items()}
+    outgoing = [_outgoing(tenant, row, by_channel[row.channel]) for row in messages.itertuples(index=False)]
+    refuse_before_sending(engine, tenant, by_channel, outgoing)
 
-    keyed = {
-        LedgerKey(row.campaign, row.step, int(row.contact_id), row.channel): row for row in messages.itertuples(index=False)
-    }
-    with engine.begin() as conn:
-        claims = claim(
-            conn, tenant, context.run_id, [(key, row.provider, row.address) for key, row in keyed.items()], dt.datetime.now(dt.UTC)
-        )
-    context.log.info(
-        f"{len(keyed)} messages: {len(claims.mine)} to send, {claims.already_final} already sent earlier, {claims.ambiguous} ambiguous (held)"
-    )
-
-    jobs = []
-    for key, send_id in claims.mine.items():
-        row = keyed[key]
-        jobs.append(
-            Job(
-                by_channel[key.channel],
-                OutboundMessage(
-                    send_id=send_id,
-                    tenant=tenant,
-                    campaign=key.campaign,
-                    channel=key.channel,
-                    address=row.address,
-                    text=row.text,
-                    subject=row.subject,
-                    html=row.html,
-                    buttons=tuple(tuple(button) for button in json.loads(row.buttons)),
-                    unsubscribe_url=row.unsubscribe_url,
-                ),
+    def still_allowed(conn: sa.Connection, keys: list[LedgerKey]) -> set[LedgerKey]:
+        granted = {
+            tuple(row)
+            for row in conn.execute(
+                sa.select(consents.c.contact_id, consents.c.channel, consents.c.purpose).where(
+                    consents.c.tenant == tenant, consents.c.contact_id.in_({key.contact_id for key in keys}), consents.c.status == "granted"
+                )
             )
-        )
+        }
+        return {key for key in keys if (key.contact_id, key.channel, purposes.get(key.campaign)) in granted}
 
-    outcomes: list[tuple[str, SendResult]] = []
-    tally: Counter[str] = Counter()
-    flushed = 0
-
-    def flush() -> None:
-        nonlocal flushed
-        with engine.begin() as conn:
-            finalise(conn, outcomes[flushed:], dt.datetime.now(dt.UTC))
-        flushed = len(outcomes)
-        context.log.info(f"progress: {flushed}/{len(jobs)} answered ({dict(tally)})")
-
-    def on_done(message: OutboundMessage, result: SendResult) -> None:
-        outcomes.append((message.send_id, result))
-        tally["sent" if result.ok else f"failed:{result.error_class}"] += 1
-        if len(outcomes) - flushed >= LEDGER_FLUSH_EVERY:
-            flush()
-
-    asyncio.run(dispatch(jobs, on_done))
-    flush()
+    report = asyncio.run(
+        send_messages(engine, tenant, context.run.run_id, outgoing, bundle.policy.dispatch, still_allowed=still_allowed, log=context.log.info)
+    )
     published = publish_send_outcomes(engine, warehouse, tenant, dt.datetime.now(dt.UTC))
-
-    by_campaign = Counter((key.campaign, key.channel) for key in claims.mine)
+    totals = report.totals
+    ambiguous = totals["held"] + totals["ambiguous"]
+    context.log.info(f"{len(outgoing)} messages: {dict(totals)}")
     return dg.MaterializeResult(
         metadata={
-            "messages": len(keyed),
-            "sent": tally["sent"],
-            "failed": sum(count for name, count in tally.items() if name.startswith("failed")),
-            "skipped_already_sent": claims.already_final,
-            "ambiguous_held": claims.ambiguous,
-            "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "messages"], sorted(tally.items()))),
-            "attempted_by_campaign": dg.MetadataValue.md(
-                markdown_table(["campaign", "channel", "attempted"], [(c, ch, n) for (c, ch), n in sorted(by_campaign.items())])
-            ),
+            "messages": len(outgoing),
+            "sent": totals["sent"],
+            "failed": sum(count for name, count in totals.items() if name.startswith("failed:")),
+            "skipped_already_sent": totals["already_final"],
+            "ambiguous_held": ambiguous,
+            "suppressed": totals["suppressed"],
+            "retried": totals["retries"],
+            "abandoned_claims_found": report.abandoned,
+            "circuit_opened": report.circuit_opened,
+            "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "messages"], sorted(totals.items()))),
+            "by_campaign": dg.MetadataValue.md(_campaign_table(report)),
             **published,
         },
         check_results=[
             dg.AssetCheckResult(
                 check_name=AMBIGUOUS_CHECK,
-                passed=claims.ambiguous == 0,
+                passed=ambiguous == 0,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"ambiguous_held": claims.ambiguous},
+                metadata={"ambiguous_held": ambiguous},
             )
         ],
     )
 
+
+def _outgoing(tenant: str, row, connector) -> Outgoing:
+    template = json.loads(row.template)
+    message = OutboundMessage(
+        send_id="",  # set when the ledger row is claimed
+        tenant=tenant,
+        campaign=row.campaign,
+        channel=row.channel,
+        address=row.address,
+        text=row.text,
+        subject=row.subject,
+        html=row.html,
+        buttons=tuple(tuple(button) for button in json.loads(row.buttons)),
+        unsubscribe_url=row.unsubscribe_url,
+        attachments=tuple(Attachment(**attachment) for attachment in json.loads(row.attachments)),
+        template=None if template is None else TemplateRef(template["template_id"], template["language"], tuple(template["variables"])),
+    )
+    want = Wanted(LedgerKey(row.campaign, row.step, int(row.contact_id), row.channel), row.provider, row.address)
+    return Outgoing(want, connector, message)
+
+
+def _campaign_table(report: SendReport) -> str:
+    rows = []
+    for (campaign, channel), counts in sorted(report.by_campaign.items()):
+        failed = ", ".join(f"{name.removeprefix('failed:')} {count}" for name, count in sorted(counts.items()) if name.startswith("failed:"))
+        rows.append(
+            (campaign, channel, counts["sent"], failed or "0", counts["held"] + counts["ambiguous"], counts["suppressed"], counts["already_final"], counts["retries"])
+        )
+    return markdown_table(["campaign", "channel", "sent", "failed (by reason)", "ambiguous held", "suppressed", "already final", "retries"], rows)
+
+
+def refuse_before_sending(engine: sa.Engine, tenant: str, by_channel: dict, outgoing: list) -> None:
+    """Fail the run, with nothing claimed or sent, when a sender is blocked or any message is one
+    its connector would refuse (too long, unsupported attachment, missing template …)."""
+    with engine.connect() as conn:
+        blocked = {row.provider: row for row in conn.execute(sa.select(blocked_senders).where(blocked_senders.c.tenant == tenant))}
+    for channel, connector in by_channel.items():
+        if (row := blocked.get(connector.provider)) is not None:
+            raise dg.Failure(
+                f"{connector.provider} sender for {channel} is blocked since {row.blocked_at}: {row.reason}. "
+                "Nothing was sent; clear the blocked_senders row once the provider lifts the block."
+            )
+    problems = []
+    for item in outgoing:
+        validate = getattr(item.connector, "validate", None)
+        if validate is None:
+            continue
+        try:
+            validate(item.message)
+        except ValueError as exc:
+            problems.append((item.message.campaign, item.message.channel, item.message.address, str(exc)))
+    if problems:
+        raise dg.Failure(
+            f"{len(problems)} message(s) would be refused by their provider; nothing was sent",
+            metadata={"problems": dg.MetadataValue.md(markdown_table(["campaign", "channel", "address", "why"], problems[:50]))},
+        )

@@ -1,25 +1,50 @@
-"""The send ledger: every (tenant, campaign, step, contact, channel) is claimed once, then finalised.
+"""The send ledger: one row per (tenant, campaign, step, contact, channel), written around every call.
 
-A row is claimed (``status='claimed'``, stamped with the claiming run) *before* the provider is
-called and finalised (``sent``/``failed``) after. So a re-run sends nothing already finalised,
-and a row left ``claimed`` by a run that died mid-request is *ambiguous*: it is held and counted,
-never re-sent blindly.
+State machine of ``sends.status``::
+
+    (no row) ──claim──▶ claimed ──accepted──────────────────────────────▶ sent       final
+                          │     ──unreachable / rejected────────────────▶ failed     final
+                          │     ──transient or rate-limited, retries
+                          │       used up, or circuit open──────────────▶ failed     retryable
+                          │     ──no answer, may have been accepted,
+                          │       provider does not deduplicate──────────▶ ambiguous  held
+                          └──────the run died (seen by a later run)─────▶ ambiguous  held
+    failed (transient / rate_limited) ──claim, same send_id────────────▶ claimed
+    ambiguous ──claim, same send_id, only if the provider deduplicates──▶ claimed
+    ambiguous ──status check / operator decision (not automated yet)───▶ sent | failed
+
+Why this shape:
+
+- A row is claimed *before* the request and finalised *after* the answer, so every message a
+  provider may have seen has a row, and a crash can only leave rows ``claimed``.
+- A row still ``claimed`` when a run starts belongs to a run that died (one send run per tenant at
+  a time: the asset is partitioned by tenant). Whether its request went out is unknown, so it turns
+  ``ambiguous`` and is held: resent only where the provider drops repeats of the same send id (VK
+  ``random_id``), otherwise counted and left for a status check or an operator.
+- Claims are made in small batches just before sending and answers are written in batches
+  (``orchestrator_assets.sends.run``), so a crash strands only the messages in flight plus one
+  batch, not the rest of the campaign, at a few statements per hundred messages.
+- ``failed`` with a transient or rate-limited class means the provider certainly did not take the
+  message, so a later run claims it again (same send id); every other ``failed`` is final.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from resources.channels.base import SendResult
+from resources.channels.base import RATE_LIMITED, TRANSIENT, SendResult
 from resources.opstore_schema import sends
 from resources.sql import upsert_insert
 
-CLAIMED, SENT, FAILED = "claimed", "sent", "failed"
+CLAIMED, SENT, FAILED, AMBIGUOUS = "claimed", "sent", "failed", "ambiguous"
+RETRYABLE_CLASSES = (TRANSIENT, RATE_LIMITED)
+ABANDONED = "claimed by a run that ended without recording an answer (run_id names it): the request may have gone out"
+_CHUNK = 500  # rows per statement: well under every database's bound-parameter limit
 
 
 @dataclass(frozen=True)
@@ -31,84 +56,138 @@ class LedgerKey:
 
 
 @dataclass(frozen=True)
-class Claims:
-    """Outcome of claiming: rows this run now owns, rows already final, rows left ambiguous."""
+class Wanted:
+    """A message the run wants sent, before it has a ledger row of its own."""
 
-    mine: dict[LedgerKey, str]  # key -> send_id
-    already_final: int
-    ambiguous: int
+    key: LedgerKey
+    provider: str
+    address: str
 
 
-def claim(conn: sa.Connection, tenant: str, run_id: str, wanted: Sequence[tuple[LedgerKey, str, str]], now: dt.datetime) -> Claims:
-    """Claim ledger rows for ``wanted`` = [(key, provider, address)], skipping those that exist.
+@dataclass
+class Plan:
+    """What a run has to do, from the ledger as it stood when the run started."""
 
-    Insert-or-ignore on the ledger key makes the claim atomic per row even when two runs race:
-    only one insert wins, and the loser sees a row stamped with another run id.
+    to_send: list[tuple[Wanted, str | None]] = field(default_factory=list)  # (wanted, send id to re-claim or None)
+    final: list[LedgerKey] = field(default_factory=list)  # sent or finally failed earlier
+    held: list[LedgerKey] = field(default_factory=list)  # ambiguous and not safely resendable
+    abandoned: int = 0  # rows found claimed by a dead run (now ambiguous: held or resent)
+
+
+def plan(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicating: Collection[str]) -> Plan:
+    """Sort ``wanted`` into new, retryable, final and held rows; rows a dead run left claimed become
+    ambiguous here. ``deduplicating`` names the providers whose connectors drop repeated send ids."""
+    campaigns = sorted({w.key.campaign for w in wanted})
+    columns = (sends.c.send_id, sends.c.campaign, sends.c.step, sends.c.contact_id, sends.c.channel, sends.c.provider, sends.c.address, sends.c.status, sends.c.error_class)
+    rows = {
+        LedgerKey(row.campaign, row.step, row.contact_id, row.channel): row
+        for row in conn.execute(sa.select(*columns).where(sends.c.tenant == tenant, sends.c.campaign.in_(campaigns)))
+    } if campaigns else {}
+    result = Plan()
+    abandoned = [row.send_id for row in rows.values() if row.status == CLAIMED]
+    for start in range(0, len(abandoned), _CHUNK):
+        conn.execute(
+            sa.update(sends)
+            .where(sends.c.send_id.in_(abandoned[start : start + _CHUNK]), sends.c.status == CLAIMED)
+            .values(status=AMBIGUOUS, error_class=TRANSIENT, error=ABANDONED)
+        )
+    result.abandoned = len(abandoned)
+    for want in wanted:
+        row = rows.get(want.key)
+        if row is None:
+            result.to_send.append((want, None))
+            continue
+        status = AMBIGUOUS if row.status == CLAIMED else row.status
+        if status == FAILED and row.error_class in RETRYABLE_CLASSES:
+            result.to_send.append((want, row.send_id))
+        elif status == AMBIGUOUS:
+            # Safe to resend only to the provider and address that may already have it: a repeat
+            # is dropped there, nowhere else.
+            unchanged = row.provider == want.provider and row.address == want.address
+            if unchanged and want.provider in deduplicating:
+                result.to_send.append((want, row.send_id))
+            else:
+                result.held.append(want.key)
+        else:
+            result.final.append(want.key)
+    return result
+
+
+def claim(conn: sa.Connection, tenant: str, run_id: str, batch: Sequence[tuple[Wanted, str | None]], now: dt.datetime) -> list[tuple[Wanted, str]]:
+    """Claim ``batch`` for ``run_id``; returns the (wanted, send_id) pairs this run now owns.
+
+    New rows are inserted-or-ignored on the ledger key and retryable rows are updated only from a
+    retryable state, so when two runs race for a row exactly one owns it afterwards.
     """
-    if wanted:
+    fresh = [(want, str(uuid.uuid4())) for want, send_id in batch if send_id is None]
+    again = [(want, send_id) for want, send_id in batch if send_id is not None]
+    owned: set[str] = set()
+    if fresh:
         values = [
             {
-                "send_id": str(uuid.uuid4()),
+                "send_id": send_id,
                 "tenant": tenant,
-                "campaign": key.campaign,
-                "step": key.step,
-                "contact_id": key.contact_id,
-                "channel": key.channel,
-                "provider": provider,
-                "address": address,
+                "campaign": want.key.campaign,
+                "step": want.key.step,
+                "contact_id": want.key.contact_id,
+                "channel": want.key.channel,
+                "provider": want.provider,
+                "address": want.address,
                 "status": CLAIMED,
                 "run_id": run_id,
                 "claimed_at": now,
             }
-            for key, provider, address in wanted
+            for want, send_id in fresh
         ]
-        for start in range(0, len(values), 500):
-            conn.execute(upsert_insert(conn, sends).on_conflict_do_nothing(), values[start : start + 500])
-    campaigns = sorted({key.campaign for key, _, _ in wanted})
-    rows = conn.execute(
-        sa.select(sends.c.send_id, sends.c.campaign, sends.c.step, sends.c.contact_id, sends.c.channel, sends.c.status, sends.c.run_id).where(
-            sends.c.tenant == tenant, sends.c.campaign.in_(campaigns)
-        )
-    ).all()
-    wanted_keys = {key for key, _, _ in wanted}
-    mine: dict[LedgerKey, str] = {}
-    already_final = ambiguous = 0
-    for row in rows:
-        key = LedgerKey(row.campaign, row.step, row.contact_id, row.channel)
-        if key not in wanted_keys:
-            continue
-        if row.status == CLAIMED and row.run_id == run_id:
-            mine[key] = row.send_id
-        elif row.status == CLAIMED:
-            ambiguous += 1
-        else:
-            already_final += 1
-    return Claims(mine=mine, already_final=already_final, ambiguous=ambiguous)
-
-
-def finalise(conn: sa.Connection, outcomes: Iterable[tuple[str, SendResult]], now: dt.datetime) -> None:
-    """Record each provider answer on its claimed row (only a still-claimed row changes)."""
-    params = [
-        {
-            "b_send_id": send_id,
-            "status": SENT if result.ok else FAILED,
-            "provider_message_id": result.provider_message_id,
-            "error_class": result.error_class,
-            "error": result.error,
-            "finished_at": now,
-        }
-        for send_id, result in outcomes
-    ]
-    if params:
+        inserted = conn.execute(upsert_insert(conn, sends).on_conflict_do_nothing().returning(sends.c.send_id), values)
+        owned = set(inserted.scalars())
+    if again:
+        # Spelt out rather than IN (…): an expanding IN cannot run as executemany.
+        retryable = sa.or_(sends.c.status == AMBIGUOUS, *(sa.and_(sends.c.status == FAILED, sends.c.error_class == name) for name in RETRYABLE_CLASSES))
         statement = (
             sa.update(sends)
-            .where(sends.c.send_id == sa.bindparam("b_send_id"), sends.c.status == CLAIMED)
+            .where(sends.c.send_id == sa.bindparam("b_send_id"), retryable)
             .values(
-                status=sa.bindparam("status"),
-                provider_message_id=sa.bindparam("provider_message_id"),
-                error_class=sa.bindparam("error_class"),
-                error=sa.bindparam("error"),
-                finished_at=sa.bindparam("finished_at"),
+                status=CLAIMED, run_id=run_id, claimed_at=now, provider=sa.bindparam("b_provider"), address=sa.bindparam("b_address"),
+                provider_message_id=None, error_class=None, error=None, finished_at=None, warehouse_synced_at=None,
             )
         )
-        conn.execute(statement, params)
+        conn.execute(statement, [{"b_send_id": send_id, "b_provider": want.provider, "b_address": want.address} for want, send_id in again])
+        owned |= set(
+            conn.execute(
+                sa.select(sends.c.send_id).where(
+                    sends.c.send_id.in_([send_id for _, send_id in again]), sends.c.status == CLAIMED, sends.c.run_id == run_id
+                )
+            ).scalars()
+        )
+    return [(want, send_id) for want, send_id in fresh + again if send_id in owned]
+
+
+def finalise(conn: sa.Connection, run_id: str, answers: Sequence[tuple[str, str, SendResult]], now: dt.datetime) -> None:
+    """Record (send_id, status, result) answers on rows this run still holds claimed."""
+    if not answers:
+        return
+    statement = (
+        sa.update(sends)
+        .where(sends.c.send_id == sa.bindparam("b_send_id"), sends.c.status == CLAIMED, sends.c.run_id == run_id)
+        .values(
+            status=sa.bindparam("b_status"),
+            provider_message_id=sa.bindparam("b_provider_message_id"),
+            error_class=sa.bindparam("b_error_class"),
+            error=sa.bindparam("b_error"),
+            finished_at=now,
+        )
+    )
+    conn.execute(
+        statement,
+        [
+            {
+                "b_send_id": send_id,
+                "b_status": status,
+                "b_provider_message_id": result.provider_message_id,
+                "b_error_class": result.error_class,
+                "b_error": result.error,
+            }
+            for send_id, status, result in answers
+        ],
+    )

@@ -1,19 +1,24 @@
-"""Publishing finalised sends: delivery rows in the operational store, events in the warehouse.
+"""Publishing final sends: delivery rows in the operational store, events in the warehouse.
 
-Runs after dispatch and again on every later run, picking up any finalised ledger row not yet
+Runs after dispatch and again on every later run, picking up any final ledger row not yet
 published (``warehouse_synced_at`` is null), so a crash between the send and the warehouse
 append delays an event but never loses it; event ids are send ids, so re-appending is harmless.
+A transient failure is not final (the next run retries it under the same send id), so it is
+published only once it is: otherwise one send could count as both failed and sent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import sqlalchemy as sa
 
+from orchestrator_assets.deliveries.processing import withdraw_consents
 from orchestrator_assets.delivery_status import DELIVERED_ON_ACCEPT, RANKS
-from orchestrator_assets.sends.ledger import FAILED, SENT
+from orchestrator_assets.sends.ledger import FAILED, RETRYABLE_CLASSES, SENT
 from resources import warehouse as wh
+from resources.channels.base import UNREACHABLE
 from resources.opstore_schema import deliveries, sends
 from resources.sql import upsert_insert
 
@@ -21,7 +26,11 @@ from resources.sql import upsert_insert
 def publish_send_outcomes(engine: sa.Engine, warehouse: wh.Warehouse, tenant: str, now: dt.datetime) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(sends).where(sends.c.tenant == tenant, sends.c.status.in_([SENT, FAILED]), sends.c.warehouse_synced_at.is_(None))
+            sa.select(sends).where(
+                sends.c.tenant == tenant,
+                sa.or_(sends.c.status == SENT, sa.and_(sends.c.status == FAILED, sa.func.coalesce(sends.c.error_class, "").not_in(RETRYABLE_CLASSES))),
+                sends.c.warehouse_synced_at.is_(None),
+            )
         ).all()
     events: list[tuple] = []
     delivery_rows: list[dict] = []
@@ -40,10 +49,19 @@ def publish_send_outcomes(engine: sa.Engine, warehouse: wh.Warehouse, tenant: st
         else:
             events.append((tenant, row.send_id, wh.SEND_FAILED, *base, f"{row.error_class}: {row.error or ''}", occurred))
     warehouse.append_events(events)
+    suppressed = 0
     with engine.begin() as conn:
+        # The provider says this recipient cannot be reached on this channel (blocked the bot,
+        # opted out, not on the network): suppress the channel, with the answer as evidence.
+        for row in rows:
+            if row.status == FAILED and row.error_class == UNREACHABLE:
+                evidence = json.dumps({"send_id": row.send_id, "provider": row.provider, "error": row.error}, ensure_ascii=False)
+                suppressed += withdraw_consents(
+                    conn, tenant, row.contact_id, (row.channel,), f"{row.provider}:unreachable", evidence, row.finished_at or now, now
+                )
         if delivery_rows:
             conn.execute(upsert_insert(conn, deliveries).on_conflict_do_nothing(), delivery_rows)
         ids = [row.send_id for row in rows]
         for start in range(0, len(ids), 500):
             conn.execute(sa.update(sends).where(sends.c.send_id.in_(ids[start : start + 500])).values(warehouse_synced_at=now))
-    return {"events_appended": len(events), "deliveries_opened": len(delivery_rows)}
+    return {"events_appended": len(events), "deliveries_opened": len(delivery_rows), "consents_suppressed_unreachable": suppressed}
