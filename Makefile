@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(PY) -m resources.dbt  # parse the dbt project once, so the code location loads fast
+	mkdir -p $(DAGSTER_HOME)
 	touch $@
 
 ## Run one campaign end to end on the embedded default (SQLite + chDB + provider sandbox).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,11 +34,13 @@ def test_every_asset_is_grouped_by_domain_keyed_by_it_and_documented():
         assert spec.description, f"{spec.key.to_user_string()} has no docstring/description"
 
 
-def test_workspace_loads_in_a_fresh_process_like_dagster_dev():
+def test_workspace_loads_in_a_fresh_process_like_dagster_dev(tmp_path):
     """`dagster definitions validate` loads workspace.yaml exactly as `dagster dev` would."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "ALGOR_HOME": str(tmp_path / "algor")}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
