@@ -8,6 +8,7 @@ so the receiver can deduplicate redeliveries.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -123,6 +124,23 @@ def transport_failure(exc: httpx.HTTPError) -> SendResult:
         error=f"{type(exc).__name__}: {exc}",
         may_have_been_accepted=not isinstance(exc, _NOT_SENT),
     )
+
+
+def refusal(validate: Callable[[OutboundMessage], None], message: OutboundMessage) -> SendResult | None:
+    """REJECTED when the connector's own ``validate`` refuses ``message`` (no request is made)."""
+    try:
+        validate(message)
+    except ValueError as exc:
+        return SendResult(ok=False, error_class=REJECTED, error=str(exc))
+    return None
+
+
+async def post_or_failure(request: Awaitable[httpx.Response]) -> httpx.Response | SendResult:
+    """Await a provider call; a timeout or connection error becomes its transient SendResult."""
+    try:
+        return await request
+    except httpx.HTTPError as exc:
+        return transport_failure(exc)
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:

@@ -43,7 +43,8 @@ from resources.channels.base import (
     OutboundMessage,
     SendResult,
     json_object,
-    transport_failure,
+    post_or_failure,
+    refusal,
     utc_from_timestamp,
 )
 
@@ -135,14 +136,11 @@ class D360Connector:
 
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
         """One /messages call. A message `validate` refuses is REJECTED without calling 360dialog."""
-        try:
-            self.validate(message)
-        except ValueError as exc:
-            return SendResult(ok=False, error_class=REJECTED, error=str(exc))
-        try:
-            response = await client.post(self._url, json=self.payload(message), headers=self._headers)
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        if (refused := refusal(self.validate, message)) is not None:
+            return refused
+        response = await post_or_failure(client.post(self._url, json=self.payload(message), headers=self._headers))
+        if isinstance(response, SendResult):
+            return response
         return classify(response.status_code, json_object(response), response.text)
 
 

@@ -41,7 +41,8 @@ from resources.channels.base import (
     OutboundMessage,
     SendResult,
     json_object,
-    transport_failure,
+    post_or_failure,
+    refusal,
     utc_from_timestamp,
 )
 
@@ -97,15 +98,12 @@ class GreenApiConnector:
 
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
         """One sendMessage/sendFileByUrl call. A message `validate` refuses is REJECTED without a call."""
-        try:
-            self.validate(message)
-        except ValueError as exc:
-            return SendResult(ok=False, error_class=REJECTED, error=str(exc))
+        if (refused := refusal(self.validate, message)) is not None:
+            return refused
         method, body = self.request(message)
-        try:
-            response = await client.post(f"{self._base}/{method}/{self._token}", json=body)
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        response = await post_or_failure(client.post(f"{self._base}/{method}/{self._token}", json=body))
+        if isinstance(response, SendResult):
+            return response
         return classify(response.status_code, json_object(response), response.text)
 
 

@@ -49,7 +49,8 @@ from resources.channels.base import (
     OutboundMessage,
     SendResult,
     json_object,
-    transport_failure,
+    post_or_failure,
+    refusal,
     utc_from_timestamp,
 )
 from resources.channels.sms_segments import MAX_SEGMENTS, validate_length
@@ -171,15 +172,12 @@ class SmscConnector:
 
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
         """One send.php call; a message `validate` refuses is REJECTED without a request."""
-        try:
-            self.validate(message)
-        except ValueError as exc:
-            return SendResult(ok=False, error_class=REJECTED, error=str(exc))
+        if (refused := refusal(self.validate, message)) is not None:
+            return refused
         fields = self.fields(message)
-        try:
-            response = await client.post(self._send_url, data=fields)
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        response = await post_or_failure(client.post(self._send_url, data=fields))
+        if isinstance(response, SendResult):
+            return response
         return classify(response.status_code, json_object(response), int(fields["id"]), fields["phones"])
 
     async def hlr_check(

@@ -35,6 +35,8 @@ from resources.channels.base import (
     OutboundMessage,
     SendResult,
     json_object,
+    post_or_failure,
+    refusal,
     transport_failure,
     utc_from_timestamp,
 )
@@ -138,14 +140,11 @@ class TelegramConnector:
 
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
         """Send `message`; a message `validate` refuses is REJECTED without calling Telegram."""
-        try:
-            self.validate(message)
-        except ValueError as exc:
-            return SendResult(ok=False, error_class=REJECTED, error=str(exc))
-        try:
-            response = await client.post(f"{self._base}/{self.method(message)}", json=self.payload(message))
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        if (refused := refusal(self.validate, message)) is not None:
+            return refused
+        response = await post_or_failure(client.post(f"{self._base}/{self.method(message)}", json=self.payload(message)))
+        if isinstance(response, SendResult):
+            return response
         return classify(response.status_code, json_object(response))
 
     async def send_chat_action(self, client: httpx.AsyncClient, chat_id: str, action: str = "typing") -> SendResult:

@@ -43,7 +43,8 @@ from resources.channels.base import (
     OutboundMessage,
     SendResult,
     json_object,
-    transport_failure,
+    post_or_failure,
+    refusal,
 )
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -122,15 +123,12 @@ class TwilioConnector:
 
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
         """One Messages.json call. A message `validate` refuses is REJECTED without calling Twilio."""
-        try:
-            self.validate(message)
-        except ValueError as exc:
-            return SendResult(ok=False, error_class=REJECTED, error=str(exc))
-        try:
-            # Encoded by hand: httpx's `data=` takes a dict, and MediaUrl repeats.
-            response = await client.post(self._url, auth=self._auth, content=urlencode(self.fields(message)), headers=_FORM)
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        if (refused := refusal(self.validate, message)) is not None:
+            return refused
+        # Encoded by hand: httpx's `data=` takes a dict, and MediaUrl repeats.
+        response = await post_or_failure(client.post(self._url, auth=self._auth, content=urlencode(self.fields(message)), headers=_FORM))
+        if isinstance(response, SendResult):
+            return response
         return classify(response.status_code, json_object(response), response.headers)
 
     def _address(self, number: str) -> str:

@@ -44,7 +44,8 @@ from resources.channels.base import (
     OutboundMessage,
     SendResult,
     json_object,
-    transport_failure,
+    post_or_failure,
+    refusal,
     utc_from_timestamp,
 )
 
@@ -136,14 +137,11 @@ class VkConnector:
 
     async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
         """One messages.send call; a message `validate` refuses is REJECTED without a request."""
-        try:
-            self.validate(message)
-        except ValueError as exc:
-            return SendResult(ok=False, error_class=REJECTED, error=str(exc))
-        try:
-            response = await client.post(self._url, data=self.fields(message))
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        if (refused := refusal(self.validate, message)) is not None:
+            return refused
+        response = await post_or_failure(client.post(self._url, data=self.fields(message)))
+        if isinstance(response, SendResult):
+            return response
         return classify(response.status_code, json_object(response))
 
 
