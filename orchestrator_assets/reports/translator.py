@@ -8,8 +8,10 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtProject
 
-GROUP = "reports"
-KEY_PREFIX = "reports"
+from orchestrator_assets.groups import REPORTS
+
+# The domain name is both the group and the key prefix, as for every other domain.
+GROUP = KEY_PREFIX = REPORTS
 
 # dbt resources that become assets of @dbt_assets (sources stay upstream dependencies).
 _MODEL_LIKE = ("model", "seed", "snapshot")
