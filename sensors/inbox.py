@@ -4,6 +4,11 @@ The cursor is JSON ``{tenant: last inbox id handed to a run}``; each run request
 range after it and carries ``run_key = inbox:<tenant>:<from>-<to>``, so a tick evaluated twice
 (daemon restart, cursor not yet saved) launches nothing twice. The sensor reads only the
 operational store, never the warehouse.
+
+An id behind the cursor can still be unprocessed and never attempted: on PostgreSQL several gateway
+workers commit concurrently, so a row may commit after a higher id was already handed out, and a
+run can die before it records anything. Such rows, once older than ``LATE_AFTER``, get a sweep run
+(``run_key = inbox-late:<tenant>:<from>-<to>``): nothing the gateway acknowledged is left behind.
 """
 
 import datetime as dt
@@ -19,6 +24,7 @@ from resources.opstore_schema import webhook_inbox as inbox
 
 DELIVERY_OP = f"{DELIVERIES}__delivery_events"
 MAX_ROWS_PER_RUN = 50_000
+LATE_AFTER = dt.timedelta(seconds=60)  # longer than any commit takes; runs usually start sooner
 
 
 def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.datetime) -> tuple[list[dg.RunRequest], dict[str, int]]:
@@ -46,7 +52,36 @@ def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.date
         )
         new_cursor[tenant] = end
     requests += retry_run_requests(conn, cursor, now)
+    requests += late_run_requests(conn, cursor, now)
     return requests, new_cursor
+
+
+def late_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.datetime) -> list[dg.RunRequest]:
+    """Runs for rows behind the cursor that no run has attempted although they are older than
+    ``LATE_AFTER`` (committed out of id order, or their run died)."""
+    requests = []
+    for tenant, last_handed_out in sorted(cursor.items()):
+        first, last = conn.execute(
+            sa.select(sa.func.min(inbox.c.id), sa.func.max(inbox.c.id)).where(
+                inbox.c.tenant == tenant,
+                inbox.c.id <= last_handed_out,
+                inbox.c.processed_at.is_(None),
+                inbox.c.dead_lettered_at.is_(None),
+                inbox.c.next_attempt_at.is_(None),
+                inbox.c.received_at <= now - LATE_AFTER,
+            )
+        ).one()
+        if first is None:
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"inbox-late:{tenant}:{first}-{last}",
+                partition_key=tenant,
+                run_config={"ops": {DELIVERY_OP: {"config": {"from_id": first, "to_id": last}}}},
+                tags={"algor/inbox_range": f"late {first}-{last}"},
+            )
+        )
+    return requests
 
 
 def retry_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.datetime) -> list[dg.RunRequest]:

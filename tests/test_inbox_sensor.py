@@ -42,3 +42,27 @@ def test_sensor_requests_each_new_range_once_per_tenant(algor_home, instance):
     second = evaluate(instance, first.cursor)
     assert [request.run_key for request in second.run_requests] == ["inbox:demo:5-5"]
     assert json.loads(second.cursor) == {"acme": 4, "demo": 5}
+
+
+def test_rows_left_behind_the_cursor_get_a_sweep_run_once_they_are_late(algor_home, instance):
+    """A row that committed after a higher id was handed out (concurrent gateway workers on
+    PostgreSQL), or whose run died, is unprocessed behind the cursor: it must not be stranded."""
+    import datetime as dt
+
+    from sensors.inbox import LATE_AFTER, inbox_run_requests
+
+    store = OperationalStore()
+    store.migrate()
+    engine = store.engine()
+    for n in range(3):
+        store_callbacks(engine, "demo", "telegram", [(f"update:{n}", {"update_id": n})])
+    now = dt.datetime.now(dt.UTC)
+    with engine.connect() as conn:
+        requests, cursor = inbox_run_requests(conn, {}, now)
+        assert [r.run_key for r in requests] == ["inbox:demo:1-3"]
+        # Just handed out: its run is expected to take them, so no sweep yet.
+        assert inbox_run_requests(conn, cursor, now)[0] == []
+        # Still untouched once late: one sweep run over exactly those rows.
+        late, _ = inbox_run_requests(conn, cursor, now + LATE_AFTER + dt.timedelta(seconds=1))
+    assert [r.run_key for r in late] == ["inbox-late:demo:1-3"]
+    assert late[0].run_config["ops"][DELIVERY_OP]["config"] == {"from_id": 1, "to_id": 3}
