@@ -4,28 +4,35 @@ from __future__ import annotations
 
 import dagster as dg
 
-from jobs import campaign_pipeline_job, delivery_processing_job, reports_job, reports_schedule
+from jobs import campaign_pipeline_job, delivery_processing_job, phone_reachability_job, reports_job, reports_schedule
+from jobs.ambiguous import resolve_ambiguous_sends_job
 from jobs.redrive import redrive_dead_letters_job
+from jobs.webhooks import retry_webhook_deliveries_job, webhook_delivery_job
 from orchestrator_assets import campaigns, consents, contacts, segments
 from orchestrator_assets.deliveries import assets as deliveries
 from orchestrator_assets.imports import assets as imports
 from orchestrator_assets.reports import campaign_funnel_export, warehouse_reports
 from orchestrator_assets.sends import assets as sends
+from orchestrator_assets.webhooks import assets as webhooks
 from resources.connectors import ChannelConnectors
 from resources.dbt import make_dbt_resource
 from resources.opstore import OperationalStore
 from resources.warehouse import Warehouse
+from sensors.campaigns import campaign_schedule_sensor
 from sensors.inbox import webhook_inbox_sensor
+from sensors.triggers import trigger_campaign_sensor
+from sensors.webhooks import webhook_delivery_sensor
 
 defs = dg.Definitions(
     assets=[
-        *dg.load_assets_from_modules([imports, contacts, consents, segments, campaigns, sends, deliveries]),
+        *dg.load_assets_from_modules([imports, contacts, consents, segments, campaigns, sends, deliveries, webhooks]),
         warehouse_reports,
         campaign_funnel_export,
     ],
-    jobs=[campaign_pipeline_job, delivery_processing_job, reports_job, redrive_dead_letters_job],
+    jobs=[campaign_pipeline_job, delivery_processing_job, reports_job, redrive_dead_letters_job, webhook_delivery_job, retry_webhook_deliveries_job,
+          phone_reachability_job, resolve_ambiguous_sends_job],
     schedules=[reports_schedule],
-    sensors=[webhook_inbox_sensor],
+    sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor],
     resources={
         "opstore": OperationalStore(),
         "warehouse": Warehouse(),

@@ -149,8 +149,8 @@ def main() -> None:
     held = {name: counts["ambiguous"] for name, counts in by_provider.items()}
     explanation = (
         "Ambiguous rows are the messages claimed by a killed process whose answer was not yet written: "
-        "the request may or may not have reached the provider. VK drops a repeated random_id (derived from "
-        "the send id), so the resuming run resends them safely and none stay held "
+        "the request may or may not have reached the provider. VK drops a repeated random_id (the send's "
+        "ledger-allocated dedup_id, kept on its row), so the resuming run resends them safely and none stay held "
         f"(held at the end: {held}). Telegram has no idempotency key, so they stay held for a status check or "
         f"an operator: {total['ambiguous_received']} of them had in fact reached the sandbox, "
         f"{total['ambiguous_not_received']} had not (claimed but not yet sent when the process died)."

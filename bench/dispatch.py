@@ -2,14 +2,14 @@
 
     .venv/bin/python bench/dispatch.py [--messages 100000] [--limit 200] [--limited-seconds 10]
 
-1. Clients: the same request loop through plain httpx, httpx over aiohttp (what the send path
-   uses, ``orchestrator_assets.sends.http``) and plain aiohttp.
+1. Clients: the same request loop through httpx's own pool, the send path's client
+   (``orchestrator_assets.sends.http``: httpx's interface on aiohttp) and plain aiohttp.
 2. Throughput: ``--messages`` Telegram messages through the full send path (ledger on a scratch
    SQLite file, limiter, connector, HTTP) with limits that never bind, and, against the same
-   sandbox, plain request loops sending as many requests: ``raw_req_per_s`` with the client the
-   send path uses, so ``ratio`` = msgs_per_s / raw_req_per_s is what the ledger, limiter and engine
-   cost; ``raw_aiohttp_req_per_s`` and ``ratio_vs_plain_aiohttp`` compare with the cheapest client
-   there is, which the connectors' httpx interface rules out (see the client numbers).
+   sandbox, a plain aiohttp loop sending as many requests, the most this machine and sandbox
+   serve: ``ratio`` = msgs_per_s / raw_req_per_s (target >= 0.5). ``raw_client_req_per_s`` is the
+   send path's client in the same bare loop, so ``ratio_vs_client`` is what the ledger, limiter
+   and engine cost on their own.
 3. Limits: the sandbox bot limited to ``--limit`` calls per second (its sliding one-second window
    answers 429 beyond that) and our provider limit set to the same number; ``limit × seconds``
    messages go through the send path, taking T seconds. ``limited_achieved_over_allowed`` = (calls
@@ -67,9 +67,10 @@ async def request_loop(post, count: int, concurrency: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def with_httpx(url: str, count: int, concurrency: int, over_aiohttp: bool) -> float:
+async def with_client(url: str, count: int, concurrency: int, send_path_client: bool) -> float:
+    """The send path's client, or else httpx's own."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    client = provider_client(concurrency) if over_aiohttp else httpx.AsyncClient(limits=limits, timeout=15)
+    client = provider_client(concurrency) if send_path_client else httpx.AsyncClient(limits=limits, timeout=15)
     async with client:
 
         async def post(body: dict) -> None:
@@ -113,8 +114,8 @@ def main() -> None:
         fast = f"{url}/bot{FAST_TOKEN}/sendMessage"
         clients = {}
         for name, run in (
-            ("httpx", lambda: with_httpx(fast, args.client_requests, args.concurrency, over_aiohttp=False)),
-            ("httpx_over_aiohttp", lambda: with_httpx(fast, args.client_requests, args.concurrency, over_aiohttp=True)),
+            ("httpx", lambda: with_client(fast, args.client_requests, args.concurrency, send_path_client=False)),
+            ("send_path_client", lambda: with_client(fast, args.client_requests, args.concurrency, send_path_client=True)),
             ("aiohttp", lambda: with_aiohttp(fast, args.client_requests, args.concurrency)),
         ):
             sandbox_reset(url)
@@ -123,11 +124,11 @@ def main() -> None:
         result["client_req_per_s"] = clients
 
         sandbox_reset(url)
-        raw = asyncio.run(with_httpx(fast, args.messages, args.concurrency, over_aiohttp=True))
-        log(f"raw loop, same client: {raw:.0f} req/s")
+        raw_client = asyncio.run(with_client(fast, args.messages, args.concurrency, send_path_client=True))
+        log(f"raw loop, send path's client: {raw_client:.0f} req/s")
         sandbox_reset(url)
-        raw_aiohttp = asyncio.run(with_aiohttp(fast, args.messages, args.concurrency))
-        log(f"raw loop, plain aiohttp: {raw_aiohttp:.0f} req/s")
+        raw = asyncio.run(with_aiohttp(fast, args.messages, args.concurrency))
+        log(f"raw loop, plain aiohttp: {raw:.0f} req/s")
         sandbox_reset(url)
         open_policy = DispatchPolicy(
             max_in_flight_per_account=args.concurrency,
@@ -142,8 +143,8 @@ def main() -> None:
             msgs_per_s=round(args.messages / seconds),
             raw_req_per_s=round(raw),
             ratio=round(args.messages / seconds / raw, 3),
-            raw_aiohttp_req_per_s=round(raw_aiohttp),
-            ratio_vs_plain_aiohttp=round(args.messages / seconds / raw_aiohttp, 3),
+            raw_client_req_per_s=round(raw_client),
+            ratio_vs_client=round(args.messages / seconds / raw_client, 3),
             outcomes=totals,
             sandbox_received=evaluated,
         )

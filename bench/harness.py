@@ -1,15 +1,18 @@
-"""Shared pieces of the dispatch benchmarks: a sandbox process, a scratch ledger, synthetic messages.
+"""Shared pieces of the benchmarks: a sandbox or gateway process, a scratch ledger, synthetic messages.
 
-The sandbox runs as its own process (``python -m sandbox``) so the benchmarks measure our process
-against a provider on the other side of a real socket, as in production.
+The sandbox and the gateway run as their own processes (``python -m sandbox``, ``python -m
+gateway``) so the benchmarks measure a process on the other side of a real socket, as in production.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +49,44 @@ def sandbox_process(config: dict[str, Any], workdir: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+def log(line: str) -> None:
+    """Progress goes to stderr; stdout keeps only the result (its last line is one JSON object)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gateway_process(home: Path, port: int, args: list[str], log_path: Path, timeout_s: float = 60) -> Iterator[str]:
+    """``python -m gateway`` on loopback ``port`` with ``ALGOR_HOME=home`` (its logs to ``log_path``);
+    yields its base URL once ``/ready`` answers. The URL is also its public URL (Twilio signs it)."""
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "ALGOR_HOME": str(home), "ALGOR_GATEWAY_URL": url}
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port), *args], env=env, stderr=log_file)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not _answers(f"{url}/ready"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway did not start (see {log_path})")
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def sandbox_stats(url: str, provider: str) -> dict[str, Any]:
     return httpx.get(f"{url}/_sandbox/stats", timeout=30).json()["providers"][provider]
 
@@ -54,9 +95,9 @@ def sandbox_reset(url: str) -> None:
     httpx.post(f"{url}/_sandbox/reset", timeout=30).raise_for_status()
 
 
-def scratch_ledger(path: Path, contacts_count: int) -> sa.Engine:
-    """A migrated SQLite operational store with ``contacts_count`` contacts (ids 1..n; the ledger
-    references contacts)."""
+def scratch_ledger(path: Path, contacts_count: int, tenant: str = TENANT) -> sa.Engine:
+    """A migrated SQLite operational store with ``contacts_count`` contacts of ``tenant`` (ids 1..n,
+    Telegram chat FIRST_CHAT_ID + id; the ledger references contacts)."""
     url = f"sqlite:///{path}"
     migrate(url)
     engine = engine_for(url)
@@ -64,7 +105,7 @@ def scratch_ledger(path: Path, contacts_count: int) -> sa.Engine:
     with engine.begin() as conn:
         have = conn.execute(sa.select(sa.func.count()).select_from(contacts)).scalar_one()
         rows = [
-            {"id": n, "tenant": TENANT, "external_id": f"c{n}", "telegram_chat_id": FIRST_CHAT_ID + n, "created_at": now, "updated_at": now}
+            {"id": n, "tenant": tenant, "external_id": f"c{n}", "telegram_chat_id": FIRST_CHAT_ID + n, "created_at": now, "updated_at": now}
             for n in range(have + 1, contacts_count + 1)
         ]
         for start in range(0, len(rows), 5000):

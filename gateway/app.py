@@ -1,25 +1,29 @@
 """The webhook gateway: provider callbacks in, verified, stored durably, acknowledged.
 
 It proves each request came from the provider (as that provider defines it), writes it to the
-inbox in one short transaction and only then answers 2xx; if the store is down it answers 503 so
-the provider retries. It never opens the warehouse: turning callbacks into state is the inbox
-sensor's and the delivery-processing run's job.
+inbox (concurrent requests share one short transaction: ``gateway/inbox.py``) and only then
+answers 2xx; if the store is down it answers 503 so the provider retries. Every request leaves
+one JSON log line with its request id (``gateway/request_log.py``). It never opens the
+warehouse: turning callbacks into state is the inbox sensor's and the delivery-processing run's job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gc
 import hashlib
 import html
-import logging
 from collections import OrderedDict
 
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from gateway.inbox import already_stored, store_callbacks
-from gateway.receivers import MAX_BODY_BYTES, RECEIVERS, Refused
+from gateway.inbox import InboxWriter, already_stored
+from gateway.openapi import HOOKS, refusals
+from gateway.receivers import RECEIVERS, Refused, read_body
+from gateway.request_log import RequestLogMiddleware, annotate, configure_logging
 from gateway.scanners import looks_automated
 from policies.loader import load_tenants
 from policies.schema import Tenant
@@ -28,7 +32,6 @@ from resources.links import verify_click, verify_unsubscribe
 from resources.opstore import engine_for, migrate
 from resources.settings import get_settings
 
-log = logging.getLogger("algor.gateway")
 SEEN_TOKENS_MAX = 100_000
 UNSUBSCRIBE_FORM = """<!doctype html><meta charset="utf-8"><title>Отписка / Unsubscribe</title>
 <p>Отписаться от рассылок {sender}? / Unsubscribe from {sender}'s mailings?</p>
@@ -59,100 +62,150 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
     engine = engine_for(url)
     tenants = tenants if tenants is not None else load_tenants().tenants
     seen_tokens = SeenTokens()
+    inbox = InboxWriter(engine)
     app = FastAPI(title="Algor webhook gateway", version="0.1.0")
+    app.add_middleware(RequestLogMiddleware)
 
-    def tenant_or_404(tenant_id: str) -> Tenant:
+    def refuse(status: int, reason: str) -> HTTPException:
+        """The answer to a request we do not take; the reason goes to its log line."""
+        annotate(outcome="unavailable" if status >= 500 else "refused", reason=reason)
+        return HTTPException(status, reason)
+
+    def tenant_or_404(tenant_id: str, source: str) -> Tenant:
+        annotate(tenant=tenant_id, provider=source)
         tenant = tenants.get(tenant_id)
         if tenant is None:
-            raise HTTPException(404, "unknown tenant")
+            raise refuse(404, "unknown tenant")
         return tenant
 
-    def persist(tenant_id: str, provider: str, events: list[tuple[str, dict]]) -> int:
+    async def persist(tenant_id: str, source: str, events: list[tuple[str, dict]]) -> int:
         try:
-            return store_callbacks(engine, tenant_id, provider, events)
-        except sa.exc.OperationalError as exc:  # store down: make the provider retry
-            log.error("inbox unavailable: %s", exc)
-            raise HTTPException(503, "inbox unavailable, retry later") from None
+            new = await inbox.store(tenant_id, source, events)
+        except sa.exc.OperationalError:  # store down: make the provider retry (logged by the writer)
+            raise refuse(503, "inbox unavailable, retry later") from None
+        annotate(outcome="stored" if new else "duplicate" if events else "answered", events=len(events), new=new)
+        return new
 
     async def receive(tenant_id: str, provider: str, extra: str, request: Request) -> Response:
-        tenant = tenant_or_404(tenant_id)
+        tenant = tenant_or_404(tenant_id, provider)
         receiver = RECEIVERS.get(provider)
         if receiver is None:
-            raise HTTPException(404, "unknown provider")
+            raise refuse(404, "unknown provider")
         try:
             # Read per request (cheap): the public URL Twilio signs may be known only after start-up.
             accepted = await receiver(request, tenant, get_settings(), extra)
             # Mailgun's signature does not cover the body: a token seen before may only come back
             # with an event we already hold (a provider retry), never with a new one.
             if accepted.replay_token and not seen_tokens.first_use(accepted.replay_token):
-                if not all(already_stored(engine, tenant_id, provider, key) for key, _ in accepted.events):
+                keys = [key for key, _ in accepted.events]
+                if not await asyncio.to_thread(lambda: all(already_stored(engine, tenant_id, provider, key) for key in keys)):
                     raise Refused(406, "replayed signature")
         except Refused as refused:
-            log.warning("refused %s callback for %s: %s", provider, tenant_id, refused.reason)
-            raise HTTPException(refused.status, refused.reason) from None
-        stored = persist(tenant_id, provider, accepted.events)
-        log.info("%s callback for %s: %d event(s), %d new", provider, tenant_id, len(accepted.events), stored)
+            raise refuse(refused.status, refused.reason) from None
+        await persist(tenant_id, provider, accepted.events)
         return accepted.answer
 
-    @app.post("/hooks/{tenant_id}/{provider}")
-    async def provider_callback(tenant_id: str, provider: str, request: Request) -> Response:
-        """A provider's callback, verified the way that provider defines it."""
+    def hook_endpoint(provider: str, secret_path: bool):
+        """The handler of one provider's callback route; FastAPI reads the path parameters from
+        its signature. Providers that sign nothing (SMS.ru) carry a secret in the URL instead."""
+        if secret_path:
+
+            async def callback_with_secret(tenant_id: str, secret: str, request: Request) -> Response:
+                return await receive(tenant_id, provider, secret, request)
+
+            return callback_with_secret
+
+        async def callback(tenant_id: str, request: Request) -> Response:
+            return await receive(tenant_id, provider, "", request)
+
+        return callback
+
+    for provider, doc in HOOKS.items():
+        app.add_api_route(
+            f"/hooks/{{tenant_id}}/{provider}" + ("/{secret}" if doc.secret_path else ""),
+            hook_endpoint(provider, doc.secret_path),
+            methods=["POST"],
+            name=f"{provider}_callback",
+            summary=doc.summary,
+            description="Verified the way the provider defines it, stored once, then acknowledged.",
+            response_class=Response,
+            responses=doc.responses(),
+            openapi_extra=doc.request,
+        )
+
+    @app.post("/hooks/{tenant_id}/{provider:path}", response_class=Response, status_code=404, responses=refusals(404))
+    async def unknown_provider_callback(tenant_id: str, provider: str, request: Request) -> Response:
+        """Any other provider or path under a tenant's hooks: 404, with the reason logged."""
         return await receive(tenant_id, provider, "", request)
 
-    @app.post("/hooks/{tenant_id}/{provider}/{secret}")
-    async def provider_callback_secret_path(tenant_id: str, provider: str, secret: str, request: Request) -> Response:
-        """For providers that sign nothing (SMS.ru), the callback URL carries a secret."""
-        return await receive(tenant_id, provider, secret, request)
-
-    @app.get("/unsubscribe/{tenant_id}/{token}", response_class=HTMLResponse)
+    @app.get("/unsubscribe/{tenant_id}/{token}", response_class=HTMLResponse, responses=refusals(404))
     async def unsubscribe_page(tenant_id: str, token: str) -> HTMLResponse:
         """Shows a confirmation form and changes nothing: link scanners follow GETs (RFC 8058)."""
-        tenant = tenant_or_404(tenant_id)
+        tenant = tenant_or_404(tenant_id, UNSUBSCRIBE)
         if verify_unsubscribe(tenant_id, token) is None:
-            raise HTTPException(404, "unknown link")
+            raise refuse(404, "unknown link")
         return HTMLResponse(UNSUBSCRIBE_FORM.format(sender=html.escape(tenant.name)))
 
-    @app.post("/unsubscribe/{tenant_id}/{token}", response_class=HTMLResponse)
+    @app.post("/unsubscribe/{tenant_id}/{token}", response_class=HTMLResponse, responses=refusals(404, 413, 503))
     async def unsubscribe(tenant_id: str, token: str, request: Request) -> HTMLResponse:
         """One-click unsubscribe (RFC 8058 POST ``List-Unsubscribe=One-Click``) or the form's button."""
-        tenant_or_404(tenant_id)
+        tenant_or_404(tenant_id, UNSUBSCRIBE)
         subject = verify_unsubscribe(tenant_id, token)
         if subject is None:
-            raise HTTPException(404, "unknown link")
+            raise refuse(404, "unknown link")
         contact_id, campaign = subject
-        body = (await request.body())[:MAX_BODY_BYTES]
+        try:
+            body = await read_body(request)
+        except Refused as refused:  # too large
+            raise refuse(refused.status, refused.reason) from None
         method = "one-click" if b"List-Unsubscribe=One-Click" in body else "form"
         payload = unsubscribe_payload(contact_id, campaign, method, dt.datetime.now(dt.UTC))
-        persist(tenant_id, UNSUBSCRIBE, [(unsubscribe_event_key(contact_id, campaign), payload)])
+        await persist(tenant_id, UNSUBSCRIBE, [(unsubscribe_event_key(contact_id, campaign), payload)])
         return HTMLResponse(UNSUBSCRIBED_PAGE)
 
-    @app.api_route("/c/{tenant_id}/{token}", methods=["GET", "HEAD"])
+    redirect = {302: {"description": "Redirect to the link's signed target", "headers": {"Location": {"schema": {"type": "string"}}}}}
+    link_docs = {"response_class": RedirectResponse, "status_code": 302, "responses": redirect | refusals(404, 503)}
+
+    @app.head("/c/{tenant_id}/{token}", **link_docs)  # a route per method: one OpenAPI operation id each
+    @app.get("/c/{tenant_id}/{token}", **link_docs)
     async def tracked_link(tenant_id: str, token: str, request: Request) -> Response:
         """A tracked link: 302 to the signed target and a click recorded. Unknown or tampered
         links are 404, so this is never an open redirect; HEAD requests and known link scanners
         are recorded as non-human and not counted as clicks."""
-        tenant_or_404(tenant_id)
+        tenant_or_404(tenant_id, CLICKS)
         link = verify_click(tenant_id, token)
         if link is None:
-            raise HTTPException(404, "unknown link")
+            raise refuse(404, "unknown link")
         user_agent = request.headers.get("user-agent", "")
         human = request.method == "GET" and not looks_automated(user_agent)
         now = dt.datetime.now(dt.UTC)
-        persist(tenant_id, CLICKS, [(f"{hashlib.sha256(token.encode()).hexdigest()[:32]}:{now.isoformat()}", click_payload(link, human, user_agent, now))])
+        await persist(tenant_id, CLICKS, [(f"{hashlib.sha256(token.encode()).hexdigest()[:32]}:{now.isoformat()}", click_payload(link, human, user_agent, now))])
         return RedirectResponse(link["url"], status_code=302)
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses=refusals(503))
     async def ready() -> dict:
         try:
             with engine.connect() as conn:
                 conn.execute(sa.text("select 1"))
         except sa.exc.OperationalError:
-            raise HTTPException(503, "operational store unavailable") from None
+            raise refuse(503, "operational store unavailable") from None
         return {"status": "ready"}
 
+    return app
+
+
+def worker_app(tenants_file: str | None = None) -> FastAPI:
+    """The app as ``python -m gateway`` serves it, built in each worker process: JSON logs, and
+    the tenants of ``tenants_file`` (default: the policy config)."""
+    configure_logging()
+    app = create_app(tenants=load_tenants(tenants_file).tenants)
+    # The imports (Dagster among them, via resources) leave ~200k long-lived objects; every full
+    # collection rescanned them, stalling all requests in flight for 100 ms and more under load.
+    # Frozen, they are never scanned again.
+    gc.freeze()
     return app
 

@@ -12,18 +12,22 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from email.message import Message
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 from fastapi import Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from policies.schema import Tenant
 from resources.channels import d360, greenapi, mailgun, sendgrid, smsc, smsru, telegram, twilio, vk
 from resources.embedded_keys import sendgrid_public_key
+from resources.opstore_schema import webhook_inbox
 from resources.settings import Settings
 
 MAX_BODY_BYTES = 1_000_000
+MAX_EVENT_KEY = webhook_inbox.c.event_key.type.length  # PostgreSQL refuses longer ones
+FORM = "application/x-www-form-urlencoded"
 
 
 class Refused(Exception):
@@ -44,19 +48,46 @@ class Accepted:
 Receiver = Callable[[Request, Tenant, Settings, str], Awaitable[Accepted]]
 
 
-async def _body(request: Request) -> bytes:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413) once it exceeds MAX_BODY_BYTES: a larger declared
+    Content-Length is refused before reading, and a chunked body is never buffered past the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise Refused(413, "body too large")
-    return body
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Refused(413, "body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _loads(body: bytes) -> Any:
+    """``body`` as JSON we can store, else Refused(400) saying why.
+
+    Besides syntax, this refuses what ``json.loads`` lets through but the inbox cannot hold or a
+    provider never sends: NaN/Infinity, integers past Python's digit limit, nesting deeper than the
+    parser's recursion limit, and unpaired UTF-16 surrogates (``"\\ud800"``), which cannot be written
+    as UTF-8.
+    """
+    try:
+        payload = json.loads(body, parse_constant=_no_constant)
+        json.dumps(payload, ensure_ascii=False).encode()
+    except RecursionError:
+        raise Refused(400, "body is not JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError/UnicodeEncodeError, digit limit
+        raise Refused(400, f"body is not JSON: {exc}") from None
+    return payload
 
 
 async def _json(request: Request) -> tuple[bytes, Any]:
-    body = await _body(request)
-    try:
-        return body, json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise Refused(400, "body is not JSON") from None
+    body = await read_body(request)
+    return body, _loads(body)
 
 
 async def _json_object(request: Request) -> tuple[bytes, dict]:
@@ -67,21 +98,34 @@ async def _json_object(request: Request) -> tuple[bytes, dict]:
 
 
 async def _form(request: Request) -> list[tuple[str, str]]:
-    """An ``application/x-www-form-urlencoded`` body as ordered pairs (how these providers post)."""
-    body = await _body(request)
-    if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
-        raise Refused(415, "expected an application/x-www-form-urlencoded post")
+    """An ``application/x-www-form-urlencoded`` body as ordered pairs (how these providers post),
+    decoded with the ``charset`` the Content-Type names (UTF-8 when it names none)."""
+    content_type = Message()
+    content_type["content-type"] = request.headers.get("content-type", "")
+    if content_type.get_content_type() != FORM:
+        raise Refused(415, f"expected an {FORM} post")
+    charset = content_type.get_content_charset("utf-8")
+    body = await read_body(request)
     try:
-        return parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
-    except (UnicodeDecodeError, ValueError):
-        raise Refused(400, "malformed form body") from None
+        pairs = parse_qsl(body.decode(charset), keep_blank_values=True, strict_parsing=bool(body), encoding=charset)
+        for name, value in pairs:  # a codec like unicode_escape can yield unpaired surrogates: not storable
+            (name + value).encode()
+    except LookupError:  # no such codec, or not a text encoding (base64, rot13, …)
+        raise Refused(415, f"unsupported charset {charset!r}") from None
+    except ValueError as exc:  # not in that charset, or a malformed pair
+        raise Refused(400, f"malformed form body: {exc}") from None
+    return pairs
 
 
 def _key(extract: Callable[[Any], str], payload: Any) -> str:
+    """The provider's event id, which the inbox stores as text: present, printable and short."""
     try:
-        return extract(payload)
+        key = extract(payload)
     except (ValueError, KeyError, TypeError) as exc:
         raise Refused(400, f"no event id: {exc}") from None
+    if len(key) > MAX_EVENT_KEY or not key.isprintable():
+        raise Refused(400, f"event id is not printable text of at most {MAX_EVENT_KEY} characters")
+    return key
 
 
 def _account(tenant: Tenant, provider: str):
@@ -96,7 +140,10 @@ async def receive_telegram(request: Request, tenant: Tenant, settings: Settings,
     if not telegram.verify_webhook(request.headers, settings.secret(account.webhook_secret_env)):
         raise Refused(403, "bad secret token")
     _, payload = await _json_object(request)
-    return Accepted([(_key(telegram.event_key, payload), payload)])
+    # A button press is answered right here, in the webhook's answer (telegram.webhook_reply).
+    reply = telegram.webhook_reply(payload)
+    # Any other update: an empty body, typed so the answer matches the documented ones (gateway/openapi.py).
+    return Accepted([(_key(telegram.event_key, payload), payload)], JSONResponse(reply) if reply else PlainTextResponse(""))
 
 
 async def receive_mailgun(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
@@ -110,15 +157,12 @@ async def receive_mailgun(request: Request, tenant: Tenant, settings: Settings, 
 
 async def receive_sendgrid(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
     account = _account(tenant, "sendgrid")
-    body = await _body(request)
-    signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
-    timestamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
+    body = await read_body(request)
+    signature = request.headers.get(sendgrid.SIGNATURE_HEADER, "")
+    timestamp = request.headers.get(sendgrid.TIMESTAMP_HEADER, "")
     if not sendgrid.verify_webhook(sendgrid_public_key(account.webhook_public_key_env), signature, timestamp, body, now=time.time()):
         raise Refused(403, "bad or stale signature")
-    try:
-        events = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise Refused(400, "body is not JSON") from None
+    events = _loads(body)
     if not isinstance(events, list) or not all(isinstance(event, dict) for event in events):
         raise Refused(400, "body is not a JSON array of events")
     return Accepted([(_key(sendgrid.event_key, event), event) for event in events])

@@ -7,10 +7,22 @@ import dagster as dg
 from orchestrator_assets import groups
 from orchestrator_assets.partitions import tenant_partitions
 
+# SMSC bills every HLR lookup: they run when an operator (or a schedule they set up) asks, not
+# with every campaign run.
+PHONE_REACHABILITY = dg.AssetKey([groups.CONTACTS, "phone_reachability"])
+
 campaign_pipeline_job = dg.define_asset_job(
     name="campaign_pipeline_job",
     description="Import contacts and consents, build segments, render and send due campaigns for one tenant.",
-    selection=dg.AssetSelection.groups(groups.IMPORTS, groups.CONTACTS, groups.CONSENTS, groups.SEGMENTS, groups.CAMPAIGNS, groups.SENDS),
+    selection=dg.AssetSelection.groups(groups.IMPORTS, groups.CONTACTS, groups.CONSENTS, groups.SEGMENTS, groups.CAMPAIGNS, groups.SENDS)
+    - dg.AssetSelection.assets(PHONE_REACHABILITY),
+    partitions_def=tenant_partitions,
+)
+
+phone_reachability_job = dg.define_asset_job(
+    name="phone_reachability_job",
+    description="SMSC HLR lookups of one tenant's contacts' phones (billed: bounded and paced by the asset's config).",
+    selection=dg.AssetSelection.assets(PHONE_REACHABILITY),
     partitions_def=tenant_partitions,
 )
 

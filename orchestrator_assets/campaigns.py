@@ -2,19 +2,22 @@
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
+from pydantic import Field
 
 from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.tables import markdown_table
 from policies.loader import load_bundle
-from policies.schema import Campaign
+from policies.schema import Campaign, Rule
+from policies.segments import segment_where
 from policies.templates import render_message
-from resources.links import rewrite_links, sign_click, sign_unsubscribe
+from resources.links import rewrite_links, sign_click, sign_deep_link, sign_unsubscribe
 from resources.opstore import OperationalStore
 from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends
 from resources.settings import get_settings
@@ -33,29 +36,57 @@ MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "add
 
 
 class CampaignSelection(dg.Config):
-    campaign: str = ""  # empty = every campaign of the tenant whose start time has come
+    """Which campaign(s) to render: the schedule sensor names one campaign, the trigger sensor a
+    trigger campaign plus the contacts who triggered it."""
+
+    campaign: str = Field(default="", description="Empty = every scheduled campaign of the tenant whose start time has come")
+    contact_ids: list[int] = Field(default_factory=list, description="Only these contacts (required for a trigger campaign); empty = the segment")
 
 
-def audience_query(tenant: str, campaign: Campaign, channel: str) -> sa.Select:
-    """Segment members with a granted consent for this channel and purpose and an address on it.
+def selected_campaigns(campaigns: dict[str, Campaign], config: CampaignSelection, now: dt.datetime) -> list[Campaign]:
+    """The campaigns a run renders; a trigger campaign only ever for named contacts, since without
+    them it would go to everyone who ever could have triggered it."""
+    if not config.campaign:
+        if config.contact_ids:
+            raise dg.Failure("contact_ids are given without a campaign: name the campaign they are for")
+        return [c for c in campaigns.values() if c.schedule is not None and c.schedule.start_at <= now]
+    campaign = campaigns.get(config.campaign)
+    if campaign is None:
+        raise dg.Failure(f"campaign {config.campaign!r} is not defined for this tenant (known: {', '.join(sorted(campaigns))})")
+    if campaign.trigger is not None and not config.contact_ids:
+        raise dg.Failure(
+            f"campaign {campaign.name!r} starts on {campaign.trigger.event}: it runs for the contacts who triggered it "
+            "(contact_ids, filled in by trigger_campaign_sensor), never for a whole audience"
+        )
+    return [campaign]
+
+
+def audience_query(tenant: str, campaign: Campaign, channel: str, contact_ids: Sequence[int] = (), rule: Rule | None = None) -> sa.Select:
+    """Contacts with a granted consent for this channel and purpose and an address on it, out of
+    the campaign's materialised segment, or out of ``contact_ids`` (a trigger) that match the
+    segment's ``rule`` now: a contact a /start created a moment ago is in no materialised segment.
 
     Consent is checked here, at the last moment before rendering, so a withdrawal recorded after
     the segment was built still stops the message.
     """
     address = ADDRESS_COLUMNS[channel]
-    return (
+    query = (
         sa.select(contacts, address.label("address"))
-        .join(segment_members, sa.and_(segment_members.c.contact_id == contacts.c.id, segment_members.c.tenant == tenant))
         .join(consents, sa.and_(consents.c.contact_id == contacts.c.id, consents.c.tenant == tenant))
         .where(
             contacts.c.tenant == tenant,
-            segment_members.c.segment == campaign.segment,
             consents.c.channel == channel,
             consents.c.purpose == campaign.purpose,
             consents.c.status == "granted",
             address.is_not(None),
         )
         .order_by(contacts.c.id)
+    )
+    if contact_ids:
+        query = query.where(contacts.c.id.in_(contact_ids))
+        return query if rule is None else query.where(segment_where(rule, contacts))
+    return query.join(segment_members, sa.and_(segment_members.c.contact_id == contacts.c.id, segment_members.c.tenant == tenant)).where(
+        segment_members.c.segment == campaign.segment
     )
 
 
@@ -94,34 +125,35 @@ def segment_size(conn: sa.Connection, tenant: str, segment: str) -> int:
     deps=[dg.AssetKey([SEGMENTS, "segment_members"]), dg.AssetKey([CONSENTS, "contact_consents"])],
 )
 def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelection, opstore: OperationalStore) -> dg.Output[pd.DataFrame]:
-    """Rendered messages for every due campaign of one tenant.
+    """Rendered messages for every due campaign of one tenant, or for one campaign (and, for a
+    trigger campaign, the contacts who triggered it).
 
     Grain: one row per (campaign, step, channel, contact). Source: ``campaigns.yaml`` (segment,
-    channels, Jinja2 templates, schedule) × segment membership ∩ granted consent. A template
-    error fails the run before anything is sent.
+    channels, Jinja2 templates, schedule or trigger) × segment membership (or the triggered
+    contacts) ∩ granted consent. A template error fails the run before anything is sent.
     """
     tenant = context.partition_key
     now = dt.datetime.now(dt.UTC)
     gateway_url = get_settings().gateway_url
     bundle = load_bundle()
     tenant_accounts = bundle.tenants[tenant].accounts
-    due = [c for c in bundle.campaigns[tenant].values() if (c.name == config.campaign if config.campaign else c.schedule.start_at <= now)]
-    if config.campaign and not due:
-        raise dg.Failure(f"campaign {config.campaign!r} is not defined for tenant {tenant!r}")
+    due = selected_campaigns(bundle.campaigns[tenant], config, now)
     rows: list[dict] = []
     summary: list[tuple] = []
     with opstore.engine().connect() as conn:
         for campaign in due:
-            members = segment_size(conn, tenant, campaign.segment)
+            rule = bundle.segments[tenant][campaign.segment].rule if campaign.segment else None
+            candidates = len(config.contact_ids) if config.contact_ids else segment_size(conn, tenant, campaign.segment)
             eligible = {
-                content.channel: conn.execute(audience_query(tenant, campaign, content.channel)).mappings().all()
+                content.channel: conn.execute(audience_query(tenant, campaign, content.channel, config.contact_ids, rule)).mappings().all()
                 for content in campaign.channels
             }
             plan = eligible if campaign.fallback is None else fallback_plan(conn, tenant, campaign, eligible, now)
             for content in campaign.channels:
                 for contact in plan[content.channel]:
                     unsubscribe_url = f"{gateway_url}/unsubscribe/{tenant}/{sign_unsubscribe(tenant, contact['id'], campaign.name)}"
-                    rendered = render_message(content, contact, {"unsubscribe_url": unsubscribe_url})
+                    variables = {"unsubscribe_url": unsubscribe_url, "deep_link_token": sign_deep_link(tenant, contact["id"])}
+                    rendered = render_message(content, contact, variables)
                     text, html = rendered.text, rendered.html
                     if content.channel in TRACKED_CHANNELS:
 
@@ -154,7 +186,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                         }
                     )
                 audience = len(eligible[content.channel])
-                summary.append((campaign.name, content.channel, members, audience, members - audience, len(plan[content.channel])))
+                summary.append((campaign.name, content.channel, candidates, audience, candidates - audience, len(plan[content.channel])))
     context.log.info(f"{len(due)} due campaign(s), {len(rows)} messages rendered")
     return dg.Output(
         pd.DataFrame(rows, columns=MESSAGE_COLUMNS),
@@ -162,7 +194,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
             "messages": len(rows),
             "campaigns": dg.MetadataValue.md(
                 markdown_table(
-                    ["campaign", "channel", "segment members", "audience", "excluded (no consent/address)", "to send now"], summary
+                    ["campaign", "channel", "segment members (or triggered)", "audience", "excluded (no consent/address/rule)", "to send now"], summary
                 )
             ),
         },

@@ -8,6 +8,8 @@ import pandas as pd
 from orchestrator_assets.groups import CONSENTS, CONTACTS, IMPORTS
 from orchestrator_assets.imports.store import record_consents
 from orchestrator_assets.partitions import tenant_partitions
+from orchestrator_assets.webhooks.outbox import enqueue
+from policies.loader import load_tenants
 from resources.opstore import OperationalStore
 
 
@@ -25,6 +27,9 @@ def contact_consents(context: dg.AssetExecutionContext, rows: pd.DataFrame, opst
     append-only ``consent_events`` log, which is the proof under 152-FZ / 38-FZ art. 18.
     Source: the import's consent columns (``consent_email``, ``consent_telegram``, ``consent_sms``).
     """
+    tenant, now = context.partition_key, dt.datetime.now(dt.UTC)
+    webhook_events = []
     with opstore.engine().begin() as conn:
-        counts = record_consents(conn, context.partition_key, rows, dt.datetime.now(dt.UTC), file=rows.attrs.get("source_file"))
+        counts = record_consents(conn, tenant, rows, now, file=rows.attrs.get("source_file"), webhook_events=webhook_events)
+        counts["webhook_events_enqueued"] = enqueue(conn, tenant, load_tenants().tenants[tenant].webhooks, webhook_events, now)
     return dg.MaterializeResult(metadata={key: int(value) for key, value in counts.items()})

@@ -19,7 +19,7 @@ REACHED = frozenset({"delivered", "opened", "clicked", "complained", "unsubscrib
 class Attempt:
     """What the ledger and deliveries say about one earlier send of this campaign on one channel."""
 
-    ledger_status: str  # claimed | sent | failed | ambiguous
+    ledger_status: str  # claimed | sent | failed | ambiguous | resend
     delivery_status: str | None  # furthest delivery status, if any callback arrived
     finished_at: dt.datetime | None
 
@@ -40,6 +40,8 @@ def next_channel(
             return channel
         if attempt.ledger_status in ("claimed", "ambiguous"):
             return None  # outcome unknown: wait, never risk a second channel
+        if attempt.ledger_status == "resend":
+            return channel  # an operator allowed a second attempt on this channel
         if attempt.ledger_status == "failed" or attempt.delivery_status == "delivery_failed":
             continue
         if attempt.delivery_status in REACHED:

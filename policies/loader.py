@@ -100,11 +100,14 @@ def _campaign_problems(
         if tenant is None:
             yield f"{at}.tenant", f"tenant {campaign.tenant!r} is not defined in {TENANTS_FILE}"
             continue
-        if campaign.segment not in segments[campaign.tenant]:
+        if campaign.segment is not None and campaign.segment not in segments[campaign.tenant]:
             yield (
                 f"{at}.segment",
                 f"segment {campaign.segment!r} is not defined for tenant {campaign.tenant!r} in {SEGMENTS_FILE}",
             )
+        if campaign.trigger is not None and getattr(tenant.accounts, (provider := campaign.trigger.event.provider).value) is None:
+            why = f"{campaign.trigger.event} comes from {provider}, and tenant {campaign.tenant!r} has no {provider} account in {TENANTS_FILE}"
+            yield f"{at}.trigger.event", why
         required = policy.consent.required_purpose
         if campaign.purpose != required:
             yield f"{at}.purpose", f"purpose {campaign.purpose!r} has no consent rule; {POLICY_FILE} requires {required!r}"

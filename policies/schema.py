@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -261,11 +262,74 @@ class ChannelAccounts(_Strict):
         return tuple(name for account in self.configured() for name in account.env_names)
 
 
+class WebhookEventType(StrEnum):
+    """What a tenant's webhook subscription can ask for (orchestrator_assets/webhooks/events.py)."""
+
+    MESSAGE_SENT = "message.sent"  # the provider accepted a campaign message
+    MESSAGE_SEND_FAILED = "message.send_failed"  # the provider finally refused it
+    # Delivery status changes (a status only moves forward; see delivery_status.py) …
+    MESSAGE_DELIVERED = "message.delivered"
+    MESSAGE_DELIVERY_FAILED = "message.delivery_failed"  # bounced / undeliverable
+    MESSAGE_OPENED = "message.opened"  # opened / read
+    MESSAGE_UNSUBSCRIBED = "message.unsubscribed"
+    MESSAGE_COMPLAINED = "message.complained"
+    # … except clicks: every click is an event, not only the first.
+    MESSAGE_CLICKED = "message.clicked"
+    CONSENT_GRANTED = "consent.granted"
+    CONSENT_WITHDRAWN = "consent.withdrawn"  # opt-outs, complaints, unreachable answers, imports
+
+
+def _webhook_url(value: Any) -> str:
+    """An absolute http(s) URL with a host; credentials never (they would sit in YAML in the clear)."""
+    if not isinstance(value, str) or any(ch.isspace() for ch in value):
+        raise ValueError(f"url must be an http:// or https:// URL without spaces (got {value!r})")
+    parts = urlsplit(value)
+    if parts.username or parts.password:
+        raise ValueError("url must not carry credentials (value not shown); the receiver checks our signature instead")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"url must be an absolute http:// or https:// URL (got {value!r})")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError(f"url has an invalid port (got {value!r})") from None
+    return value
+
+
+WebhookUrl = Annotated[str, BeforeValidator(_webhook_url)]
+
+
+class WebhookSubscription(_Strict):
+    """A tenant's endpoint for outbound webhooks: which events it gets, signed (Standard Webhooks)
+    with the secret held by the env var ``secret_env``."""
+
+    name: StepName  # part of the outbox's unique key; names the subscription in the UI and retry job
+    url: WebhookUrl
+    events: list[WebhookEventType] = Field(min_length=1)
+    secret_env: EnvVarName
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, events: list[WebhookEventType]) -> list[WebhookEventType]:
+        if len(set(events)) != len(events):
+            raise ValueError("an event type is listed more than once")
+        return events
+
+
 class Tenant(_Strict):
     name: NonBlank
     operator_legal_entity: NonBlank  # the personal-data operator named in consent texts
     timezone: str
     accounts: ChannelAccounts
+    webhooks: list[WebhookSubscription] = []
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_subscription_names(cls, webhooks: list[WebhookSubscription]) -> list[WebhookSubscription]:
+        names = [subscription.name for subscription in webhooks]
+        dupes = sorted({name for name in names if names.count(name) > 1})
+        if dupes:
+            raise ValueError(f"webhook subscription name(s) used more than once: {dupes}")
+        return webhooks
 
     @field_validator("timezone")
     @classmethod
@@ -286,7 +350,7 @@ class TenantsFile(_Strict):
         """Two tenants on one secret or one Mailgun domain would see each other's traffic."""
         owners: dict[str, str] = {}
         for tenant_id, tenant in tenants.items():
-            keys = [f"env var {n}" for n in tenant.accounts.env_names]
+            keys = [f"env var {n}" for n in (*tenant.accounts.env_names, *(w.secret_env for w in tenant.webhooks))]
             if tenant.accounts.mailgun:
                 keys.append(f"mailgun domain {tenant.accounts.mailgun.domain}")
             for key in keys:
@@ -578,6 +642,34 @@ class Schedule(_Strict):
     start_at: AwareDatetime  # naive times are ambiguous across tenant timezones
 
 
+class TriggerEvent(StrEnum):
+    """What a person does that starts a trigger campaign for them; named ``<provider>_<event>``.
+
+    A closed set: delivery processing records each occurrence in ``trigger_events`` (see
+    ``orchestrator_assets/deliveries/opt_ins.py``), so a new member needs its recording there too.
+    """
+
+    TELEGRAM_START = "telegram_start"  # /start to the tenant's bot (also an explicit opt-in)
+    VK_MESSAGE_ALLOW = "vk_message_allow"  # allowed the tenant's VK community to message them
+
+    @property
+    def provider(self) -> Provider:
+        """The provider whose callbacks report this event."""
+        return Provider(self.value.partition("_")[0])
+
+
+class Trigger(_Strict):
+    """Start the campaign for each person the moment they do ``event`` (a welcome message).
+
+    An occurrence the trigger sensor first sees more than ``max_delay_minutes`` after it happened
+    (the sensor was stopped, the callback was dead-lettered and re-driven) is skipped: a welcome
+    hours late is worse than none. Each contact gets the campaign once (the send ledger's key).
+    """
+
+    event: TriggerEvent
+    max_delay_minutes: int = Field(default=60, ge=1)
+
+
 class Fallback(_Strict):
     """Reach each contact on ONE channel: the first in ``channels`` order they have consent and an
     address for; move to the next only when that send failed (unreachable, rejected, bounced) or,
@@ -588,14 +680,28 @@ class Fallback(_Strict):
 
 
 class Campaign(_Strict):
+    """A message to a segment at ``schedule.start_at``, or to each person who does ``trigger.event``
+    (exactly one of the two). A trigger campaign's ``segment`` is optional: when given, a triggered
+    contact must also match its rule at that moment."""
+
     name: Slug
     tenant: TenantId
-    segment: Slug
+    segment: Slug | None = None
     purpose: Slug = "marketing"
     channels: list[ChannelContent] = Field(min_length=1)
-    schedule: Schedule
+    schedule: Schedule | None = None
+    trigger: Trigger | None = None
     step: StepName = "main"
     fallback: Fallback | None = None
+
+    @model_validator(mode="after")
+    def _starts_one_way(self) -> Campaign:
+        if (self.schedule is None) == (self.trigger is None):
+            given = "both" if self.schedule is not None else "neither"
+            raise ValueError(f"a campaign needs exactly one of `schedule` (a start time) or `trigger` (an event), got {given}")
+        if self.schedule is not None and self.segment is None:
+            raise ValueError("a scheduled campaign needs a `segment` (only a trigger campaign may go to whoever triggers it)")
+        return self
 
     @field_validator("channels")
     @classmethod
@@ -690,10 +796,23 @@ class DispatchPolicy(_Strict):
     campaign_limit: RateLimit | None = None
 
 
+class WebhookDeliveryPolicy(_Strict):
+    """Tenants' outbound webhooks: a failed POST is tried again after exponential backoff with
+    jitter (persisted as the row's next attempt time, so no run sleeps) and dead-lettered after
+    ``max_attempts``; at most ``max_in_flight`` POSTs per run, each given ``timeout_s``."""
+
+    max_attempts: int = Field(default=12, ge=1, le=50)
+    base_delay_s: float = Field(default=10.0, gt=0)
+    max_delay_s: float = Field(default=7200.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    max_in_flight: int = Field(default=16, ge=1, le=256)
+
+
 class Policy(_Strict):
     consent: ConsentPolicy
     suppression: SuppressionPolicy
     dispatch: DispatchPolicy = DispatchPolicy()
+    webhook_delivery: WebhookDeliveryPolicy = WebhookDeliveryPolicy()
 
     def requires_consent(self, channel: Channel) -> bool:
         return channel in self.consent.channels_requiring_consent

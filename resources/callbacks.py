@@ -62,18 +62,22 @@ def parse_click(payload: dict) -> list[CallbackEvent]:
     ]
 
 
-PARSERS: dict[str, Callable[[dict], list[CallbackEvent]]] = {
+# A parser takes the stored payload and, optionally, when the gateway received it: events without a
+# timestamp of their own (a Telegram button press, VK, Twilio) are then dated by their arrival, not
+# by whenever they happen to be processed, and consent decisions are ordered by those dates.
+Parser = Callable[[dict, dt.datetime | None], list[CallbackEvent]]
+PARSERS: dict[str, Parser] = {
     "telegram": telegram.parse_update,
-    "mailgun": mailgun.parse_event,
-    "sendgrid": lambda event: sendgrid.parse_events([event]),
+    "mailgun": lambda payload, received_at=None: mailgun.parse_event(payload),
+    "sendgrid": lambda event, received_at=None: sendgrid.parse_events([event]),
     "vk": vk.parse_event,
     "smsc": smsc.parse_status,
     "smsru": smsru.parse_callback,
     "twilio": twilio.parse_callback,
-    "d360": d360.parse_webhook,
-    "greenapi": greenapi.parse_webhook,
-    UNSUBSCRIBE: parse_unsubscribe,
-    CLICKS: parse_click,
+    "d360": lambda payload, received_at=None: d360.parse_webhook(payload),
+    "greenapi": lambda payload, received_at=None: greenapi.parse_webhook(payload),
+    UNSUBSCRIBE: lambda payload, received_at=None: parse_unsubscribe(payload),
+    CLICKS: lambda payload, received_at=None: parse_click(payload),
 }
 
 _CHANNELS = {

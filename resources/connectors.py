@@ -39,27 +39,34 @@ PRODUCTION_BASE_URLS = {
     Provider.GREENAPI: "https://api.green-api.com",
 }
 
-# provider -> (account, secret reader, base url, channel) -> connector
-Factory = Callable[[Any, Callable[[str], str], str, Channel], ChannelConnector]
+# provider -> (account, secret reader, base url, channel, the tenant's callback root on our gateway) -> connector
+Factory = Callable[[Any, Callable[[str], str], str, Channel, str], ChannelConnector]
 FACTORIES: dict[Provider, Factory] = {
-    Provider.TELEGRAM: lambda account, secret, base, channel: TelegramConnector(base, secret(account.bot_token_env)),
-    Provider.MAILGUN: lambda account, secret, base, channel: MailgunConnector(
+    Provider.TELEGRAM: lambda account, secret, base, channel, hooks: TelegramConnector(base, secret(account.bot_token_env)),
+    Provider.MAILGUN: lambda account, secret, base, channel, hooks: MailgunConnector(
         base, account.domain, secret(account.api_key_env), account.sender
     ),
-    Provider.SENDGRID: lambda account, secret, base, channel: SendGridConnector(base, secret(account.api_key_env), account.sender),
-    Provider.VK: lambda account, secret, base, channel: VkConnector(base, account.group_id, secret(account.access_token_env)),
-    Provider.SMSC: lambda account, secret, base, channel: SmscConnector(base, account.login, secret(account.password_env), account.sender),
-    Provider.SMSRU: lambda account, secret, base, channel: SmsRuConnector(base, secret(account.api_id_env), account.sender),
-    Provider.TWILIO: lambda account, secret, base, channel: TwilioConnector(
+    Provider.SENDGRID: lambda account, secret, base, channel, hooks: SendGridConnector(base, secret(account.api_key_env), account.sender),
+    Provider.VK: lambda account, secret, base, channel, hooks: VkConnector(base, account.group_id, secret(account.access_token_env)),
+    Provider.SMSC: lambda account, secret, base, channel, hooks: SmscConnector(base, account.login, secret(account.password_env), account.sender),
+    Provider.SMSRU: lambda account, secret, base, channel, hooks: SmsRuConnector(base, secret(account.api_id_env), account.sender),
+    Provider.TWILIO: lambda account, secret, base, channel, hooks: TwilioConnector(
         base,
         account.account_sid,
         secret(account.auth_token_env),
         account.whatsapp_sender if channel is Channel.WHATSAPP else account.sms_sender,
+        # Twilio posts delivery receipts only where the message says, signed over that URL.
+        status_callback=f"{hooks}/{Provider.TWILIO}",
         channel=str(channel),
     ),
-    Provider.D360: lambda account, secret, base, channel: D360Connector(base, secret(account.api_key_env)),
-    Provider.GREENAPI: lambda account, secret, base, channel: GreenApiConnector(base, account.id_instance, secret(account.api_token_env)),
+    Provider.D360: lambda account, secret, base, channel, hooks: D360Connector(base, secret(account.api_key_env)),
+    Provider.GREENAPI: lambda account, secret, base, channel, hooks: GreenApiConnector(base, account.id_instance, secret(account.api_token_env)),
 }
+
+
+def hooks_root(gateway_url: str, tenant_id: str) -> str:
+    """Where the gateway takes ``tenant_id``'s provider callbacks: ``<root>/<provider>`` (gateway/app.py)."""
+    return f"{gateway_url}/hooks/{tenant_id}"
 
 
 class UnknownChannelError(ValueError):
@@ -80,10 +87,11 @@ class ChannelConnectors(dg.ConfigurableResource):
             return self.base_url.rstrip("/")
         return settings.sandbox_url if settings.is_embedded else PRODUCTION_BASE_URLS[provider]
 
-    def connector(self, tenant: Tenant, channel: str) -> ChannelConnector:
-        """The connector for ``channel``; raises UnknownChannelError (before anything is sent) when
-        the channel is unknown or the tenant has no usable account, and SettingsError when a
-        production secret is missing."""
+    def connector(self, tenant: Tenant, channel: str, tenant_id: str) -> ChannelConnector:
+        """The connector for ``channel`` of tenant ``tenant_id``; raises UnknownChannelError (before
+        anything is sent) when the channel is unknown or the tenant has no usable account, and
+        SettingsError when a production secret is missing. Callback URLs that travel with each
+        message (Twilio StatusCallback) point at ``tenant_id``'s hooks on the public gateway URL."""
         try:
             channel = Channel(channel)
         except ValueError:
@@ -91,8 +99,13 @@ class ChannelConnectors(dg.ConfigurableResource):
         provider = tenant.accounts.provider_for(channel)
         if provider is None:
             raise UnknownChannelError(f"tenant {tenant.name!r} has no account for channel {channel} (one of: {', '.join(channel.traits.providers)})")
+        return self.for_provider(tenant, provider, channel, tenant_id)
+
+    def for_provider(self, tenant: Tenant, provider: Provider, channel: Channel, tenant_id: str) -> ChannelConnector:
+        """The connector of ``tenant``'s ``provider`` account (configured) for ``channel``."""
         settings = get_settings()
-        return FACTORIES[provider](getattr(tenant.accounts, provider.value), settings.secret, self._base(provider, settings), channel)
+        account = getattr(tenant.accounts, provider.value)
+        return FACTORIES[provider](account, settings.secret, self._base(provider, settings), channel, hooks_root(settings.gateway_url, tenant_id))
 
 
 def sandbox_accounts(tenants: dict[str, Tenant], gateway_url: str) -> dict[str, Any]:
@@ -105,7 +118,7 @@ def sandbox_accounts(tenants: dict[str, Tenant], gateway_url: str) -> dict[str, 
     secret = get_settings().secret
     config: dict[str, list] = {provider.value: [] for provider in Provider}
     for tenant_id, tenant in sorted(tenants.items()):
-        hooks = f"{gateway_url}/hooks/{tenant_id}"
+        hooks = hooks_root(gateway_url, tenant_id)
         accounts = tenant.accounts
         if (a := accounts.telegram) is not None:
             config["telegram"].append({"token": secret(a.bot_token_env), "webhook_url": f"{hooks}/telegram", "secret_token": secret(a.webhook_secret_env)})
@@ -126,7 +139,9 @@ def sandbox_accounts(tenants: dict[str, Tenant], gateway_url: str) -> dict[str, 
         if (a := accounts.smsru) is not None:
             config["smsru"].append({"api_id": secret(a.api_id_env), "webhook_url": f"{hooks}/smsru/{secret(a.callback_secret_env)}"})
         if (a := accounts.twilio) is not None:
-            config["twilio"].append({"account_sid": a.account_sid, "auth_token": secret(a.auth_token_env), "webhook_url": f"{hooks}/twilio"})
+            # Only the numbers' incoming-message URL is registered: delivery receipts go where each
+            # message's StatusCallback says, as at Twilio.
+            config["twilio"].append({"account_sid": a.account_sid, "auth_token": secret(a.auth_token_env), "inbound_url": f"{hooks}/twilio"})
         if (a := accounts.d360) is not None:
             config["d360"].append(
                 {"api_key": secret(a.api_key_env), "webhook_url": f"{hooks}/d360", "webhook_headers": {WEBHOOK_SECRET_HEADER: secret(a.webhook_secret_env)}}

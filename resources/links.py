@@ -59,7 +59,8 @@ def verify(token: str) -> dict[str, Any] | None:
     key_id, _, rest = token.partition(".")
     body, _, mac = rest.partition(".")
     key = _keys().get(key_id)
-    if key is None or not body or not hmac.compare_digest(mac, _mac(key, body)):
+    # Bytes: the token comes from a URL, and compare_digest refuses non-ASCII str.
+    if key is None or not body or not hmac.compare_digest(mac.encode(), _mac(key, body).encode()):
         return None
     try:
         payload = json.loads(_unb64(body))
@@ -93,6 +94,36 @@ def verify_click(tenant: str, token: str) -> dict[str, Any] | None:
     if not isinstance(payload.get("c"), int):
         return None
     return payload
+
+
+# A deep-link token is "<key id>-<contact id>-<first 22 characters of the MAC>" (128 bits): at most
+# 50 characters of A-Za-z0-9_- , which is what Telegram allows in a start parameter (max 64).
+DEEP_LINK_MAC_CHARS = 22
+
+
+def _deep_link_mac(key: str, tenant: str, contact_id: int) -> str:
+    return _mac(key, f"deep-link|{tenant}|{contact_id}")[:DEEP_LINK_MAC_CHARS]
+
+
+def sign_deep_link(tenant: str, contact_id: int) -> str:
+    """A token naming one contact of ``tenant``, for links that bring a person into a messenger:
+    Telegram ``https://t.me/<bot>?start=<token>`` (the bot receives ``/start <token>``) and VK's
+    allow-messages link ``key=<token>``. The opt-in it comes back with binds that chat to the contact."""
+    key_id, key = next(iter(_keys().items()))
+    return f"{key_id}-{contact_id}-{_deep_link_mac(key, tenant, contact_id)}"
+
+
+def verify_deep_link(tenant: str, token: str) -> int | None:
+    """The contact id of a genuine deep-link token of this tenant, else None."""
+    key_id, _, rest = token.partition("-")
+    contact, _, mac = rest.partition("-")
+    key = _keys().get(key_id)
+    if key is None or not (contact.isascii() and contact.isdigit()):
+        return None
+    # Bytes: the token is whatever a person typed after /start, and compare_digest refuses non-ASCII str.
+    if not hmac.compare_digest(mac.encode(), _deep_link_mac(key, tenant, int(contact)).encode()):
+        return None
+    return int(contact)
 
 
 _URL = re.compile(r"""https?://[^\s"'<>]+""")

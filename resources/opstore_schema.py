@@ -1,9 +1,10 @@
 """Tables of the operational store (SQLAlchemy Core).
 
 The operational store holds the current truth that sends depend on: contacts, consents,
-segment membership, the send ledger, deliveries and the webhook inbox. Every table carries
-``tenant`` and every unique key starts with it, so one tenant can never see or collide with
-another's rows. Alembic migrations in ``resources/migrations`` create exactly these tables.
+segment membership, the send ledger, deliveries, the webhook inbox and the outbox of tenants'
+webhooks. Every table carries ``tenant`` and every unique key starts with it, so one tenant can
+never see or collide with another's rows. Alembic migrations in ``resources/migrations`` create
+exactly these tables.
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ sends = sa.Table(
     sa.Column("claimed_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("warehouse_synced_at", UTCDateTime),
+    # The provider's dedup key where it wants a small integer (VK random_id): allocated from
+    # ``dedup_sequences`` when the row is claimed, so it never collides and a resume re-uses it.
+    sa.Column("dedup_id", sa.BigInteger),
     sa.UniqueConstraint("tenant", "campaign", "step", "contact_id", "channel", name="uq_sends_ledger_key"),
+    sa.Index("uq_sends_dedup_id", "tenant", "provider", "dedup_id", unique=True),
     sa.Index("ix_sends_provider_message", "tenant", "provider", "provider_message_id"),
 )
 
@@ -133,6 +138,68 @@ webhook_inbox = sa.Table(
     sa.Index("ix_webhook_inbox_tenant_id", "tenant", "id"),
 )
 
+# What people did that can start a trigger campaign for them (policies.schema.TriggerEvent: a
+# Telegram /start, a VK message_allow), one row per occurrence, written by delivery processing
+# with the inbox row it came from. The trigger sensor reads it by id with a cursor.
+trigger_events = sa.Table(
+    "trigger_events",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
+    sa.Column("inbox_id", sa.BigInteger, nullable=False),  # webhook_inbox.id: the evidence
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("tenant", "event", "inbox_id", name="uq_trigger_events_occurrence"),
+    sa.Index("ix_trigger_events_tenant_id", "tenant", "id"),
+)
+
+# Tenants' outbound webhooks (orchestrator_assets/webhooks): a transactional outbox. A row per
+# (subscription, event) is written in the transaction of the change behind the event, so an event
+# is announced if and only if its change committed; the unique key drops an event derived again
+# when an inbox row is re-processed. Rows move pending → delivered | dead (| cancelled when the
+# subscription is removed); ``claimed_by``/``claimed_until`` lease a row to one delivery at a time.
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("subscription", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),  # the webhook-id header, the same on every attempt
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # the exact body that is signed and sent
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | dead | cancelled
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # since enqueued or manually retried
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("claimed_by", sa.String(64)),  # the run delivering it now …
+    sa.Column("claimed_until", UTCDateTime),  # … until then at most
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Column("dead_lettered_at", UTCDateTime),
+    sa.UniqueConstraint("tenant", "subscription", "event_id", name="uq_webhook_outbox_event"),
+    sa.Index("ix_webhook_outbox_due", "status", "next_attempt_at"),
+)
+
+# Every POST of an outbox row, answered or not: the audit trail behind "we did try".
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("outbox_id", sa.BigInteger, sa.ForeignKey("webhook_outbox.id"), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),  # 1-based, counted like webhook_outbox.attempts
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("status_code", sa.Integer),  # null: no answer (refused, timed out, reset)
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("response_excerpt", sa.Text),  # the first bytes of the answer's body
+    sa.Index("ix_webhook_attempts_outbox", "outbox_id"),
+)
+
 # Provider accounts a provider told us to stop using (GreenAPI ``yellowCard``: WhatsApp restricted
 # the number for spam). The dispatch engine refuses to send through a blocked account until an
 # operator clears the row.
@@ -143,4 +210,47 @@ blocked_senders = sa.Table(
     sa.Column("provider", sa.String(32), primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("blocked_at", UTCDateTime, nullable=False),
+)
+
+# Counters behind ``sends.dedup_id``, one per (tenant, provider): a tenant has one account per
+# provider (one VK community), so a per-tenant sequence is a per-community one.
+dedup_sequences = sa.Table(
+    "dedup_sequences",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("provider", sa.String(32), primary_key=True),
+    sa.Column("last_value", sa.BigInteger, nullable=False),
+)
+
+# Operators' decisions on ambiguous ledger rows (append-only): who decided what, when, in which
+# run and why, and what made the row ambiguous in the first place.
+send_decisions = sa.Table(
+    "send_decisions",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("send_id", sa.String(36), sa.ForeignKey("sends.send_id"), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # mark_sent | mark_failed | resend
+    sa.Column("operator", sa.String(128), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("provider_message_id", sa.String(256)),  # mark_sent: the id the provider confirmed
+    sa.Column("previous_error", sa.Text),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    sa.Index("ix_send_decisions_tenant_send", "tenant", "send_id"),
+)
+
+# The latest HLR lookup per contact's phone (SMSC hlr=1): whether the number is live.
+phone_reachability = sa.Table(
+    "phone_reachability",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),
+    sa.Column("phone", sa.String(32), nullable=False),  # as the contact had it when checked
+    sa.Column("reachable", sa.Boolean),  # null: the lookup settled nothing (subscriber offline, no answer)
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("network", sa.Text),  # JSON: imsi, mcc, mnc, operator … as SMSC reported them
+    sa.Column("lookup_id", sa.String(64)),  # SMSC "<id>:<phone digits>", the key of its status callback
+    sa.Column("checked_at", UTCDateTime, nullable=False),
+    sa.Index("ix_phone_reachability_lookup", "tenant", "lookup_id"),
 )

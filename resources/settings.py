@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,24 +70,36 @@ class Settings:
         raise SettingsError(f"secret {name} is not set (required when ALGOR_ENV=production)")
 
 
+# What get_settings reads. It is memoised on their values and the working directory (a relative
+# ALGOR_HOME depends on it): building Settings resolves paths (~70 µs), and the webhook gateway
+# asks on every request.
+SETTINGS_VARIABLES = ("ALGOR_ENV", "ALGOR_HOME", "ALGOR_DATABASE_URL", "ALGOR_WAREHOUSE_DSN", "ALGOR_SANDBOX_URL", "ALGOR_GATEWAY_URL", "ALGOR_DBT_TARGET")
+
+
 def get_settings() -> Settings:
     """Read the current settings from the environment (cheap; call it where you need it)."""
-    env = os.environ.get("ALGOR_ENV", EMBEDDED)
+    return _settings(tuple(os.environ.get(name) for name in SETTINGS_VARIABLES), os.getcwd())
+
+
+@lru_cache(maxsize=32)
+def _settings(values: tuple[str | None, ...], cwd: str) -> Settings:
+    variables = {name: value for name, value in zip(SETTINGS_VARIABLES, values, strict=True) if value is not None}
+    env = variables.get("ALGOR_ENV", EMBEDDED)
     if env not in (EMBEDDED, PRODUCTION):
         raise SettingsError(f"ALGOR_ENV={env!r}: expected {EMBEDDED!r} or {PRODUCTION!r}")
-    home = Path(os.environ.get("ALGOR_HOME", REPO_ROOT / ".algor")).resolve()
-    database_url = os.environ.get("ALGOR_DATABASE_URL") or f"sqlite:///{home / 'operational.sqlite3'}"
-    warehouse_dsn = os.environ.get("ALGOR_WAREHOUSE_DSN") or f"chdb://{home / 'warehouse'}"
+    home = Path(cwd, variables.get("ALGOR_HOME", REPO_ROOT / ".algor")).resolve()
+    database_url = variables.get("ALGOR_DATABASE_URL") or f"sqlite:///{home / 'operational.sqlite3'}"
+    warehouse_dsn = variables.get("ALGOR_WAREHOUSE_DSN") or f"chdb://{home / 'warehouse'}"
     if env == PRODUCTION:
         for key, value in (("ALGOR_DATABASE_URL", database_url), ("ALGOR_WAREHOUSE_DSN", warehouse_dsn)):
-            if key not in os.environ:
+            if key not in variables:
                 raise SettingsError(f"{key} must be set when ALGOR_ENV=production (got default {value})")
     return Settings(
         environment=env,
         home=home,
         database_url=database_url,
         warehouse_dsn=warehouse_dsn,
-        sandbox_url=os.environ.get("ALGOR_SANDBOX_URL", "http://127.0.0.1:8765").rstrip("/"),
-        gateway_url=os.environ.get("ALGOR_GATEWAY_URL", "http://127.0.0.1:8766").rstrip("/"),
-        dbt_target=os.environ.get("ALGOR_DBT_TARGET") or ("embedded" if warehouse_dsn.startswith("chdb:") else "server"),
+        sandbox_url=variables.get("ALGOR_SANDBOX_URL", "http://127.0.0.1:8765").rstrip("/"),
+        gateway_url=variables.get("ALGOR_GATEWAY_URL", "http://127.0.0.1:8766").rstrip("/"),
+        dbt_target=variables.get("ALGOR_DBT_TARGET") or ("embedded" if warehouse_dsn.startswith("chdb:") else "server"),
     )

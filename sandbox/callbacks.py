@@ -28,6 +28,8 @@ class Callback:
     final_statuses: frozenset[int] = frozenset()  # non-2xx answers that end retrying (Mailgun: 406)
     form: bool = False  # post the body form-urlencoded (Twilio) instead of as JSON
     expected_body: str | None = None  # the answer body that counts as accepted (VK "ok", SMS.ru "100"); None: any
+    # Reads an accepted answer's body: Telegram executes a Bot API call named in a webhook's answer.
+    on_answer: Callable[[httpx.Response], None] | None = None
 
 
 class CallbackDispatcher:
@@ -93,6 +95,8 @@ class CallbackDispatcher:
                 pass  # connection refused or timed out: retried like a 5xx
             else:
                 if response.is_success and callback.expected_body in (None, response.text.strip()):
+                    if callback.on_answer is not None:
+                        callback.on_answer(response)
                     return True
                 if response.status_code in callback.final_statuses:
                     return False

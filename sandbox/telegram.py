@@ -1,5 +1,10 @@
 """The Telegram Bot API as the sandbox speaks it: `/bot<token>/<method>` for getMe, setWebhook,
-sendMessage, sendPhoto, sendDocument and sendChatAction.
+sendMessage, sendPhoto, sendDocument, sendChatAction and answerCallbackQuery.
+
+A button press (`callback_query` update) must be answered with answerCallbackQuery, as an API call
+or, as Telegram allows, in the body of the webhook's answer (`{"method": "answerCallbackQuery", …}`;
+no other method is executed from a webhook answer here). `GET /_sandbox/telegram/callback_queries`
+lists the presses and how each was answered.
 
 Error bodies are Telegram's `{"ok": false, "error_code": n, "description": "…"}`. Deliberate
 deviations: setWebhook accepts plain-HTTP loopback URLs on any port (Telegram wants HTTPS on 443, 80,
@@ -20,6 +25,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -51,8 +57,14 @@ _MD_LINK_TARGET = re.compile(r"\]\((?:[^)\\]|\\.)*\)")  # "](url)": inside, only
 _MD_CODE = re.compile(r"```.*?```|`[^`]*`", re.DOTALL)  # inside code, only "`" and "\" are escaped
 
 
+QUERY_INVALID = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+
+
 def routes() -> list[Route]:
-    return [Route("/bot{token}/{method}", _dispatch, methods=["GET", "POST"])]
+    return [
+        Route("/bot{token}/{method}", _dispatch, methods=["GET", "POST"]),
+        Route("/_sandbox/telegram/callback_queries", _callback_queries, methods=["GET"]),
+    ]
 
 
 def bot_id(token: str) -> int:
@@ -93,6 +105,8 @@ async def _dispatch(request: Request) -> JSONResponse:
         return await _send(request, state, bot, method, params)
     if method == "sendChatAction":
         return await _send_chat_action(request, state, bot, params)
+    if method == "answerCallbackQuery":
+        return _answer_callback_query(state, bot, params, via="api")
     return _error(404, "Not Found")
 
 
@@ -162,10 +176,40 @@ async def _send(request: Request, state: SandboxState, bot: TelegramBot, method:
     state.record(TELEGRAM, outcome, accepted=True, provider_message_id=provider_message_id, **record)
     url, secret = state.telegram_webhooks.get(token, (None, None))
     if outcome == CLICK and url:
-        update = _button_press(state, message, _first_callback_data(markup))
+        update = _button_press(state, bot, message, _first_callback_data(markup))
         headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
-        state.dispatcher.submit([Callback(url, lambda: (update, headers))])
+        state.dispatcher.submit([Callback(url, lambda: (update, headers), on_answer=lambda answer: _webhook_answer(state, bot, answer))])
     return _ok(message)
+
+
+def _queries(state: SandboxState) -> dict[str, dict[str, Any]]:
+    """Callback queries issued by button presses: id → press and answer (forgotten on reset)."""
+    return state.memory[TELEGRAM].setdefault("callback_queries", {})
+
+
+def _answer_callback_query(state: SandboxState, bot: TelegramBot, params: dict[str, Any], via: str) -> JSONResponse:
+    """answerCallbackQuery: once per query of this bot; an unknown, foreign or answered id is refused."""
+    query = _queries(state).get(str(params.get("callback_query_id") or ""))
+    if query is None or query["token"] != bot.token or query["answer"] is not None:
+        return _error(400, QUERY_INVALID)
+    query["answer"] = {"via": via, "text": params.get("text"), "show_alert": bool(params.get("show_alert"))}
+    return _ok(True)
+
+
+def _webhook_answer(state: SandboxState, bot: TelegramBot, answer: httpx.Response) -> None:
+    """Execute an answerCallbackQuery the receiver put in its webhook answer, as Telegram does."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return  # an empty or non-JSON answer asks for nothing
+    if isinstance(body, dict) and body.get("method") == "answerCallbackQuery":
+        _answer_callback_query(state, bot, body, via="webhook reply")
+
+
+async def _callback_queries(request: Request) -> JSONResponse:
+    state: SandboxState = request.app.state.sandbox
+    queries = [{"id": qid, **{k: v for k, v in query.items() if k != "token"}} for qid, query in _queries(state).items()]
+    return JSONResponse({"callback_queries": queries})
 
 
 async def _send_chat_action(request: Request, state: SandboxState, bot: TelegramBot, params: dict[str, Any]) -> JSONResponse:
@@ -275,12 +319,14 @@ def _markup_problem(markup: Any) -> str | None:
     return None
 
 
-def _button_press(state: SandboxState, message: dict[str, Any], data: str) -> dict[str, Any]:
+def _button_press(state: SandboxState, bot: TelegramBot, message: dict[str, Any], data: str) -> dict[str, Any]:
     user = {"id": message["chat"]["id"], "is_bot": False, "first_name": "Sandbox user", "language_code": "ru"}
+    query_id = str(secrets.randbits(63))
+    _queries(state)[query_id] = {"token": bot.token, "chat": str(message["chat"]["id"]), "data": data, "answer": None}
     return {
         "update_id": next(state.update_ids),
         "callback_query": {
-            "id": str(secrets.randbits(63)),
+            "id": query_id,
             "from": user,
             "message": message,
             "chat_instance": str(-secrets.randbits(62)),

@@ -58,3 +58,17 @@ def receiver():
 @pytest.fixture(scope="module")
 def recorder(receiver):
     return receiver[0]
+
+
+@pytest.fixture
+def gateway(algor_home, monkeypatch):
+    """The webhook gateway on loopback (base URL) for the configured tenants plus ``every``, which
+    has an account at every provider (``test_gateway_providers.TENANT``)."""
+    from gateway.app import create_app
+    from policies.loader import load_tenants
+    from sandbox.server import run_uvicorn_in_thread
+    from test_gateway_providers import TENANT
+
+    with run_uvicorn_in_thread(create_app(tenants={**load_tenants().tenants, "every": TENANT})) as url:
+        monkeypatch.setenv("ALGOR_GATEWAY_URL", url)  # the public URL Twilio signs
+        yield url

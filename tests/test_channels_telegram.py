@@ -199,6 +199,8 @@ def test_parse_reference_updates():
         ("update:900000004", "opt_out", "123456789"),
     ]
     assert events[0].occurred_at == datetime.fromtimestamp(1717000000, tz=UTC)
+    assert events[0].ref == "promo42"  # the deep-link payload of "/start promo42"
+    assert tg.parse_update({**START, "message": {**START["message"], "text": "/start"}})[0].ref is None
     assert events[2].provider_message_id == "123456789:4711" and events[2].reason == "sub:yes"
     assert events[2].occurred_at == received  # a button press carries no date of its own
     assert events[3].reason == "status:kicked"
@@ -206,7 +208,7 @@ def test_parse_reference_updates():
 
 def test_parse_update_tolerates_and_ignores_the_rest():
     unblocked = {**KICKED, "update_id": 5, "my_chat_member": {**KICKED["my_chat_member"], "new_chat_member": {"status": "member"}}}
-    assert tg.parse_update(unblocked)[0].kind == "opt_in"
+    assert tg.parse_update(unblocked)[0].kind == "unblocked"  # asks for no messages: no grant (docs/architecture.md)
     chatter = {"update_id": 6, "message": {**STOP["message"], "text": "привет"}, "brand_new_field": {"x": 1}}
     edited = {"update_id": 7, "edited_message": STOP["message"]}
     assert [(e.kind, e.reason) for e in tg.parse_update(chatter) + tg.parse_update(edited)] == [

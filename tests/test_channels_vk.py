@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -39,7 +40,11 @@ def peer_with(outcome: str, skip: int = 0) -> str:
     return next(matches)
 
 
+DEDUP_IDS = itertools.count(1)  # what the send ledger would allocate: one number per send
+
+
 def message(peer: str, text: str = "Привет", **fields: object) -> OutboundMessage:
+    fields = {"dedup_id": next(DEDUP_IDS), **fields}
     return OutboundMessage(send_id=str(uuid.uuid4()), tenant="t1", campaign="c1", channel="vk", address=peer, text=text, **fields)
 
 
@@ -92,7 +97,7 @@ def test_send_succeeds_with_keyboard_attachments_and_random_id(sandbox):
     assert result.ok and result.provider_message_id.isdigit() and result.error_class is None
     [seen] = received(sandbox, peer)
     assert (seen["text"], seen["provider_message_id"], seen["account"]) == ("Скидка 10%", result.provider_message_id, str(GROUP))
-    assert seen["random_id"] == vk.random_id_for(msg.send_id)
+    assert seen["random_id"] == msg.dedup_id
     assert seen["attachment"] == "photo-1001_456239017,doc1001_789_ab12cd"
     keyboard = seen["keyboard"]
     assert (keyboard["inline"], keyboard["one_time"]) == (True, False)
@@ -251,11 +256,12 @@ def test_parse_reference_events():
         ("a1b2c3", "ignored", "555"),
         ("a1b2c4", "opt_in", "555"),
         ("a1b2c5", "opt_out", "555"),
-        ("a1b2c6", "opt_in", "555"),
+        ("a1b2c6", "joined", "555"),  # joining the community asks for no messages
         ("a1b2c7", "opt_out", "555"),
     ]
     assert events[0].occurred_at == datetime.fromtimestamp(1717000000, tz=UTC)
     assert events[1].occurred_at == received_at and events[1].reason == "message_allow key=promo42"
+    assert events[1].ref == "promo42"
     assert events[3].reason == "group_join (join)" and events[4].reason == "group_leave: left"
     kicked = {**LEAVE, "object": {"user_id": 555, "self": 0}}
     assert vk.parse_event(kicked)[0].reason == "group_leave: removed by an admin"
@@ -305,7 +311,10 @@ def test_classify_captcha_5xx_and_garbage():
     assert vk.classify(200, {"response": 77}) == SendResult(ok=True, provider_message_id="77")
 
 
-def test_random_id_is_deterministic_nonzero_int32():
-    ids = {vk.random_id_for(str(uuid.uuid4())) for _ in range(2000)}
-    assert all(-(2**31) <= value < 2**31 and value != 0 for value in ids) and len(ids) == 2000
-    assert vk.random_id_for("send-1") == vk.random_id_for("send-1") != vk.random_id_for("send-2")
+def test_random_id_is_the_ledger_dedup_id_and_never_made_up(sandbox):
+    peer = peer_with("deliver", skip=3)
+    missing, zero, too_big = send(sandbox, message(peer, dedup_id=None), message(peer, dedup_id=0), message(peer, dedup_id=2**31))
+    assert (missing.ok, missing.error_class) == (False, "rejected") and "dedup_id" in missing.error
+    assert zero.error_class == too_big.error_class == "rejected" and "random_id range" in too_big.error
+    assert received(sandbox, peer) == []  # refused before any request
+    assert VkConnector.ledger_dedup_ids

@@ -95,3 +95,20 @@ def test_green_api_yellow_card_blocks_the_sender(engine):
         (row,) = conn.execute(sa.select(blocked_senders)).all()
     assert (row.tenant, row.provider) == ("demo", "greenapi") and "yellowCard" in row.reason
     assert batch.tally["sender_blocked"] == 1
+
+
+def test_a_chat_id_too_large_for_any_contact_names_none_instead_of_failing_the_run(engine):
+    """A 30-digit Telegram chat id used to reach the BIGINT query and crash it (found by schemathesis)."""
+    kicked = {"update_id": 5, "my_chat_member": {"chat": {"id": 10**30}, "date": 1717000000, "new_chat_member": {"status": "kicked"}}}
+    batch = apply(engine, "telegram", kicked)
+    assert batch.retry == {} and len(batch.processed_ids) == 1
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(consent_events)).all() == []
+
+
+@pytest.mark.parametrize("timestamp", [1e300, 10**20, "1e400"], ids=["float", "int", "infinite"])
+def test_a_timestamp_no_calendar_holds_is_a_readable_retry_reason_not_a_crash(engine, timestamp):
+    event = {"signature": {}, "event-data": {"id": "ev-t", "event": "delivered", "timestamp": timestamp}}
+    batch = apply(engine, "mailgun", event)
+    (reason,) = batch.retry.values()
+    assert reason.startswith("cannot parse mailgun payload: ValueError") and "out of range" in reason

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from orchestrator_assets.sends.dispatch import Dispatcher, Outcome
 from orchestrator_assets.sends.http import provider_client
 from orchestrator_assets.sends.ledger import AMBIGUOUS, CLAIMED, LedgerKey, Wanted
-from orchestrator_assets.sends.limits import CallWindow, CircuitBreaker
+from orchestrator_assets.sends.limits import CallWindow, CircuitBreaker, RateLimiter
 from orchestrator_assets.sends.run import Outgoing, SendReport, send_messages
 from policies.schema import CircuitBreakerPolicy, DispatchPolicy, RateLimit, RetryPolicy
 from resources.channels.base import RATE_LIMITED, TRANSIENT, OutboundMessage, SendResult
@@ -98,6 +98,22 @@ def test_call_window_counts_a_call_until_one_period_after_its_answer():
         return time.monotonic() - started
 
     assert asyncio.run(go()) >= 0.19
+
+
+def test_pacing_hands_on_at_most_a_tenth_of_a_second_s_worth_at_once():
+    """Tenant and campaign pacing at 50/s: bursts of at most 5 in any 0.1 s, 30 messages over 0.5 s."""
+
+    async def go() -> list[float]:
+        limiter, handed_on = RateLimiter(RateLimit(per_second=50)), []
+        for _ in range(30):
+            await limiter.pace()
+            handed_on.append(time.monotonic())
+        return handed_on
+
+    handed_on = asyncio.run(go())
+    assert handed_on[4] - handed_on[0] < 0.05  # the first five at once: room in both windows
+    assert all(later - earlier >= 0.099 for earlier, later in zip(handed_on, handed_on[5:]))
+    assert handed_on[-1] - handed_on[0] >= 0.49
 
 
 def test_circuit_breaker_opens_half_opens_and_closes():
@@ -225,7 +241,7 @@ def test_consent_withdrawn_before_the_claim_suppresses_without_a_ledger_row(ledg
 
 def test_client_tells_a_disconnect_after_sending_from_a_refused_connection():
     """A provider that hangs up after reading the request may have acted on it; one that refused the
-    connection cannot have (httpx_aiohttp alone reports both as ConnectTimeout)."""
+    connection cannot have (aiohttp reports both as connection errors)."""
 
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")

@@ -31,6 +31,7 @@ def sent(minutes_ago: int, delivery: str | None = None) -> Attempt:
         pytest.param(ALL, {"telegram": sent(999)}, None, None, id="without a timeout never doubles up"),
         pytest.param(ALL, {"telegram": Attempt("claimed", None, None)}, None, None, id="unknown outcome waits"),
         pytest.param(ALL, {"telegram": Attempt("ambiguous", None, None)}, dt.timedelta(minutes=1), None, id="ambiguous waits"),
+        pytest.param(ALL, {"telegram": Attempt("resend", None, None)}, None, "telegram", id="operator's resend: same channel again"),
         pytest.param(
             ALL, {"telegram": Attempt("failed", None, NOW), "vk": Attempt("failed", None, NOW)}, None, "sms", id="chain"
         ),

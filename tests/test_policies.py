@@ -40,7 +40,7 @@ def test_shipped_config_loads_and_cross_references_hold():
     for tenant, campaigns in bundle.campaigns.items():
         for campaign in campaigns.values():
             assert campaign.tenant == tenant
-            assert campaign.segment in bundle.segments[tenant]
+            assert campaign.segment in bundle.segments[tenant] or (campaign.segment is None and campaign.trigger is not None)
             assert campaign.purpose == bundle.policy.consent.required_purpose
             for content in campaign.channels:
                 assert bundle.tenants[tenant].accounts.for_channel(content.channel) is not None
@@ -58,7 +58,7 @@ def test_single_file_loaders_default_to_the_package_config():
     assert DEFAULT_CONFIG_DIR == Path(__file__).resolve().parents[1] / "policies" / "config"
     assert load_tenants().tenants["demo"].accounts.mailgun.domain == "mg.demo.example.ru"
     assert load_segments().segments["acme"][0].name == "english_speakers_eu"
-    assert {c.name for c in load_campaigns().campaigns} == {"black_friday_2026", "spring_sale_2026"}
+    assert {c.name for c in load_campaigns().campaigns} == {"black_friday_2026", "spring_sale_2026", "telegram_welcome"}
     assert load_policy().suppression.complaint_suppresses_all_channels is True
 
 
@@ -298,6 +298,41 @@ BAD_EDITS = [
         "tenants.demo.timezone",
         "unknown IANA timezone",
         id="unknown timezone",
+    ),
+    pytest.param(
+        "campaigns.yaml",
+        lambda d: d["campaigns"][0].update(trigger={"event": "telegram_start"}),
+        "campaigns[0]",
+        "exactly one of `schedule` (a start time) or `trigger` (an event), got both",
+        id="schedule and trigger",
+    ),
+    pytest.param(
+        "campaigns.yaml",
+        lambda d: d["campaigns"][0].pop("schedule"),
+        "campaigns[0]",
+        "got neither",
+        id="neither schedule nor trigger",
+    ),
+    pytest.param(
+        "campaigns.yaml",
+        lambda d: d["campaigns"][0].pop("segment"),
+        "campaigns[0]",
+        "a scheduled campaign needs a `segment`",
+        id="scheduled campaign without segment",
+    ),
+    pytest.param(
+        "campaigns.yaml",
+        lambda d: d["campaigns"][2].update(trigger={"event": "telegram_join"}),
+        "campaigns[2].trigger.event",
+        "'telegram_start' or 'vk_message_allow'",
+        id="unknown trigger event",
+    ),
+    pytest.param(
+        "campaigns.yaml",
+        lambda d: d["campaigns"][2].update(trigger={"event": "vk_message_allow"}),
+        "campaigns[2].trigger.event",
+        "vk_message_allow comes from vk, and tenant 'demo' has no vk account",
+        id="trigger from a provider the tenant lacks",
     ),
     pytest.param(
         "policy.yaml",

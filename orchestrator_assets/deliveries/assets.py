@@ -10,6 +10,7 @@ from orchestrator_assets.deliveries.retries import due_rows, schedule_retries
 from orchestrator_assets.groups import DELIVERIES, SENDS
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.tables import markdown_table
+from orchestrator_assets.webhooks.outbox import enqueue
 from policies.loader import load_bundle
 from resources.opstore import OperationalStore
 from resources.opstore_schema import webhook_inbox as inbox
@@ -53,11 +54,13 @@ def delivery_events(context: dg.AssetExecutionContext, config: InboxRange, opsto
     condition = sa.and_(due_rows(tenant, now), inbox.c.id >= config.from_id)
     if config.to_id:
         condition = sa.and_(condition, inbox.c.id <= config.to_id)
-    policy = load_bundle().policy
+    bundle = load_bundle()
+    policy = bundle.policy
     engine = opstore.engine()
     with engine.begin() as conn:
         rows = conn.execute(sa.select(inbox).where(condition).order_by(inbox.c.id)).all()
         batch = process_rows(conn, tenant, rows, policy.suppression.complaint_suppresses_all_channels, now)
+        webhooks_enqueued = enqueue(conn, tenant, bundle.tenants[tenant].webhooks, batch.webhook_events, now)
         # Append before the commit that marks rows processed: a crash in between re-processes
         # the rows, and the warehouse drops the repeated event ids.
         warehouse.append_events(batch.events)
@@ -81,6 +84,7 @@ def delivery_events(context: dg.AssetExecutionContext, config: InboxRange, opsto
             "retrying": len(batch.retry) - dead,
             "dead_lettered": dead,
             "events_appended": len(batch.events),
+            "webhook_events_enqueued": webhooks_enqueued,
             "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "count"], sorted(batch.tally.items()))),
         },
         check_results=[

@@ -14,16 +14,21 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from orchestrator_assets.consent_decisions import WITHDRAW, record_decision
+from orchestrator_assets.deliveries.opt_ins import Origin, apply_opt_in
 from orchestrator_assets.delivery_status import RANKS, advances
+from orchestrator_assets.reachability import apply_hlr_callback
+from orchestrator_assets.webhooks.events import WebhookEvent, message_event
 from resources import warehouse as wh
 from resources.callbacks import CLICKS, PARSERS, consent_channel
-from resources.channels.base import CallbackEvent
+from resources.channels.base import JOINED, OPT_IN, UNBLOCKED, CallbackEvent
 from resources.channels.greenapi import SENDER_BLOCKED
-from resources.opstore_schema import blocked_senders, consent_events, consents, contacts, deliveries, sends
+from resources.opstore_schema import blocked_senders, contacts, deliveries, sends
 from resources.sql import upsert_insert
 
 STATUS_KINDS = set(RANKS) - {wh.SENT}
 OPT_OUT_KINDS = {"opt_out", wh.UNSUBSCRIBED, wh.COMPLAINED}
+RECORDED_ONLY_KINDS = {UNBLOCKED, JOINED}  # authentic, but no one asked for messages: no consent change
 ALL_CHANNELS = ("telegram", "email", "vk", "sms", "whatsapp")
 # Which contact column holds the address a provider reports for each channel.
 ADDRESS_COLUMNS = {
@@ -42,6 +47,7 @@ class Batch:
     tally: Counter = field(default_factory=Counter)
     processed_ids: list[int] = field(default_factory=list)
     retry: dict[int, str] = field(default_factory=dict)  # inbox id -> why it must be tried again
+    webhook_events: list[WebhookEvent] = field(default_factory=list)  # for the tenant's webhook outbox
 
 
 def _find_send(conn: sa.Connection, tenant: str, provider: str, event: CallbackEvent):
@@ -68,12 +74,20 @@ def _find_contact_id(conn: sa.Connection, tenant: str, channel: str, event: Call
         contact_id = int(event.address.removeprefix("contact:"))
         return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, contacts.c.id == contact_id)).scalar()
     column = ADDRESS_COLUMNS[channel]
-    value: str | int = event.address
-    if channel in INTEGER_ADDRESSES:
-        if not event.address.lstrip("-").isdigit():
-            return None
-        value = int(event.address)
+    value: str | int | None = _bigint(event.address) if channel in INTEGER_ADDRESSES else event.address
+    if value is None:
+        return None
     return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, column == value)).scalar()
+
+
+def _bigint(text: str) -> int | None:
+    """``text`` as an integer the BIGINT address columns can hold, else None: a provider's chat id
+    of 30 digits names no contact of ours, and would make the query itself fail."""
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def _advance_delivery(conn: sa.Connection, tenant: str, send, event: CallbackEvent, now: dt.datetime) -> bool:
@@ -86,22 +100,17 @@ def _advance_delivery(conn: sa.Connection, tenant: str, send, event: CallbackEve
     return True
 
 
-def withdraw_consents(conn: sa.Connection, tenant: str, contact_id: int, channels: tuple[str, ...], source: str, evidence: str, occurred_at: dt.datetime, now: dt.datetime) -> int:
-    """Record a withdrawal (an append-only fact) and suppress the channels at once; returns channels changed."""
-    changed = 0
-    for channel in channels:
-        fact = {
-            "tenant": tenant, "contact_id": contact_id, "channel": channel, "purpose": "marketing", "action": "withdraw",
-            "source": source, "evidence": evidence, "occurred_at": occurred_at, "recorded_at": now,
-        }
-        conn.execute(upsert_insert(conn, consent_events).on_conflict_do_nothing(), [fact])
-        result = conn.execute(
-            sa.update(consents)
-            .where(consents.c.tenant == tenant, consents.c.contact_id == contact_id, consents.c.channel == channel, consents.c.status == "granted")
-            .values(status="withdrawn", withdrawn_at=occurred_at, source=source, evidence=evidence, updated_at=now)
-        )
-        changed += result.rowcount
-    return changed
+def withdraw_consents(
+    conn: sa.Connection, tenant: str, contact_id: int, channels: tuple[str, ...], source: str, evidence: str, occurred_at: dt.datetime, now: dt.datetime,
+    webhook_events: list[WebhookEvent] | None = None,
+) -> int:
+    """Record a withdrawal (an append-only fact) and suppress the channels at once; returns channels changed.
+    Each change is announced in ``webhook_events`` (consent.withdrawn) when the caller passes it.
+    A withdrawal older than the grant on record (arriving late) stays a fact only; one from the same
+    moment wins (``orchestrator_assets.consent_decisions``)."""
+    return sum(
+        record_decision(conn, tenant, contact_id, channel, WITHDRAW, source, evidence, occurred_at, now, webhook_events) for channel in channels
+    )
 
 
 def _process_row(conn: sa.Connection, tenant: str, row, complaint_suppresses_all: bool, now: dt.datetime, batch: Batch) -> str | None:
@@ -116,9 +125,17 @@ def _process_row(conn: sa.Connection, tenant: str, row, complaint_suppresses_all
     payload = json.loads(row.payload)
     channel = consent_channel(row.provider, payload)
     problem = None
-    for event in parser(payload):
+    received_at = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.UTC)  # SQLite drops tz
+    for event in parser(payload, received_at):
         if event.kind == "ignored":
             batch.tally["non_human_click" if row.provider == CLICKS else "ignored"] += 1
+            continue
+        if event.kind in RECORDED_ONLY_KINDS:
+            batch.tally[f"{event.kind} (no consent change)"] += 1
+            continue
+        if event.kind == OPT_IN:
+            known = _find_contact_id(conn, tenant, channel, event, None)
+            apply_opt_in(conn, tenant, Origin(row.id, row.provider, channel), event, known, now, batch.tally, batch.webhook_events)
             continue
         if event.kind == SENDER_BLOCKED:
             values = {"tenant": tenant, "provider": row.provider, "reason": event.reason or "provider blocked the sender", "blocked_at": event.occurred_at}
@@ -133,20 +150,26 @@ def _process_row(conn: sa.Connection, tenant: str, row, complaint_suppresses_all
                 channels = ALL_CHANNELS if everywhere else (channel,)
                 evidence = json.dumps({"inbox_id": row.id, "provider": row.provider, "event": event.event_key, "kind": event.kind})
                 batch.tally["consents_withdrawn"] += withdraw_consents(
-                    conn, tenant, contact_id, channels, f"{row.provider}:{event.kind}", evidence, event.occurred_at, now
+                    conn, tenant, contact_id, channels, f"{row.provider}:{event.kind}", evidence, event.occurred_at, now, batch.webhook_events
                 )
         if event.kind not in STATUS_KINDS:
+            continue
+        if send is None and row.provider == "smsc" and apply_hlr_callback(conn, tenant, event.provider_message_id, payload, now):
+            batch.tally["hlr_lookup_result"] += 1  # SMSC reports HLR lookups like deliveries
             continue
         if send is None:
             batch.tally["unknown_message"] += 1
             problem = f"{event.kind} for unknown message {event.provider_message_id or event.send_id or event.ledger_key}"
             continue
-        if _advance_delivery(conn, tenant, send, event, now):
+        advanced = _advance_delivery(conn, tenant, send, event, now)
+        if advanced:
             batch.tally[f"status:{event.kind}"] += 1
         batch.events.append(
             (tenant, f"{row.provider}:{event.event_key}", event.kind, send.send_id, send.campaign, send.channel, send.provider,
              send.contact_id, send.provider_message_id or "", event.reason, event.occurred_at)
         )
+        if advanced or event.kind == wh.CLICKED:  # a status when it changes; every click
+            batch.webhook_events.append(message_event(event.kind, tenant, send, f"{row.provider}:{event.event_key}", event.reason, event.occurred_at))
     return problem
 
 

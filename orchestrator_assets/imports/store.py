@@ -22,6 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from orchestrator_assets.imports.validation import CHANNELS
+from orchestrator_assets.webhooks.events import WebhookEvent, consent_event
 from resources.opstore_schema import consent_events, consents, contacts
 from resources.sql import upsert_insert
 
@@ -133,14 +134,16 @@ def _as_of(status, granted_at, withdrawn_at):
     return sa.case((status == "granted", granted_at), else_=withdrawn_at)
 
 
-def _state_upsert(conn: sa.Connection):
+def consent_state_upsert(conn: sa.Connection):
     """Upsert of the current consent state that only moves forward in time.
 
     The ``WHERE`` makes the database keep the state whose event is newest, so an old decision
-    arriving late (e.g. an old CRM export) is logged but cannot override a newer withdrawal.
+    arriving late (e.g. an old CRM export) is logged but cannot override a newer withdrawal. A
+    withdrawal dated the same moment as the state wins: which came last is unknown, so we do not send.
     """
     insert = upsert_insert(conn, consents)
     new, c = insert.excluded, consents.c
+    new_as_of, current_as_of = _as_of(new.status, new.granted_at, new.withdrawn_at), _as_of(c.status, c.granted_at, c.withdrawn_at)
     return insert.on_conflict_do_update(
         index_elements=[c.tenant, c.contact_id, c.channel, c.purpose],
         set_={
@@ -151,12 +154,13 @@ def _state_upsert(conn: sa.Connection):
             "withdrawn_at": sa.func.coalesce(new.withdrawn_at, c.withdrawn_at),
             "updated_at": new.updated_at,
         },
-        where=_as_of(new.status, new.granted_at, new.withdrawn_at) > _as_of(c.status, c.granted_at, c.withdrawn_at),
+        where=sa.or_(new_as_of > current_as_of, sa.and_(new.status == "withdrawn", new_as_of == current_as_of)),
     )
 
 
 def record_consents(
-    conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime, *, file: str | None = None
+    conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime, *, file: str | None = None,
+    webhook_events: list[WebhookEvent] | None = None,
 ) -> dict[str, int]:
     """Log every consent decision of the import and advance the current consent state.
 
@@ -172,6 +176,8 @@ def record_consents(
 
     Returns ``{"granted", "withdrawn", "unchanged"}``: newly logged grant and withdraw events,
     and decisions that were already on record. Contacts must exist (``upsert_contacts`` first).
+    Each decision that changed the current state is announced in ``webhook_events`` (consent.granted /
+    consent.withdrawn) when the caller passes it.
     """
     now = _utc(now)
     consent_columns = tuple(f"consent_{channel}" for channel in CHANNELS)
@@ -183,7 +189,7 @@ def record_consents(
         .on_conflict_do_nothing(index_elements=fact)
         .returning(consent_events.c.contact_id, consent_events.c.channel)
     )
-    set_state = _state_upsert(conn)
+    set_state = consent_state_upsert(conn).returning(consents.c.contact_id, consents.c.channel)
     for batch in _batches(records):
         decisions = [
             (record, channel, record[f"consent_{channel}"])
@@ -237,7 +243,7 @@ def record_consents(
         for event in new_events:
             counts["granted" if event["action"] == "grant" else "withdrawn"] += 1
         if new_events:
-            conn.execute(
+            applied = conn.execute(
                 set_state,
                 [
                     {
@@ -255,4 +261,10 @@ def record_consents(
                     for event in new_events
                 ],
             )
+            changed = {(row.contact_id, row.channel) for row in applied}
+            for event in new_events:
+                if webhook_events is not None and (event["contact_id"], event["channel"]) in changed:
+                    webhook_events.append(
+                        consent_event(event["action"], tenant, event["contact_id"], event["channel"], PURPOSE, event["source"], event["occurred_at"])
+                    )
     return counts

@@ -10,6 +10,10 @@ import sqlalchemy as sa
 
 from orchestrator_assets.groups import CAMPAIGNS, SENDS
 from orchestrator_assets.partitions import tenant_partitions
+from orchestrator_assets.sends.decisions import (
+    ambiguous_check_metadata,
+    ambiguous_sends,
+)
 from orchestrator_assets.sends.ledger import LedgerKey, Wanted
 from orchestrator_assets.sends.outcomes import publish_send_outcomes
 from orchestrator_assets.sends.run import Outgoing, SendReport, send_messages
@@ -34,7 +38,7 @@ AMBIGUOUS_CHECK = "no_ambiguous_sends"
         dg.AssetCheckSpec(
             AMBIGUOUS_CHECK,
             asset=[SENDS, "campaign_sends"],
-            description="No ledger row is ambiguous: claimed by a run that died mid-send, or sent without an answer to a provider that does not deduplicate (those wait for a status check or an operator)",
+            description="No ledger row of the tenant is ambiguous: claimed by a run that died mid-send, or sent without an answer to a provider that does not deduplicate (those wait for an operator's decision: resolve_ambiguous_sends_job)",
         )
     ],
 )
@@ -57,7 +61,7 @@ def campaign_sends(
     bundle = load_bundle()
     # Resolve every connector before claiming anything: a missing account or unknown channel
     # fails here, with nothing half-sent.
-    by_channel = {channel: connectors.connector(bundle.tenants[tenant], channel) for channel in sorted(set(messages["channel"]))}
+    by_channel = {channel: connectors.connector(bundle.tenants[tenant], channel, tenant) for channel in sorted(set(messages["channel"]))}
     purposes = {name: campaign.purpose for name, campaign in bundle.campaigns.get(tenant, {}).items()}
     outgoing = [_outgoing(tenant, row, by_channel[row.channel]) for row in messages.itertuples(index=False)]
     refuse_before_sending(engine, tenant, by_channel, outgoing)
@@ -76,7 +80,9 @@ def campaign_sends(
     report = asyncio.run(
         send_messages(engine, tenant, context.run.run_id, outgoing, bundle.policy.dispatch, still_allowed=still_allowed, log=context.log.info)
     )
-    published = publish_send_outcomes(engine, warehouse, tenant, dt.datetime.now(dt.UTC))
+    published = publish_send_outcomes(engine, warehouse, tenant, dt.datetime.now(dt.UTC), bundle.tenants[tenant].webhooks)
+    with engine.connect() as conn:
+        unresolved = ambiguous_sends(conn, tenant)  # this run's and any earlier run's
     totals = report.totals
     ambiguous = totals["held"] + totals["ambiguous"]
     context.log.info(f"{len(outgoing)} messages: {dict(totals)}")
@@ -98,9 +104,9 @@ def campaign_sends(
         check_results=[
             dg.AssetCheckResult(
                 check_name=AMBIGUOUS_CHECK,
-                passed=ambiguous == 0,
+                passed=not unresolved,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"ambiguous_held": ambiguous},
+                metadata={"ambiguous_held": ambiguous, **ambiguous_check_metadata(unresolved)},
             )
         ],
     )

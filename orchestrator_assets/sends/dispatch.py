@@ -31,8 +31,6 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import httpx
-
 from orchestrator_assets.sends.ledger import AMBIGUOUS, FAILED, SENT
 from orchestrator_assets.sends.limits import CircuitBreaker, RateLimiter
 from policies.schema import DispatchPolicy
@@ -40,6 +38,7 @@ from resources.channels.base import (
     RATE_LIMITED,
     TRANSIENT,
     ChannelConnector,
+    HttpClient,
     OutboundMessage,
     SendResult,
 )
@@ -77,7 +76,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         policy: DispatchPolicy,
         on_done: Callable[[OutboundMessage, Outcome], None],
         rng: random.Random | None = None,

@@ -11,7 +11,9 @@ State machine of ``sends.status``::
                           └──────the run died (seen by a later run)─────▶ ambiguous  held
     failed (transient / rate_limited) ──claim, same send_id────────────▶ claimed
     ambiguous ──claim, same send_id, only if the provider deduplicates──▶ claimed
-    ambiguous ──status check / operator decision (not automated yet)───▶ sent | failed
+    ambiguous ──operator: mark_sent / mark_failed (``decisions``)──────▶ sent | failed   final
+    ambiguous ──operator: resend (``decisions``)──────────────────────▶ resend
+    resend ──claim, same send_id───────────────────────────────────────▶ claimed
 
 Why this shape:
 
@@ -26,6 +28,10 @@ Why this shape:
   batch, not the rest of the campaign, at a few statements per hundred messages.
 - ``failed`` with a transient or rate-limited class means the provider certainly did not take the
   message, so a later run claims it again (same send id); every other ``failed`` is final.
+- Where the provider deduplicates by a small integer (VK ``random_id``, int32), the claim gives the
+  row a ``dedup_id`` from a per-(tenant, provider) sequence (``dedup_sequences``) and every later
+  claim of the row keeps it. A hash of the send id would collide by the birthday bound (even odds
+  at ~77,000 sends per community), and VK silently drops a colliding, different message.
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from resources.channels.base import RATE_LIMITED, TRANSIENT, SendResult
-from resources.opstore_schema import sends
+from resources.opstore_schema import dedup_sequences, sends
 from resources.sql import upsert_insert
 
 CLAIMED, SENT, FAILED, AMBIGUOUS = "claimed", "sent", "failed", "ambiguous"
+RESEND = "resend"  # an operator allowed a second attempt of an ambiguous send: the next run claims it
+OPERATOR = "operator"  # error class of a send an operator marked failed (final, not retried)
 RETRYABLE_CLASSES = (TRANSIENT, RATE_LIMITED)
 ABANDONED = "claimed by a run that ended without recording an answer (run_id names it): the request may have gone out"
 _CHUNK = 500  # rows per statement: well under every database's bound-parameter limit
@@ -74,11 +82,16 @@ class Plan:
     abandoned: int = 0  # rows found claimed by a dead run (now ambiguous: held or resent)
 
 
-def plan(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicating: Collection[str]) -> Plan:
+def plan(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicating: Collection[str], keyed: Collection[str] = ()) -> Plan:
     """Sort ``wanted`` into new, retryable, final and held rows; rows a dead run left claimed become
-    ambiguous here. ``deduplicating`` names the providers whose connectors drop repeated send ids."""
+    ambiguous here. ``deduplicating`` names the providers whose connectors drop repeated send ids;
+    ``keyed`` those of them that drop repeats of the row's ``dedup_id``, so an ambiguous row
+    without one (claimed before dedup ids existed) cannot be repeated safely and is held."""
     campaigns = sorted({w.key.campaign for w in wanted})
-    columns = (sends.c.send_id, sends.c.campaign, sends.c.step, sends.c.contact_id, sends.c.channel, sends.c.provider, sends.c.address, sends.c.status, sends.c.error_class)
+    columns = (
+        sends.c.send_id, sends.c.campaign, sends.c.step, sends.c.contact_id, sends.c.channel, sends.c.provider, sends.c.address,
+        sends.c.status, sends.c.error_class, sends.c.dedup_id,
+    )
     rows = {
         LedgerKey(row.campaign, row.step, row.contact_id, row.channel): row
         for row in conn.execute(sa.select(*columns).where(sends.c.tenant == tenant, sends.c.campaign.in_(campaigns)))
@@ -98,13 +111,14 @@ def plan(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicati
             result.to_send.append((want, None))
             continue
         status = AMBIGUOUS if row.status == CLAIMED else row.status
-        if status == FAILED and row.error_class in RETRYABLE_CLASSES:
+        if (status == FAILED and row.error_class in RETRYABLE_CLASSES) or status == RESEND:
             result.to_send.append((want, row.send_id))
         elif status == AMBIGUOUS:
             # Safe to resend only to the provider and address that may already have it: a repeat
             # is dropped there, nowhere else.
             unchanged = row.provider == want.provider and row.address == want.address
-            if unchanged and want.provider in deduplicating:
+            repeatable = want.provider in deduplicating and (row.dedup_id is not None or want.provider not in keyed)
+            if unchanged and repeatable:
                 result.to_send.append((want, row.send_id))
             else:
                 result.held.append(want.key)
@@ -113,15 +127,20 @@ def plan(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicati
     return result
 
 
-def claim(conn: sa.Connection, tenant: str, run_id: str, batch: Sequence[tuple[Wanted, str | None]], now: dt.datetime) -> list[tuple[Wanted, str]]:
-    """Claim ``batch`` for ``run_id``; returns the (wanted, send_id) pairs this run now owns.
+def claim(
+    conn: sa.Connection, tenant: str, run_id: str, batch: Sequence[tuple[Wanted, str | None]], now: dt.datetime, keyed: Collection[str] = ()
+) -> list[tuple[Wanted, str, int | None]]:
+    """Claim ``batch`` for ``run_id``; returns the (wanted, send_id, dedup_id) this run now owns.
 
     New rows are inserted-or-ignored on the ledger key and retryable rows are updated only from a
-    retryable state, so when two runs race for a row exactly one owns it afterwards.
+    retryable state, so when two runs race for a row exactly one owns it afterwards. Rows of a
+    ``keyed`` provider carry a ``dedup_id``: a fresh one for new rows, the one they already have
+    on every later claim (numbers allocated for rows another run won are simply skipped).
     """
     fresh = [(want, str(uuid.uuid4())) for want, send_id in batch if send_id is None]
     again = [(want, send_id) for want, send_id in batch if send_id is not None]
-    owned: set[str] = set()
+    dedup_ids = _allocate_dedup_ids(conn, tenant, [want for want, _ in batch], keyed)
+    owned: dict[str, int | None] = {}
     if fresh:
         values = [
             {
@@ -136,31 +155,53 @@ def claim(conn: sa.Connection, tenant: str, run_id: str, batch: Sequence[tuple[W
                 "status": CLAIMED,
                 "run_id": run_id,
                 "claimed_at": now,
+                "dedup_id": dedup_ids.get(want.key),
             }
             for want, send_id in fresh
         ]
-        inserted = conn.execute(upsert_insert(conn, sends).on_conflict_do_nothing().returning(sends.c.send_id), values)
-        owned = set(inserted.scalars())
+        inserted = conn.execute(upsert_insert(conn, sends).on_conflict_do_nothing().returning(sends.c.send_id, sends.c.dedup_id), values)
+        owned = {send_id: dedup_id for send_id, dedup_id in inserted}
     if again:
         # Spelt out rather than IN (…): an expanding IN cannot run as executemany.
-        retryable = sa.or_(sends.c.status == AMBIGUOUS, *(sa.and_(sends.c.status == FAILED, sends.c.error_class == name) for name in RETRYABLE_CLASSES))
+        retryable = sa.or_(
+            sends.c.status == AMBIGUOUS, sends.c.status == RESEND, *(sa.and_(sends.c.status == FAILED, sends.c.error_class == name) for name in RETRYABLE_CLASSES)
+        )
         statement = (
             sa.update(sends)
             .where(sends.c.send_id == sa.bindparam("b_send_id"), retryable)
             .values(
                 status=CLAIMED, run_id=run_id, claimed_at=now, provider=sa.bindparam("b_provider"), address=sa.bindparam("b_address"),
                 provider_message_id=None, error_class=None, error=None, finished_at=None, warehouse_synced_at=None,
+                dedup_id=sa.func.coalesce(sends.c.dedup_id, sa.bindparam("b_dedup_id", type_=sa.BigInteger)),
             )
         )
-        conn.execute(statement, [{"b_send_id": send_id, "b_provider": want.provider, "b_address": want.address} for want, send_id in again])
-        owned |= set(
-            conn.execute(
-                sa.select(sends.c.send_id).where(
-                    sends.c.send_id.in_([send_id for _, send_id in again]), sends.c.status == CLAIMED, sends.c.run_id == run_id
-                )
-            ).scalars()
+        conn.execute(
+            statement,
+            [{"b_send_id": send_id, "b_provider": want.provider, "b_address": want.address, "b_dedup_id": dedup_ids.get(want.key)} for want, send_id in again],
         )
-    return [(want, send_id) for want, send_id in fresh + again if send_id in owned]
+        reclaimed = sa.select(sends.c.send_id, sends.c.dedup_id).where(
+            sends.c.send_id.in_([send_id for _, send_id in again]), sends.c.status == CLAIMED, sends.c.run_id == run_id
+        )
+        owned |= {send_id: dedup_id for send_id, dedup_id in conn.execute(reclaimed)}
+    return [(want, send_id, owned[send_id]) for want, send_id in fresh + again if send_id in owned]
+
+
+def _allocate_dedup_ids(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], keyed: Collection[str]) -> dict[LedgerKey, int]:
+    """A fresh number from the (tenant, provider) sequence for every wanted row of a ``keyed``
+    provider. The UPDATE … RETURNING holds the sequence row's write lock until the caller's
+    transaction ends, so concurrent claims get disjoint blocks."""
+    numbers: dict[LedgerKey, int] = {}
+    for provider in sorted({want.provider for want in wanted} & set(keyed)):
+        keys = [want.key for want in wanted if want.provider == provider]
+        conn.execute(upsert_insert(conn, dedup_sequences).on_conflict_do_nothing(), [{"tenant": tenant, "provider": provider, "last_value": 0}])
+        last = conn.execute(
+            sa.update(dedup_sequences)
+            .where(dedup_sequences.c.tenant == tenant, dedup_sequences.c.provider == provider)
+            .values(last_value=dedup_sequences.c.last_value + len(keys))
+            .returning(dedup_sequences.c.last_value)
+        ).scalar_one()
+        numbers.update(zip(keys, range(last - len(keys) + 1, last + 1), strict=True))
+    return numbers
 
 
 def finalise(conn: sa.Connection, run_id: str, answers: Sequence[tuple[str, str, SendResult]], now: dt.datetime) -> None:

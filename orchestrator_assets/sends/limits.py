@@ -21,11 +21,10 @@ re-measures the whole limiter on every run (``limit_violations``, ``limited_achi
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Callable
 
 from policies.schema import CircuitBreakerPolicy, RateLimit
 
@@ -44,15 +43,26 @@ class CallWindow:
         self.limit = limit
         self.period = period
         self._open = 0  # acquired, not yet released
-        self._expiries: list[float] = []  # heap: when each released call leaves the window
+        # When each released call leaves the window, oldest first: every expiry is the release time
+        # plus the same period, so appending keeps the order. (A heap took ~2 µs a call per window
+        # holding a second's calls, ~5 % of a send's CPU with provider, tenant and campaign limits.)
+        self._expiries: deque[float] = deque()
         self._queue = asyncio.Lock()
         self._released = asyncio.Event()
 
     def _has_room(self, now: float) -> bool:
         expiries = self._expiries
         while expiries and expiries[0] <= now:
-            heapq.heappop(expiries)
+            expiries.popleft()
         return self._open + len(expiries) < self.limit
+
+    def free(self, now: float) -> bool:
+        """A place is free at loop time ``now`` and no one is queued for one (so no one waits)."""
+        return not self._queue.locked() and self._has_room(now)
+
+    def take(self, now: float) -> None:
+        """Count a call that has no answer to wait for from ``now``, when ``free(now)``."""
+        self._expiries.append(now + self.period)
 
     async def acquire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,11 +78,15 @@ class CallWindow:
 
     def release(self) -> None:
         self._open -= 1
-        heapq.heappush(self._expiries, asyncio.get_running_loop().time() + self.period)
+        self._expiries.append(asyncio.get_running_loop().time() + self.period)
         self._released.set()
 
     async def pace(self) -> None:
         """Take a place for something that has no answer to wait for (counted from now)."""
+        now = asyncio.get_running_loop().time()
+        if self.free(now):
+            self.take(now)
+            return
         await self.acquire()
         self.release()
 
@@ -95,22 +109,43 @@ class RateLimiter:
         burst = limit.burst or max(1, round(limit.per_second * SPREAD_S))
         self.spread = CallWindow(burst, burst / limit.per_second) if burst < size else None
 
-    @asynccontextmanager
-    async def call(self) -> AsyncIterator[None]:
-        """Hold a place for the duration of one provider call."""
-        await self.window.acquire()
-        try:
-            if self.spread is not None:
-                await self.spread.pace()
-            yield
-        finally:
-            self.window.release()
+    def call(self) -> _HeldCall:
+        """``async with limiter.call():`` holds a place for the duration of one provider call."""
+        return _HeldCall(self)
 
     async def pace(self) -> None:
         """Take a place for a message handed on now (tenant and campaign pacing)."""
+        now = asyncio.get_running_loop().time()
+        if self.window.free(now) and (self.spread is None or self.spread.free(now)):  # most calls: no waiting
+            self.window.take(now)
+            if self.spread is not None:
+                self.spread.take(now)
+            return
         if self.spread is not None:
             await self.spread.pace()
         await self.window.pace()
+
+
+class _HeldCall:
+    """``RateLimiter.call()`` as a plain class: an ``asynccontextmanager`` cost ~1.5 µs more a call."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: RateLimiter):
+        self._limiter = limiter
+
+    async def __aenter__(self) -> None:
+        window, spread = self._limiter.window, self._limiter.spread
+        await window.acquire()
+        if spread is not None:
+            try:
+                await spread.pace()
+            except BaseException:
+                window.release()
+                raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limiter.window.release()
 
 
 class CircuitBreaker:

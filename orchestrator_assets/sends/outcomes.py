@@ -5,25 +5,33 @@ published (``warehouse_synced_at`` is null), so a crash between the send and the
 append delays an event but never loses it; event ids are send ids, so re-appending is harmless.
 A transient failure is not final (the next run retries it under the same send id), so it is
 published only once it is: otherwise one send could count as both failed and sent.
+The tenant's webhook outbox gets message.sent / message.send_failed (and the consent withdrawals
+of unreachable answers) in the transaction that marks the rows published, so each once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
 from orchestrator_assets.deliveries.processing import withdraw_consents
 from orchestrator_assets.delivery_status import DELIVERED_ON_ACCEPT, RANKS
 from orchestrator_assets.sends.ledger import FAILED, RETRYABLE_CLASSES, SENT
+from orchestrator_assets.webhooks.events import WebhookEvent, message_event
+from orchestrator_assets.webhooks.outbox import enqueue
+from policies.schema import WebhookSubscription
 from resources import warehouse as wh
 from resources.channels.base import UNREACHABLE
 from resources.opstore_schema import deliveries, sends
 from resources.sql import upsert_insert
 
 
-def publish_send_outcomes(engine: sa.Engine, warehouse: wh.Warehouse, tenant: str, now: dt.datetime) -> dict[str, int]:
+def publish_send_outcomes(
+    engine: sa.Engine, warehouse: wh.Warehouse, tenant: str, now: dt.datetime, subscriptions: Sequence[WebhookSubscription]
+) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(sends).where(
@@ -34,20 +42,24 @@ def publish_send_outcomes(engine: sa.Engine, warehouse: wh.Warehouse, tenant: st
         ).all()
     events: list[tuple] = []
     delivery_rows: list[dict] = []
+    webhook_events: list[WebhookEvent] = []
     for row in rows:
         occurred = row.finished_at or now
         base = (row.send_id, row.campaign, row.channel, row.provider, row.contact_id, row.provider_message_id or "")
         if row.status == SENT:
             events.append((tenant, row.send_id, wh.SENT, *base, "", occurred))
+            webhook_events.append(message_event(wh.SENT, tenant, row, row.send_id, "", occurred))
             status, reason = wh.SENT, ""
             if row.provider in DELIVERED_ON_ACCEPT:
                 status, reason = wh.DELIVERED, "accepted by the provider API (no delivery receipts exist)"
                 events.append((tenant, row.send_id, wh.DELIVERED, *base, reason, occurred))
+                webhook_events.append(message_event(wh.DELIVERED, tenant, row, row.send_id, reason, occurred))
             delivery_rows.append(
                 {"send_id": row.send_id, "tenant": tenant, "status": status, "status_rank": RANKS[status], "reason": reason, "last_event_at": occurred, "updated_at": now}
             )
         else:
             events.append((tenant, row.send_id, wh.SEND_FAILED, *base, f"{row.error_class}: {row.error or ''}", occurred))
+            webhook_events.append(message_event(wh.SEND_FAILED, tenant, row, row.send_id, f"{row.error_class}: {row.error or ''}", occurred))
     warehouse.append_events(events)
     suppressed = 0
     with engine.begin() as conn:
@@ -57,11 +69,17 @@ def publish_send_outcomes(engine: sa.Engine, warehouse: wh.Warehouse, tenant: st
             if row.status == FAILED and row.error_class == UNREACHABLE:
                 evidence = json.dumps({"send_id": row.send_id, "provider": row.provider, "error": row.error}, ensure_ascii=False)
                 suppressed += withdraw_consents(
-                    conn, tenant, row.contact_id, (row.channel,), f"{row.provider}:unreachable", evidence, row.finished_at or now, now
+                    conn, tenant, row.contact_id, (row.channel,), f"{row.provider}:unreachable", evidence, row.finished_at or now, now, webhook_events
                 )
         if delivery_rows:
             conn.execute(upsert_insert(conn, deliveries).on_conflict_do_nothing(), delivery_rows)
         ids = [row.send_id for row in rows]
         for start in range(0, len(ids), 500):
             conn.execute(sa.update(sends).where(sends.c.send_id.in_(ids[start : start + 500])).values(warehouse_synced_at=now))
-    return {"events_appended": len(events), "deliveries_opened": len(delivery_rows), "consents_suppressed_unreachable": suppressed}
+        enqueued = enqueue(conn, tenant, subscriptions, webhook_events, now)
+    return {
+        "events_appended": len(events),
+        "deliveries_opened": len(delivery_rows),
+        "consents_suppressed_unreachable": suppressed,
+        "webhook_events_enqueued": enqueued,
+    }

@@ -8,7 +8,7 @@ so the receiver can deduplicate redeliveries.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,7 +29,10 @@ CLICKED = "clicked"
 COMPLAINED = "complained"
 UNSUBSCRIBED = "unsubscribed"
 OPT_OUT = "opt_out"
-OPT_IN = "opt_in"
+OPT_IN = "opt_in"  # an explicit act asking for messages (Telegram /start, VK message_allow, a START keyword)
+# Authentic signals that are NOT a request for messages: recorded, no consent change (docs/architecture.md).
+UNBLOCKED = "unblocked"  # Telegram: the user unblocked the bot (my_chat_member → member)
+JOINED = "joined"  # VK: the user joined the community (group_join)
 IGNORED = "ignored"  # authentic but uninteresting; still carries an event_key so the receiver can ack it
 
 
@@ -64,6 +67,9 @@ class OutboundMessage:
     unsubscribe_url: str | None = None  # e-mail: List-Unsubscribe target
     attachments: tuple[Attachment, ...] = ()
     template: TemplateRef | None = None
+    # The provider's dedup key where the ledger allocates one per send (VK random_id): the same on
+    # every attempt of the send, unique per tenant and provider.
+    dedup_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class SendResult:
 @dataclass(frozen=True)
 class CallbackEvent:
     event_key: str  # provider's unique event id (dedup key), e.g. "update:900000001", Mailgun event-data.id
-    kind: str  # DELIVERED | DELIVERY_FAILED | OPENED | CLICKED | COMPLAINED | UNSUBSCRIBED | OPT_OUT | OPT_IN | IGNORED
+    kind: str  # DELIVERED | DELIVERY_FAILED | OPENED | CLICKED | COMPLAINED | UNSUBSCRIBED | OPT_OUT | OPT_IN | UNBLOCKED | JOINED | IGNORED
     provider_message_id: str | None
     address: str | None
     occurred_at: datetime  # tz-aware UTC
@@ -89,6 +95,44 @@ class CallbackEvent:
     send_id: str | None = None  # when the provider echoes ours back
     # (campaign, step, contact_id, channel): our own tracked links name the ledger row directly.
     ledger_key: tuple[str, str, int, str] | None = None
+    # What the person brought along with an opt-in: the Telegram /start deep-link payload, the VK
+    # allow-messages link's key (a signed one names an existing contact: resources/links.py).
+    ref: str | None = None
+
+
+class HttpResponse(Protocol):
+    """What connectors read from a provider's answer."""
+
+    status_code: int
+    headers: Mapping[str, str]  # names case-insensitive
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
+
+
+class HttpClient(Protocol):
+    """The part of ``httpx.AsyncClient`` connectors may use: an ``httpx.AsyncClient`` is one (tests,
+    one-off calls), and so is the send path's faster client (``orchestrator_assets.sends.http``),
+    which offers no more. Failures raise ``httpx.HTTPError`` subclasses (see ``transport_failure``)."""
+
+    async def post(
+        self,
+        url: str,
+        *,
+        json: Any = None,
+        data: Mapping[str, Any] | None = None,
+        files: Any = None,
+        content: str | bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> HttpResponse: ...
+
+    async def get(
+        self, url: str, *, params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None, auth: tuple[str, str] | None = None
+    ) -> HttpResponse: ...
 
 
 class ChannelConnector(Protocol):
@@ -98,7 +142,7 @@ class ChannelConnector(Protocol):
     # id + error 9), so an ambiguous send may safely be sent again.
     provider_deduplicates: bool
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult: ...
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult: ...
 
 
 class BatchConnector(ChannelConnector, Protocol):
@@ -106,10 +150,12 @@ class BatchConnector(ChannelConnector, Protocol):
 
     max_batch: int
 
-    async def send_batch(self, client: httpx.AsyncClient, messages: list[OutboundMessage]) -> list[SendResult]:
+    async def send_batch(self, client: HttpClient, messages: list[OutboundMessage]) -> list[SendResult]:
         """One result per message, in the order given."""
         ...
 
+
+_MAX_TIMESTAMP_DIGITS = 12  # Unix seconds until the year 33658: longer is no clock's time
 
 # Transport errors raised before any byte of the request left: the provider cannot have seen it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -135,7 +181,7 @@ def refusal(validate: Callable[[OutboundMessage], None], message: OutboundMessag
     return None
 
 
-async def post_or_failure(request: Awaitable[httpx.Response]) -> httpx.Response | SendResult:
+async def post_or_failure(request: Awaitable[HttpResponse]) -> HttpResponse | SendResult:
     """Await a provider call; a timeout or connection error becomes its transient SendResult."""
     try:
         return await request
@@ -143,7 +189,7 @@ async def post_or_failure(request: Awaitable[httpx.Response]) -> httpx.Response 
         return transport_failure(exc)
 
 
-def json_object(response: httpx.Response) -> dict[str, Any]:
+def json_object(response: HttpResponse) -> dict[str, Any]:
     """The response body as a JSON object, or {} when it is not one (some errors are plain text)."""
     try:
         body = response.json()
@@ -153,5 +199,23 @@ def json_object(response: httpx.Response) -> dict[str, Any]:
 
 
 def utc_from_timestamp(value: float | int | str) -> datetime:
-    """Provider Unix timestamps (seconds, possibly fractional or a string) as aware UTC datetimes."""
-    return datetime.fromtimestamp(float(value), tz=UTC)
+    """Provider Unix timestamps (seconds, possibly fractional or a string) as aware UTC datetimes.
+
+    Raises ValueError for anything that is not such a time, including numbers too large (or
+    infinite) for a date, so callers need to handle one error class only.
+    """
+    try:
+        return datetime.fromtimestamp(float(value), tz=UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"timestamp {str(value)[:32]!r} is out of range") from exc
+
+
+def fresh_timestamp(timestamp: str, now: float, max_age_s: int) -> bool:
+    """True when ``timestamp`` is whole Unix seconds in ASCII digits within ``max_age_s`` of ``now``.
+
+    For signature checks: anything else (``"²"`` is a digit to ``str.isdigit`` but not to ``int``,
+    a 400-digit number overflows a float) is False, never an exception.
+    """
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > _MAX_TIMESTAMP_DIGITS:
+        return False
+    return abs(now - int(timestamp)) <= max_age_s

@@ -27,8 +27,6 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from resources.channels.base import (
     DELIVERED,
     DELIVERY_FAILED,
@@ -40,6 +38,7 @@ from resources.channels.base import (
     TRANSIENT,
     UNREACHABLE,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
     json_object,
@@ -134,7 +133,7 @@ class D360Connector:
             body.update(type="text", text={"body": message.text})
         return body
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
         """One /messages call. A message `validate` refuses is REJECTED without calling 360dialog."""
         if (refused := refusal(self.validate, message)) is not None:
             return refused
@@ -205,16 +204,22 @@ def verify_webhook(headers: Mapping[str, str], expected: Mapping[str, str]) -> b
 
 
 def _items(payload: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], Mapping[str, Any]]]:
-    """("status" | "message", item, value) for every status and message in a webhook payload."""
-    for entry in payload.get("entry") or []:
-        for change in (entry or {}).get("changes") or []:
-            value = (change or {}).get("value") or {}
-            for status in value.get("statuses") or []:
-                if isinstance(status, Mapping):
-                    yield "status", status, value
-            for message in value.get("messages") or []:
-                if isinstance(message, Mapping):
-                    yield "message", message, value
+    """("status" | "message", item, value) for every status and message in a webhook payload;
+    parts of another shape than Meta's (a string where a list of objects belongs) are skipped."""
+    for entry in _objects(payload.get("entry")):
+        for change in _objects(entry.get("changes")):
+            value = change.get("value")
+            if not isinstance(value, Mapping):
+                continue
+            for status in _objects(value.get("statuses")):
+                yield "status", status, value
+            for message in _objects(value.get("messages")):
+                yield "message", message, value
+
+
+def _objects(items: Any) -> list[Mapping[str, Any]]:
+    """The objects of a JSON array; nothing when ``items`` is not an array."""
+    return [item for item in items if isinstance(item, Mapping)] if isinstance(items, list) else []
 
 
 def item_key(kind: str, item: Mapping[str, Any]) -> str:

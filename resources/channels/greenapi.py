@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
 from resources.channels.base import (
     DELIVERED,
     DELIVERY_FAILED,
@@ -38,6 +36,7 @@ from resources.channels.base import (
     REJECTED,
     TRANSIENT,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
     json_object,
@@ -96,7 +95,7 @@ class GreenApiConnector:
             return "sendFileByUrl", body
         return "sendMessage", {"chatId": chat, "message": message.text}
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
         """One sendMessage/sendFileByUrl call. A message `validate` refuses is REJECTED without a call."""
         if (refused := refusal(self.validate, message)) is not None:
             return refused
@@ -158,7 +157,8 @@ def event_key(payload: Mapping[str, Any]) -> str:
         return f"{chat}_{message}:{status}"
     if payload.get("idMessage"):
         return str(payload["idMessage"])
-    instance = (payload.get("instanceData") or {}).get("idInstance")
+    instance_data = payload.get("instanceData")
+    instance = instance_data.get("idInstance") if isinstance(instance_data, Mapping) else None
     if not kind or payload.get("timestamp") is None:
         raise ValueError("GREEN-API webhook without typeWebhook/idMessage/timestamp")
     return f"{kind}:{instance}:{payload['timestamp']}"

@@ -38,8 +38,10 @@ from resources.channels.base import (
     TRANSIENT,
     UNSUBSCRIBED,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
+    fresh_timestamp,
     json_object,
     transport_failure,
     utc_from_timestamp,
@@ -113,10 +115,10 @@ class MailgunConnector:
         fields.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
         return fields
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
         return (await self._post(client, self.fields(message)))[1]
 
-    async def send_batch(self, client: httpx.AsyncClient, messages: list[OutboundMessage]) -> list[SendResult]:
+    async def send_batch(self, client: HttpClient, messages: list[OutboundMessage]) -> list[SendResult]:
         """One result per message, in order. Calls go out one after another, one per batch of
         `batching.plan` (a batch of one is an ordinary send).
 
@@ -137,7 +139,7 @@ class MailgunConnector:
             results.update(zip(batch.indexes, outcome, strict=True))
         return [results[index] for index in range(len(messages))]
 
-    async def _post(self, client: httpx.AsyncClient, fields: list[tuple[str, str]]) -> tuple[int | None, SendResult]:
+    async def _post(self, client: HttpClient, fields: list[tuple[str, str]]) -> tuple[int | None, SendResult]:
         """(HTTP status or None without an answer, result)."""
         # (None, value) parts make httpx send multipart/form-data, as Mailgun documents, without file names.
         files = [(name, (None, value)) for name, value in fields]
@@ -185,16 +187,15 @@ def verify_webhook(payload: Mapping[str, Any], signing_key: str, now: float, max
     if not signing_key or not isinstance(signature, Mapping):
         return False
     timestamp, token, received = (str(signature.get(name) or "") for name in ("timestamp", "token", "signature"))
-    if not (timestamp.isdigit() and token and received):
-        return False
-    if abs(now - int(timestamp)) > max_age_s:
+    if not (token and received and fresh_timestamp(timestamp, now, max_age_s)):
         return False
     return hmac.compare_digest(sign(signing_key, timestamp, token).encode(), received.encode())
 
 
 def event_key(payload: Mapping[str, Any]) -> str:
     """The dedup key of an event: `event-data.id`. Raises ValueError when it is missing."""
-    event_id = (payload.get("event-data") or {}).get("id")
+    data = payload.get("event-data")
+    event_id = data.get("id") if isinstance(data, Mapping) else None
     if not event_id:
         raise ValueError("Mailgun event without event-data.id")
     return str(event_id)

@@ -49,8 +49,10 @@ from resources.channels.base import (
     TRANSIENT,
     UNSUBSCRIBED,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
+    fresh_timestamp,
     json_object,
     transport_failure,
     utc_from_timestamp,
@@ -113,10 +115,10 @@ class SendGridConnector:
             content.append({"type": "text/html", "value": css_inline.inline(batch.html)})
         return {"personalizations": personalizations, "from": self._from, "content": content}
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
         return (await self.send_batch(client, [message]))[0]
 
-    async def send_batch(self, client: httpx.AsyncClient, messages: list[OutboundMessage]) -> list[SendResult]:
+    async def send_batch(self, client: HttpClient, messages: list[OutboundMessage]) -> list[SendResult]:
         """One result per message, in order; one call per batch of `batching.plan`, one after another.
 
         A 400 on a call of several personalizations sends nothing, but the fault may be one
@@ -133,7 +135,7 @@ class SendGridConnector:
                 results.update(dict.fromkeys(batch.indexes, shared))
         return [results[index] for index in range(len(messages))]
 
-    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[int | None, SendResult]:
+    async def _post(self, client: HttpClient, body: dict[str, Any]) -> tuple[int | None, SendResult]:
         """(HTTP status or None without an answer, result)."""
         try:
             response = await client.post(self._url, json=body, headers=self._headers)
@@ -189,7 +191,7 @@ def verify_webhook(
         return False
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         return False
-    if now is not None and not (timestamp.isdigit() and abs(now - int(timestamp)) <= max_age_s):
+    if now is not None and not fresh_timestamp(timestamp, now, max_age_s):
         return False
     try:
         key.verify(signature, timestamp.encode() + raw_body, ec.ECDSA(hashes.SHA256()))

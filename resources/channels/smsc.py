@@ -25,14 +25,13 @@ Source: https://smsc.ru/api/http/, SMSC's own client libraries, shared/reference
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-import httpx
 
 from resources.channels.base import (
     CLICKED,
@@ -46,6 +45,7 @@ from resources.channels.base import (
     TRANSIENT,
     UNREACHABLE,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
     json_object,
@@ -115,6 +115,8 @@ class ReachabilityResult:
     status: int | None = None
     err: int | None = None
     network: dict[str, Any] = field(default_factory=dict)  # imsi, mcc, mnc, operator … as SMSC reports them
+    # "<id>:<phone digits>" of an accepted lookup: SMSC's status callback for it carries the same pair.
+    lookup_id: str | None = None
 
 
 class SmscConnector:
@@ -170,7 +172,7 @@ class SmscConnector:
             fields["cost"] = "3"
         return fields
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
         """One send.php call; a message `validate` refuses is REJECTED without a request."""
         if (refused := refusal(self.validate, message)) is not None:
             return refused
@@ -181,7 +183,7 @@ class SmscConnector:
         return classify(response.status_code, json_object(response), int(fields["id"]), fields["phones"])
 
     async def hlr_check(
-        self, client: httpx.AsyncClient, phone: str, attempts: int = 10, interval_s: float = 1.0
+        self, client: HttpClient, phone: str, attempts: int = 10, interval_s: float = 1.0
     ) -> ReachabilityResult:
         """Ask the mobile network whether `phone` exists and is reachable (an HLR lookup, billed by SMSC).
 
@@ -206,7 +208,7 @@ class SmscConnector:
                 break
             if attempt + 1 < attempts:
                 await asyncio.sleep(interval_s)
-        return reachability(digits, status)
+        return dataclasses.replace(reachability(digits, status), lookup_id=f"{answer['id']}:{digits}")
 
     def _auth(self) -> dict[str, str]:
         return {"login": self._login, "psw": self._password}

@@ -25,8 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from resources.channels.base import (
     DELIVERED,
     DELIVERY_FAILED,
@@ -37,6 +35,7 @@ from resources.channels.base import (
     TRANSIENT,
     UNREACHABLE,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
     json_object,
@@ -108,7 +107,7 @@ class SmsRuConnector:
             fields["from"] = self._sender
         return fields
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
         """One sms/send call; a message `validate` refuses is REJECTED without a request."""
         if (refused := refusal(self.validate, message)) is not None:
             return refused

@@ -5,7 +5,8 @@ attachments goes out with `sendMessage`; with one photo or document attachment, 
 `sendDocument` and the text as its caption. The provider id is "<chat_id>:<message_id>" because
 Telegram's message_id is unique only within a chat. `send_chat_action` shows "typing…" and the like.
 Webhooks: Telegram puts no signature on the body; authenticity is the `X-Telegram-Bot-Api-Secret-Token`
-header set with `setWebhook(secret_token=…)`. Updates are deduplicated by `update_id`.
+header set with `setWebhook(secret_token=…)`. Updates are deduplicated by `update_id`; a button press
+(`callback_query`) is answered in the webhook's own answer (`webhook_reply`).
 Source: https://core.telegram.org/bots/api and shared/reference/provider-protocols.md §1.
 """
 
@@ -29,9 +30,11 @@ from resources.channels.base import (
     RATE_LIMITED,
     REJECTED,
     TRANSIENT,
+    UNBLOCKED,
     UNREACHABLE,
     Attachment,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
     json_object,
@@ -138,7 +141,7 @@ class TelegramConnector:
             }
         return body
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
         """Send `message`; a message `validate` refuses is REJECTED without calling Telegram."""
         if (refused := refusal(self.validate, message)) is not None:
             return refused
@@ -147,7 +150,7 @@ class TelegramConnector:
             return response
         return classify(response.status_code, json_object(response))
 
-    async def send_chat_action(self, client: httpx.AsyncClient, chat_id: str, action: str = "typing") -> SendResult:
+    async def send_chat_action(self, client: HttpClient, chat_id: str, action: str = "typing") -> SendResult:
         """`sendChatAction`: the chat shows e.g. "typing…" for a few seconds or until our next message.
 
         The answer is `{"ok":true,"result":true}`, so a successful result has no provider id. An
@@ -222,7 +225,7 @@ def verify_webhook(headers: Mapping[str, str], secret_token: str) -> bool:
 def event_key(payload: Mapping[str, Any]) -> str:
     """The dedup key of an update: "update:<update_id>". Raises ValueError when update_id is missing."""
     update_id = payload.get("update_id")
-    if not isinstance(update_id, int):
+    if not isinstance(update_id, int) or isinstance(update_id, bool):
         raise ValueError("Telegram update without an integer update_id")
     return f"update:{update_id}"
 
@@ -233,10 +236,11 @@ def parse_update(payload: Mapping[str, Any], received_at: datetime | None = None
     - `callback_query` → CLICKED, provider id "<chat_id>:<message_id>" of the message carrying the button,
       reason = the button's callback_data. A button press has no timestamp of its own, so occurred_at is
       `received_at` (default: now).
-    - `my_chat_member` new status "kicked" → OPT_OUT, "member" → OPT_IN (in private chats Telegram sends
-      it only when the user blocks/unblocks the bot: the real opt-out signal).
-    - `message` text "/stop" → OPT_OUT, "/start [payload]" → OPT_IN (plain text by convention, not a
-      Telegram feature).
+    - `my_chat_member` new status "kicked" → OPT_OUT, "member" → UNBLOCKED (in private chats Telegram
+      sends it only when the user blocks/unblocks the bot: the real opt-out signal; unblocking alone
+      asks for nothing, the client's "Restart" button sends /start as well).
+    - `message` text "/stop" → OPT_OUT, "/start [payload]" → OPT_IN with `ref` = the deep-link payload
+      (`t.me/<bot>?start=<payload>`); /stop is plain text by convention, not a Telegram feature.
     - anything else → IGNORED. Unknown fields are ignored.
     """
     key = event_key(payload)
@@ -249,18 +253,20 @@ def parse_update(payload: Mapping[str, Any], received_at: datetime | None = None
         return [_event(key, CLICKED, provider_id, address, now, str(query.get("data") or ""))]
     if isinstance(member := payload.get("my_chat_member"), Mapping):
         status = (member.get("new_chat_member") or {}).get("status")
-        kind = {"kicked": OPT_OUT, "member": OPT_IN}.get(status, IGNORED)
+        kind = {"kicked": OPT_OUT, "member": UNBLOCKED}.get(status, IGNORED)
         return [_event(key, kind, None, (member.get("chat") or {}).get("id"), _date(member, now), f"status:{status}")]
     if isinstance(message := payload.get("message"), Mapping):
-        command = _command(message.get("text"))
+        text = message.get("text")
+        command = _command(text)
         kind = {"/stop": OPT_OUT, "/start": OPT_IN}.get(command or "", IGNORED)
         reason = f"command:{command}" if kind != IGNORED else "message"
-        return [_event(key, kind, None, (message.get("chat") or {}).get("id"), _date(message, now), reason)]
+        ref = _start_payload(text) if kind == OPT_IN else None
+        return [_event(key, kind, None, (message.get("chat") or {}).get("id"), _date(message, now), reason, ref)]
     update_type = next((name for name in payload if name != "update_id"), "empty")
     return [_event(key, IGNORED, None, None, now, update_type)]
 
 
-def _event(key: str, kind: str, provider_id: str | None, address: Any, at: datetime, reason: str) -> CallbackEvent:
+def _event(key: str, kind: str, provider_id: str | None, address: Any, at: datetime, reason: str, ref: str | None = None) -> CallbackEvent:
     return CallbackEvent(
         event_key=key,
         kind=kind,
@@ -268,7 +274,29 @@ def _event(key: str, kind: str, provider_id: str | None, address: Any, at: datet
         address=None if address is None else str(address),
         occurred_at=at,
         reason=reason,
+        ref=ref,
     )
+
+
+def webhook_reply(payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Bot API call to make in the body of the webhook's answer, or None.
+
+    Every `callback_query` must be answered with answerCallbackQuery, or the user's client shows a
+    progress indicator on the button until it gives up. A query id stays valid only a few seconds,
+    less than a sensor tick plus a run's start-up, so the answer goes out where the update comes in:
+    Telegram executes a method named in the webhook answer ("Making requests when getting updates").
+    Its result is not reported back, which is acceptable for stopping a spinner.
+    """
+    query = payload.get("callback_query")
+    if isinstance(query, Mapping) and query.get("id"):
+        return {"method": "answerCallbackQuery", "callback_query_id": str(query["id"])}
+    return None
+
+
+def _start_payload(text: str) -> str | None:
+    """"/start abc" → "abc" (the deep-link payload); None for a bare /start."""
+    parts = text.split(maxsplit=1)
+    return parts[1].strip() if len(parts) == 2 else None
 
 
 def _command(text: Any) -> str | None:

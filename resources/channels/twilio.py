@@ -6,6 +6,8 @@ uses the plain E.164 number. A `TemplateRef` is sent as `ContentSid` + `ContentV
 `{"1": …, "2": …}`) with no `Body`: since 2025-04-01 a template sent as `Body` outside the 24-hour
 window fails with 63016. The provider id is the answer's `sid` (`SM…`/`MM…`).
 Twilio has no idempotency key on Messages create, so a resend after an ambiguous failure may duplicate.
+Delivery receipts go only to the message's `StatusCallback`: `resources.connectors` sets it to the
+tenant's hook on the public gateway URL, so they come back signed to the right tenant.
 
 Webhooks (status callbacks and inbound messages) are form-urlencoded POSTs signed with
 `X-Twilio-Signature = base64(HMAC-SHA1(AuthToken, URL + each POST param sorted by name: name + value))`;
@@ -26,8 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-import httpx
-
 from resources.channels.base import (
     DELIVERED,
     DELIVERY_FAILED,
@@ -40,6 +40,7 @@ from resources.channels.base import (
     TRANSIENT,
     UNREACHABLE,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
     json_object,
@@ -121,7 +122,7 @@ class TwilioConnector:
             fields.append(("StatusCallback", self._status_callback))
         return fields
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
         """One Messages.json call. A message `validate` refuses is REJECTED without calling Twilio."""
         if (refused := refusal(self.validate, message)) is not None:
             return refused

@@ -6,11 +6,12 @@ for errors: `{"response": <message id>}` or `{"error": {"error_code": n, "error_
 provider id is the message id in the community's dialog with the peer.
 
 Idempotency: `random_id` is VK's own dedup key. VK checks it per sender (the community) over the
-whole message history and does not send a repeated one; we derive it from our send id
-(`random_id_for`), so resending the same send after an ambiguous failure is safe
-(`provider_deduplicates`). Cost of that: ids live in the signed int32 range, so distinct sends collide
-with birthday odds (about 1 in 2 after ~77,000 sends from one community); a collision is a message
-VK silently drops while answering with the earlier message's id.
+whole message history and does not send a repeated one, answering with the earlier message's id.
+It is the send's `dedup_id`, a number the send ledger allocates per send from a per-tenant sequence
+(`ledger_dedup_ids`) and re-uses on every later attempt of that send, so resending after an
+ambiguous failure is safe (`provider_deduplicates`) and two different sends never share one. (A hash
+of the send id into int32 would collide with even odds after ~77,000 sends from one community, and a
+collision is a different message VK silently drops.) A message without a dedup_id is refused.
 
 Callback API: JSON envelope `{type, group_id, event_id, v, secret?, object}`. There is no HMAC: the
 `secret` field equals the key set in the community settings (`verify_webhook`). Every event must be
@@ -21,7 +22,6 @@ Source: VK API docs, VKCOM/vk-api-schema 5.199 and shared/reference/provider-pro
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
@@ -29,11 +29,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from resources.channels.base import (
     CLICKED,
     IGNORED,
+    JOINED,
     OPT_IN,
     OPT_OUT,
     RATE_LIMITED,
@@ -41,6 +40,7 @@ from resources.channels.base import (
     TRANSIENT,
     UNREACHABLE,
     CallbackEvent,
+    HttpClient,
     OutboundMessage,
     SendResult,
     json_object,
@@ -74,10 +74,14 @@ _ERRORS: dict[int, tuple[str, float | None]] = {
 _STOP_WORDS = frozenset({"стоп", "stop"})
 
 
-def random_id_for(send_id: str) -> int:
-    """A deterministic, non-zero signed int32 from our send id (random_id 0 would disable VK's check)."""
-    value = int.from_bytes(hashlib.sha256(send_id.encode()).digest()[:4], "big", signed=True)
-    return value or 1
+MAX_RANDOM_ID = 2**31 - 1  # random_id is a signed int32; 0 would switch VK's check off
+
+
+def _require_random_id(message: OutboundMessage) -> None:
+    if message.dedup_id is None:
+        raise ValueError("VK send without a dedup_id: random_id comes from the send ledger (claim), never made up")
+    if not 1 <= message.dedup_id <= MAX_RANDOM_ID:
+        raise ValueError(f"dedup_id {message.dedup_id} is outside VK's random_id range 1…{MAX_RANDOM_ID}")
 
 
 class VkConnector:
@@ -85,7 +89,8 @@ class VkConnector:
 
     provider = "vk"
     channel = "vk"
-    provider_deduplicates = True  # random_id derived from send_id
+    provider_deduplicates = True  # random_id = the send's dedup_id, the same on every attempt
+    ledger_dedup_ids = True  # the ledger allocates that number when it claims the send
 
     def __init__(self, base_url: str, group_id: int, access_token: str, api_version: str = API_VERSION):
         self._url = f"{base_url.rstrip('/')}/method/messages.send"
@@ -126,7 +131,7 @@ class VkConnector:
             "access_token": self._token,
             "v": self._version,
             "peer_id": message.address,
-            "random_id": str(random_id_for(message.send_id)),
+            "random_id": str(message.dedup_id),
             "message": message.text,
         }
         if message.buttons:
@@ -135,9 +140,10 @@ class VkConnector:
             fields["attachment"] = ",".join(attachment.url for attachment in message.attachments)
         return fields
 
-    async def send(self, client: httpx.AsyncClient, message: OutboundMessage) -> SendResult:
-        """One messages.send call; a message `validate` refuses is REJECTED without a request."""
-        if (refused := refusal(self.validate, message)) is not None:
+    async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult:
+        """One messages.send call; a message `validate` refuses, or one without a ledger-allocated
+        random_id, is REJECTED without a request."""
+        if (refused := refusal(self.validate, message) or refusal(_require_random_id, message)) is not None:
             return refused
         response = await post_or_failure(client.post(self._url, data=self.fields(message)))
         if isinstance(response, SendResult):
@@ -213,10 +219,10 @@ def event_key(payload: Mapping[str, Any]) -> str:
 def parse_event(payload: Mapping[str, Any], received_at: datetime | None = None) -> list[CallbackEvent]:
     """One Callback API event → one CallbackEvent (address = the user's id as a string).
 
-    - `message_allow` → OPT_IN (reason carries the `key` from the allow link);
+    - `message_allow` → OPT_IN (reason and `ref` carry the `key` from the allow link);
       `message_deny` → OPT_OUT.
-    - `group_join` → OPT_IN (reason carries join_type); `group_leave` → OPT_OUT, reason "left" when
-      `self` = 1, "removed by an admin" when 0.
+    - `group_join` → JOINED (reason carries join_type: joining is not asking for messages);
+      `group_leave` → OPT_OUT, reason "left" when `self` = 1, "removed by an admin" when 0.
     - `message_event` (a callback button press) → CLICKED, reason = the payload's `cmd`, send_id = its
       `sid` (our keyboards put both there). VK reports only the conversation_message_id, so the
       provider id stays None.
@@ -230,11 +236,12 @@ def parse_event(payload: Mapping[str, Any], received_at: datetime | None = None)
     obj = payload.get("object") if isinstance(payload.get("object"), Mapping) else {}
     user = obj.get("user_id")
     if kind_name == "message_allow":
-        return [_event(key, OPT_IN, user, now, f"message_allow key={obj.get('key') or ''}")]
+        ref = str(obj.get("key") or "") or None
+        return [_event(key, OPT_IN, user, now, f"message_allow key={ref or ''}", ref=ref)]
     if kind_name == "message_deny":
         return [_event(key, OPT_OUT, user, now, "message_deny")]
     if kind_name == "group_join":
-        return [_event(key, OPT_IN, user, now, f"group_join ({obj.get('join_type') or 'join'})")]
+        return [_event(key, JOINED, user, now, f"group_join ({obj.get('join_type') or 'join'})")]
     if kind_name == "group_leave":
         who = "left" if obj.get("self") in (1, True) else "removed by an admin"
         return [_event(key, OPT_OUT, user, now, f"group_leave: {who}")]
@@ -255,7 +262,7 @@ def parse_event(payload: Mapping[str, Any], received_at: datetime | None = None)
     return [_event(key, IGNORED, user, now, kind_name or "unknown")]
 
 
-def _event(key: str, kind: str, user: Any, at: datetime, reason: str, send_id: str | None = None) -> CallbackEvent:
+def _event(key: str, kind: str, user: Any, at: datetime, reason: str, send_id: str | None = None, ref: str | None = None) -> CallbackEvent:
     return CallbackEvent(
         event_key=key,
         kind=kind,
@@ -264,6 +271,7 @@ def _event(key: str, kind: str, user: Any, at: datetime, reason: str, send_id: s
         occurred_at=at,
         reason=reason,
         send_id=send_id,
+        ref=ref,
     )
 
 

@@ -1,0 +1,104 @@
+"""Opt-in signals from the inbox: a contact for the person, a consent grant with evidence, and the
+trigger occurrence a welcome campaign waits for.
+
+A grant needs an explicit act by the person (152-FZ art. 9, 38-FZ art. 18): Telegram ``/start``,
+VK ``message_allow``, an SMS/WhatsApp START keyword. Unblocking a bot or joining a community asks
+for no messages, so the parsers report those as ``unblocked``/``joined`` and nothing here grants on
+them. The whole signal → effect table is in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from orchestrator_assets.consent_decisions import GRANT, record_decision
+from orchestrator_assets.webhooks.events import WebhookEvent
+from policies.schema import TriggerEvent
+from resources.channels.base import CallbackEvent
+from resources.links import verify_deep_link
+from resources.opstore_schema import contacts, trigger_events
+from resources.sql import upsert_insert
+
+# The opt-in each provider reports is one act: on Telegram only /start is OPT_IN, on VK only
+# message_allow (resources/channels/telegram.py, vk.py).
+TRIGGERS = {"telegram": TriggerEvent.TELEGRAM_START, "vk": TriggerEvent.VK_MESSAGE_ALLOW}
+# Channels whose opt-in address is the platform id of a person who reached out to us: an unknown
+# one becomes a contact that holds nothing but that id (data minimisation: no name, no language).
+SELF_IDENTIFYING = {"telegram": contacts.c.telegram_chat_id, "vk": contacts.c.vk_user_id}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an opt-in came from: the inbox row (the evidence), its provider and consent channel."""
+
+    inbox_id: int
+    provider: str
+    channel: str
+
+
+def apply_opt_in(
+    conn: sa.Connection,
+    tenant: str,
+    origin: Origin,
+    event: CallbackEvent,
+    known_contact: int | None,
+    now: dt.datetime,
+    tally: Counter,
+    webhook_events: list[WebhookEvent] | None = None,
+) -> None:
+    """Grant ``origin.channel`` to the person behind ``event`` and record its trigger occurrence.
+
+    The person is ``known_contact`` (found by address), else the contact a signed deep-link token in
+    ``event.ref`` names (the chat is bound to it when it has none yet), else, on Telegram and VK, a
+    new contact ``<channel>:<id>``. An opt-in from an unknown phone (a START keyword) is only tallied.
+    """
+    contact_id, how = known_contact, "known"
+    if contact_id is None:
+        contact_id, how = _newcomer(conn, tenant, origin.channel, event, now)
+    if contact_id is None:
+        tally["opt_in_unknown_contact"] += 1
+        return
+    tally[f"opt_in_contact_{how}"] += 1
+    evidence = json.dumps(
+        {"inbox_id": origin.inbox_id, "provider": origin.provider, "event": event.event_key, "kind": event.kind, "reason": event.reason, "contact": how},
+        ensure_ascii=False,
+    )
+    source = f"{origin.provider}:{event.kind}"
+    if record_decision(conn, tenant, contact_id, origin.channel, GRANT, source, evidence, event.occurred_at, now, webhook_events):
+        tally["consents_granted"] += 1
+    else:
+        tally["opt_in_no_state_change"] += 1
+    if (trigger := TRIGGERS.get(origin.provider)) is not None:
+        row = {
+            "tenant": tenant,
+            "event": str(trigger),
+            "contact_id": contact_id,
+            "inbox_id": origin.inbox_id,
+            "occurred_at": event.occurred_at,
+            "recorded_at": now,
+        }
+        tally[f"trigger:{trigger}"] += conn.execute(upsert_insert(conn, trigger_events).on_conflict_do_nothing(), [row]).rowcount
+
+
+def _newcomer(conn: sa.Connection, tenant: str, channel: str, event: CallbackEvent, now: dt.datetime) -> tuple[int | None, str]:
+    """The contact for an opt-in from an address no contact has: (id, "bound" | "created") or (None, "")."""
+    column = SELF_IDENTIFYING.get(channel)
+    # Positive ids only: a negative Telegram chat id is a group, not a person.
+    if column is None or not event.address or not event.address.isdigit():
+        return None, ""
+    address = int(event.address)
+    named = verify_deep_link(tenant, event.ref) if event.ref else None
+    if named is not None:
+        bind = sa.update(contacts).where(contacts.c.tenant == tenant, contacts.c.id == named, column.is_(None))
+        if conn.execute(bind.values({column.name: address, "updated_at": now})).rowcount:
+            return named, "bound"
+        # The named contact already has another chat: never move a person's data to a new chat on
+        # the strength of a link that may have been forwarded; the newcomer gets a contact of its own.
+    insert = upsert_insert(conn, contacts).values(tenant=tenant, external_id=f"{channel}:{address}", created_at=now, updated_at=now, **{column.name: address})
+    upsert = insert.on_conflict_do_update(index_elements=[contacts.c.tenant, contacts.c.external_id], set_={column.name: address, "updated_at": now})
+    return conn.execute(upsert.returning(contacts.c.id)).scalar_one(), "created"
