@@ -40,20 +40,22 @@ def inbox_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.date
         ).one()
         if first is None:
             continue
-        start = first
-        end = min(last, start + MAX_ROWS_PER_RUN - 1)
-        requests.append(
-            dg.RunRequest(
-                run_key=f"inbox:{tenant}:{start}-{end}",
-                partition_key=tenant,
-                run_config={"ops": {DELIVERY_OP: {"config": {"from_id": start, "to_id": end}}}},
-                tags={"algor/inbox_range": f"{start}-{end}"},
-            )
-        )
+        end = min(last, first + MAX_ROWS_PER_RUN - 1)
+        requests.append(range_request("inbox", tenant, first, end))
         new_cursor[tenant] = end
     requests += retry_run_requests(conn, cursor, now)
     requests += late_run_requests(conn, cursor, now)
     return requests, new_cursor
+
+
+def range_request(kind: str, tenant: str, first: int, last: int) -> dg.RunRequest:
+    """A processing run of ``tenant``'s inbox ids ``first``..``last``, keyed by kind and range."""
+    return dg.RunRequest(
+        run_key=f"{kind}:{tenant}:{first}-{last}",
+        partition_key=tenant,
+        run_config={"ops": {DELIVERY_OP: {"config": {"from_id": first, "to_id": last}}}},
+        tags={"algor/inbox_range": f"{kind} {first}-{last}"},
+    )
 
 
 def late_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.datetime) -> list[dg.RunRequest]:
@@ -73,14 +75,7 @@ def late_run_requests(conn: sa.Connection, cursor: dict[str, int], now: dt.datet
         ).one()
         if first is None:
             continue
-        requests.append(
-            dg.RunRequest(
-                run_key=f"inbox-late:{tenant}:{first}-{last}",
-                partition_key=tenant,
-                run_config={"ops": {DELIVERY_OP: {"config": {"from_id": first, "to_id": last}}}},
-                tags={"algor/inbox_range": f"late {first}-{last}"},
-            )
-        )
+        requests.append(range_request("inbox-late", tenant, first, last))
     return requests
 
 
