@@ -2,8 +2,8 @@
 
 ``--workers`` starts N processes on one listening socket (uvicorn's supervisor restarts any that
 die); each has its own inbox writer, and the store serialises their commits (SQLite in WAL mode
-with a busy timeout, or PostgreSQL), which also holds the Mailgun signature tokens every worker
-checks replays against (``gateway/replay.py``). Logs are JSON lines on stderr.
+with a busy timeout, or PostgreSQL). The Mailgun token memory is per worker too, so a replayed
+token is caught only by the worker that saw it first. Logs are JSON lines on stderr.
 """
 
 from __future__ import annotations

@@ -14,30 +14,25 @@ import datetime as dt
 import gc
 import hashlib
 import html
+from collections import OrderedDict
 
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from gateway.inbox import InboxWriter
+from gateway.inbox import InboxWriter, already_stored
 from gateway.openapi import HOOKS, refusals
 from gateway.receivers import RECEIVERS, Refused, read_body
-from gateway.replay import TokenLedger
 from gateway.request_log import RequestLogMiddleware, annotate, configure_logging
 from gateway.scanners import looks_automated
 from policies.loader import load_tenants
 from policies.schema import Tenant
-from resources.callbacks import (
-    CLICKS,
-    UNSUBSCRIBE,
-    click_payload,
-    unsubscribe_event_key,
-    unsubscribe_payload,
-)
+from resources.callbacks import CLICKS, UNSUBSCRIBE, click_payload, unsubscribe_event_key, unsubscribe_payload
 from resources.links import verify_click, verify_unsubscribe
 from resources.opstore import engine_for, migrate
 from resources.settings import get_settings
 
+SEEN_TOKENS_MAX = 100_000
 UNSUBSCRIBE_FORM = """<!doctype html><meta charset="utf-8"><title>Отписка / Unsubscribe</title>
 <p>Отписаться от рассылок {sender}? / Unsubscribe from {sender}'s mailings?</p>
 <form method="post"><button type="submit">Отписаться / Unsubscribe</button></form>"""
@@ -45,12 +40,28 @@ UNSUBSCRIBED_PAGE = """<!doctype html><meta charset="utf-8"><title>Готово 
 <p>Вы отписаны. / You are unsubscribed.</p>"""
 
 
+class SeenTokens:
+    """Bounded memory of Mailgun signature tokens, refusing a token's second use (replay)."""
+
+    def __init__(self, limit: int = SEEN_TOKENS_MAX) -> None:
+        self._tokens: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def first_use(self, token: str) -> bool:
+        if token in self._tokens:
+            return False
+        self._tokens[token] = None
+        if len(self._tokens) > self._limit:
+            self._tokens.popitem(last=False)
+        return True
+
+
 def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | None = None) -> FastAPI:
     url = database_url or get_settings().database_url
     migrate(url)
     engine = engine_for(url)
     tenants = tenants if tenants is not None else load_tenants().tenants
-    tokens = TokenLedger(engine)
+    seen_tokens = SeenTokens()
     inbox = InboxWriter(engine)
     app = FastAPI(title="Algor webhook gateway", version="0.1.0")
     app.add_middleware(RequestLogMiddleware)
@@ -85,13 +96,9 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
             accepted = await receiver(request, tenant, get_settings(), extra)
             # Mailgun's signature does not cover the body: a token seen before may only come back
             # with an event we already hold (a provider retry), never with a new one.
-            if accepted.replay_token:
-                keys = " ".join(key for key, _ in accepted.events)
-                try:
-                    fits = await asyncio.to_thread(tokens.first_use_or_same_event, tenant_id, provider, accepted.replay_token, keys)
-                except sa.exc.OperationalError:  # store down: make the provider retry
-                    raise Refused(503, "inbox unavailable, retry later") from None
-                if not fits:
+            if accepted.replay_token and not seen_tokens.first_use(accepted.replay_token):
+                keys = [key for key, _ in accepted.events]
+                if not await asyncio.to_thread(lambda: all(already_stored(engine, tenant_id, provider, key) for key in keys)):
                     raise Refused(406, "replayed signature")
         except Refused as refused:
             raise refuse(refused.status, refused.reason) from None

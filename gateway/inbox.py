@@ -60,6 +60,14 @@ def store_callbacks(engine: sa.Engine, tenant: str, provider: str, events: list[
     return len(insert_new(engine, inbox_rows(tenant, provider, events)))
 
 
+def already_stored(engine: sa.Engine, tenant: str, provider: str, event_key: str) -> bool:
+    query = sa.select(webhook_inbox.c.id).where(
+        webhook_inbox.c.tenant == tenant, webhook_inbox.c.provider == provider, webhook_inbox.c.event_key == event_key
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).first() is not None
+
+
 @dataclass
 class _Waiter:
     rows: list[dict]

@@ -141,19 +141,6 @@ webhook_inbox = sa.Table(
 # What people did that can start a trigger campaign for them (policies.schema.TriggerEvent: a
 # Telegram /start, a VK message_allow), one row per occurrence, written by delivery processing
 # with the inbox row it came from. The trigger sensor reads it by id with a cursor.
-# Signature tokens of providers whose signature does not cover the body (Mailgun): a token may come
-# back only with the event it first came with (a provider retry). Shared, so every gateway worker
-# refuses a replay; rows older than the signature window are pruned.
-signature_tokens = sa.Table(
-    "signature_tokens",
-    metadata,
-    sa.Column("tenant", sa.String(64), primary_key=True),
-    sa.Column("provider", sa.String(32), primary_key=True),
-    sa.Column("token", sa.String(256), primary_key=True),
-    sa.Column("event_key", sa.String(256), nullable=False),
-    sa.Column("seen_at", UTCDateTime, nullable=False, index=True),
-)
-
 trigger_events = sa.Table(
     "trigger_events",
     metadata,
