@@ -135,7 +135,7 @@ def test_circuit_breaker_opens_half_opens_and_closes():
 
 
 class FakeBatch:
-    provider, channel, provider_deduplicates, max_batch = "fakemail", "email", False, 10
+    provider, channel, provider_deduplicates, ledger_dedup_ids, max_batch = "fakemail", "email", False, False, 10
 
     def __init__(self) -> None:
         self.calls: list[int] = []
@@ -168,6 +168,7 @@ class Scripted:
     """Answers each send_id from a script of results, then accepts; remembers every call."""
 
     provider, channel = "scripted", "vk"
+    ledger_dedup_ids = False
 
     def __init__(self, script: list[SendResult], deduplicates: bool) -> None:
         self.script, self.provider_deduplicates = script, deduplicates

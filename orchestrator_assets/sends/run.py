@@ -94,8 +94,7 @@ async def send_messages(
     report = SendReport()
     by_key = {item.want.key: item for item in outgoing}
     deduplicating = {item.connector.provider for item in outgoing if item.connector.provider_deduplicates}
-    # Connectors whose provider's dedup key is a number the ledger hands out (VK random_id).
-    keyed = {item.connector.provider for item in outgoing if getattr(item.connector, "ledger_dedup_ids", False)}
+    keyed = {item.connector.provider for item in outgoing if item.connector.ledger_dedup_ids}
     with engine.begin() as conn:
         todo = plan(conn, tenant, [item.want for item in outgoing], deduplicating, keyed)
     report.abandoned = todo.abandoned

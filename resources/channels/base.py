@@ -141,6 +141,9 @@ class ChannelConnector(Protocol):
     # True when the provider itself drops a repeated send of the same send_id (VK random_id, SMSC
     # id + error 9), so an ambiguous send may safely be sent again.
     provider_deduplicates: bool
+    # True when that dedup key is a number the ledger allocates at claim time and stores on the
+    # row (``OutboundMessage.dedup_id``: VK random_id), rather than one derived from the send id.
+    ledger_dedup_ids: bool
 
     async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult: ...
 

@@ -74,6 +74,7 @@ class D360Connector:
     provider = "d360"
     channel = "whatsapp"
     provider_deduplicates = False  # no idempotency key on /messages
+    ledger_dedup_ids = False
 
     def __init__(self, base_url: str, api_key: str):
         self._url = f"{base_url.rstrip('/')}/messages"

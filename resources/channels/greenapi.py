@@ -69,6 +69,7 @@ class GreenApiConnector:
     provider = "greenapi"
     channel = "whatsapp"
     provider_deduplicates = False  # no idempotency key
+    ledger_dedup_ids = False
 
     def __init__(self, base_url: str, id_instance: int | str, api_token: str):
         self._base = f"{base_url.rstrip('/')}/waInstance{id_instance}"

@@ -125,6 +125,7 @@ class SmscConnector:
     provider = "smsc"
     channel = "sms"
     provider_deduplicates = True  # deterministic id + error 9 on an identical repeat
+    ledger_dedup_ids = False
 
     def __init__(
         self,

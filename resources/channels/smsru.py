@@ -82,6 +82,7 @@ class SmsRuConnector:
     provider = "smsru"
     channel = "sms"
     provider_deduplicates = False  # no idempotency key on sms/send
+    ledger_dedup_ids = False
 
     def __init__(self, base_url: str, api_id: str, sender: str | None = None, max_segments: int = MAX_SEGMENTS):
         self._url = f"{base_url.rstrip('/')}/sms/send"

@@ -79,6 +79,7 @@ class TwilioConnector:
 
     provider = "twilio"
     provider_deduplicates = False  # no idempotency key on Messages create
+    ledger_dedup_ids = False
 
     def __init__(
         self,
