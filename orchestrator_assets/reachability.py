@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from orchestrator_assets.consent_decisions import WITHDRAW, record_decision
 from orchestrator_assets.sends.limits import RateLimiter
 from policies.schema import RateLimit
 from resources.channels.smsc import (
@@ -95,15 +96,11 @@ def record_result(conn: sa.Connection, tenant: str, contact_id: int, phone: str,
     conn.execute(statement.on_conflict_do_update(index_elements=[phone_reachability.c.tenant, phone_reachability.c.contact_id], set_=values))
     if result.reachable is not False:
         return 0
-    # Imported here: delivery processing imports this module (apply_hlr_callback), so a top-level
-    # import of it would be circular.
-    from orchestrator_assets.deliveries.processing import withdraw_consents
-
     evidence = json.dumps(
         {"lookup_id": result.lookup_id, "phone": phone_digits(phone), "status": result.status, "err": result.err, "reason": result.reason},
         ensure_ascii=False,
     )
-    return withdraw_consents(conn, tenant, contact_id, (SMS,), SOURCE, evidence, now, now)
+    return int(record_decision(conn, tenant, contact_id, SMS, WITHDRAW, SOURCE, evidence, now, now))
 
 
 async def look_up(
