@@ -1,11 +1,12 @@
 # Everything a new machine needs comes from this file, pyproject.toml and constraints.txt.
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
-export ALGOR_HOME ?= $(CURDIR)/.algor
-export DAGSTER_HOME ?= $(ALGOR_HOME)/dagster_home
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+UI_PORT ?= 3000
+# The demo's home; the code reads ALGOR_HOME itself (resources/settings.py), same default.
+ALGOR_HOME ?= $(CURDIR)/.algor
 
-.PHONY: install demo test ui sample bench clean
+.PHONY: install browser demo test ui sample clean
 
 install: $(STAMP)
 
@@ -14,21 +15,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(PY) -m resources.dbt  # parse the dbt project once, so the code location loads fast
-	mkdir -p $(DAGSTER_HOME)
 	touch $@
+
+## Debian's Chromium for the browser tests (Playwright drives the system binary; no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 ## Run one campaign end to end on the embedded default (SQLite + chDB + provider sandbox).
 demo: install
 	$(PY) demo/run.py
 
 ## The whole test suite (what CI runs).
-test: install
+test: install browser
 	$(PY) -m pytest
 
-## Open the demo's runs in the Dagster UI (http://127.0.0.1:3000).
+## The operator console (Dagster webserver + daemon) on the demo's runs: http://127.0.0.1:$(UI_PORT).
 ui: install
-	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml || true
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(PY) demo/console.py --port $(UI_PORT)
 
 ## Regenerate the shipped sample CSV.
 sample: install

@@ -1,21 +1,23 @@
 """`make demo`: one real campaign end to end on the embedded default.
 
-Starts the webhook gateway, the provider sandbox and the Dagster daemon as real processes, runs
-the campaign pipeline (import → contacts → consents → segment → campaign → send), lets the
-sandbox call the delivery webhooks back, waits for the daemon's inbox sensor to launch the
-delivery-processing run, builds the dbt reports and prints the campaign funnel.
-State lives under $ALGOR_HOME (default .algor/) and is reset at the start of every demo.
+Starts the webhook gateway, the provider sandbox and the Dagster daemon as real processes, and
+launches the campaign pipeline (import → contacts → consents → segment → campaign → send) through
+the code location, as an operator would from the launchpad: the daemon's queue runs it, so it
+shows under its job in the Dagster UI and re-executes from there. The sandbox then calls the
+delivery webhooks back, the daemon's inbox sensor launches the delivery-processing runs, the
+demo launches the dbt reports the same way and prints the campaign funnel.
+State lives under $ALGOR_HOME (default .algor/, recognised by its marker) and is reset at the
+start of every demo.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,12 +26,15 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from demo.home import NotADemoHome, reset  # noqa: E402
+from demo.services import ServiceError, free_port, start, wait_http  # noqa: E402
+
 TENANT = "demo"
-# The demo prints its own progress; the runs' full logs are in the Dagster UI.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+SAMPLE_CSV = REPO / "orchestrator_assets" / "imports" / "samples" / "demo_contacts.csv"
 STEPS = 7
 WAIT_CALLBACKS_S = 120
 WAIT_DELIVERY_RUN_S = 240
+WAIT_RUN_S = 600
 
 
 class DemoError(RuntimeError):
@@ -40,54 +45,14 @@ def step(number: int, text: str) -> None:
     print(f"\n[{number}/{STEPS}] {text}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, what: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DemoError(f"{what} exited with code {process.returncode} before it was ready (see its log in $ALGOR_HOME/logs)")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise DemoError(f"{what} did not answer at {url} within {timeout:.0f} s")
-
-
-def start(stack: ExitStack, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen:
-    log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed by the ExitStack
-    stack.callback(log.close)
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-    stack.callback(stop)
-    return process
-
-
 def main() -> int:
     from resources.settings import get_settings
 
-    settings = get_settings()
-    home = settings.home
-    dagster_home = Path(os.environ.get("DAGSTER_HOME", home / "dagster_home"))
-    if home.exists():
-        if any(home.iterdir()) and not (home / "operational.sqlite3").exists() and not (home / "logs").exists():
-            raise DemoError(f"ALGOR_HOME={home} holds files that are not a previous demo's; refusing to reset it")
-        shutil.rmtree(home)
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    home = get_settings().home
+    try:
+        dagster_home = reset(home)
+    except NotADemoHome as error:
+        raise DemoError(str(error)) from error
     log_dir = home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -96,6 +61,7 @@ def main() -> int:
     os.environ.update({"ALGOR_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "ALGOR_GATEWAY_URL": gateway_url, "ALGOR_SANDBOX_URL": sandbox_url})
     env = dict(os.environ)
     bin_dir = Path(sys.executable).parent
+    instance = create_instance()
 
     with ExitStack() as stack:
         step(1, f"Starting services (logs in {log_dir})")
@@ -112,21 +78,15 @@ def main() -> int:
             stack, "sandbox", [sys.executable, "-m", "sandbox", "--config", str(sandbox_config), "--port", sandbox_url.rsplit(":", 1)[1]], env, log_dir
         )
         wait_http(f"{sandbox_url}/_sandbox/stats", "provider sandbox", sandbox)
-        print(f"  provider sandbox  {sandbox_url}  (Telegram Bot API + Mailgun, real wire protocol)")
+        print(f"  provider sandbox  {sandbox_url}  (every provider's real wire protocol)")
 
         daemon = start(stack, "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, log_dir)
-        print(f"  dagster-daemon    pid {daemon.pid} (evaluates the webhook inbox sensor)")
+        print(f"  dagster-daemon    pid {daemon.pid} (runs queued jobs, evaluates the webhook inbox sensor)")
 
-        import dagster as dg
-
-        from definitions import defs
-
-        instance = dg.DagsterInstance.get()
-        step(2, "Running campaign_pipeline_job: import → contacts → consents → segments → campaign → send")
-        result = defs.resolve_job_def("campaign_pipeline_job").execute_in_process(instance=instance, partition_key=TENANT, run_config=QUIET, raise_on_error=False)
-        if not result.success:
-            raise DemoError(f"campaign_pipeline_job failed (run {result.run_id}); open it with `make ui` for the step logs")
-        print_pipeline_summary(result)
+        step(2, "Launching campaign_pipeline_job: import → contacts → consents → segments → campaign → send")
+        import_config = {"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_CSV)}}}}
+        run_id = launch(instance, daemon, "campaign_pipeline_job", env, run_config=import_config, partition=TENANT)
+        print_pipeline_summary(instance, run_id)
 
         step(3, "Waiting for the sandbox to deliver its callbacks to the gateway")
         stats = wait_callbacks(sandbox_url, sandbox)
@@ -135,31 +95,85 @@ def main() -> int:
         step(4, "Waiting for the daemon's webhook_inbox_sensor to launch delivery_processing_job")
         wait_delivery_runs(instance, daemon)
 
-        step(5, "Building dbt reports (staging + campaign funnel) on chDB")
-        result = defs.resolve_job_def("reports_job").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
-        if not result.success:
-            raise DemoError(f"reports_job failed (run {result.run_id}); see `make ui` or {log_dir}")
+        step(5, "Launching reports_job: dbt staging + campaign funnel on chDB")
+        run_id = launch(instance, daemon, "reports_job", env)
 
         step(6, "Campaign funnel (reports.campaign_funnel)")
-        print_funnel(result)
+        print_funnel(instance, run_id)
 
         step(7, "Cross-check against what the provider sandbox recorded")
         for provider, figures in sorted(stats["providers"].items()):
+            if not (figures["accepted"] or figures["refused"]):
+                continue  # a provider no demo campaign uses
             print(f"  {provider:9} accepted={figures['accepted']:5}  refused={figures['refused']:4}  outcomes={figures['outcomes']}")
         print(
             "\nDone. To browse these runs, assets, checks and metadata in the Dagster UI run `make ui`\n"
-            f"(dagster dev on http://127.0.0.1:3000 with DAGSTER_HOME={dagster_home})."
+            f"(http://127.0.0.1:3000 on DAGSTER_HOME={dagster_home})."
         )
     return 0
 
 
-def print_pipeline_summary(result) -> None:
-    for event in result.get_asset_materialization_events():
-        materialization = event.materialization
-        key = "/".join(materialization.asset_key.path)
-        meta = materialization.metadata
-        wanted = [k for k in ("rows_read", "rows_valid", "rows_rejected", "inserted", "updated", "unchanged", "granted", "withdrawn", "messages", "sent", "failed", "skipped_already_sent", "ambiguous_held") if k in meta]
-        figures = ", ".join(f"{k}={meta[k].value}" for k in wanted)
+def create_instance():
+    """The demo's Dagster instance. Creating it creates its SQLite storages, before the daemon and
+    `dagster job launch` start on the empty home and race to create the same tables."""
+    import dagster as dg
+
+    return dg.DagsterInstance.get()
+
+
+def launch(instance, daemon: subprocess.Popen, job: str, env: dict[str, str], run_config: dict | None = None, partition: str | None = None) -> str:
+    """Queue ``job`` through the code location (`dagster job launch`) and wait for the daemon to run it."""
+    run_id = str(uuid.uuid4())
+    command = [str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", str(REPO / "workspace.yaml"), "-j", job, "--run-id", run_id]
+    if run_config:
+        command += ["--config-json", json.dumps(run_config)]
+    if partition:
+        command += ["--tags", json.dumps({"dagster/partition": partition})]
+    launched = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if launched.returncode != 0:
+        raise DemoError(f"`dagster job launch -j {job}` failed:\n{launched.stdout}{launched.stderr}")
+    print(f"  run {run_id[:8]} queued; the daemon runs it", flush=True)
+    return wait_run(instance, daemon, run_id, job)
+
+
+def wait_run(instance, daemon: subprocess.Popen, run_id: str, job: str) -> str:
+    import dagster as dg
+
+    deadline = time.monotonic() + WAIT_RUN_S
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise DemoError("dagster-daemon exited; see its log")
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.is_finished:
+            if run.status != dg.DagsterRunStatus.SUCCESS:
+                raise DemoError(f"{job} run {run_id} ended {run.status.value}: {failure_message(instance, run_id)}\nOpen it with `make ui` for the step logs.")
+            return run_id
+        time.sleep(0.5)
+    raise DemoError(f"{job} run {run_id} did not finish within {WAIT_RUN_S} s (see dagster-daemon.log)")
+
+
+def failure_message(instance, run_id: str) -> str:
+    import dagster as dg
+
+    records = instance.get_records_for_run(run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}).records
+    messages = [record.event_log_entry.dagster_event.message or "" for record in records]
+    return "; ".join(m for m in messages if m) or "no failure event recorded"
+
+
+def materializations(instance, run_id: str) -> dict[str, dict]:
+    """The run's materialised assets, ``"domain/name"`` → metadata."""
+    import dagster as dg
+
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return {"/".join(r.asset_materialization.asset_key.path): r.asset_materialization.metadata for r in records}
+
+
+SUMMARY_FIGURES = ("rows_read", "rows_valid", "rows_rejected", "inserted", "updated", "unchanged", "granted", "withdrawn", "messages", "sent", "failed", "skipped_already_sent", "ambiguous_held")
+
+
+def print_pipeline_summary(instance, run_id: str) -> None:
+    for key, meta in materializations(instance, run_id).items():
+        figures = ", ".join(f"{name}={meta[name].value}" for name in SUMMARY_FIGURES if name in meta)
         print(f"  {key:32} {figures}")
         if key == "imports/contact_import_rows":
             print(f"    error report: {meta['error_report'].value}")
@@ -213,22 +227,18 @@ def wait_delivery_runs(instance, daemon: subprocess.Popen) -> None:
     raise DemoError(f"delivery processing did not finish within {WAIT_DELIVERY_RUN_S} s (is the sensor running? see dagster-daemon.log)")
 
 
-def print_funnel(result) -> None:
-    for event in result.get_asset_materialization_events():
-        materialization = event.materialization
-        if materialization.asset_key.path[-1] == "campaign_funnel_export":
-            meta = materialization.metadata
-            print(meta["funnel"].value)
-            for name in ("csv", "html"):
-                if name in meta:
-                    print(f"  {name}: {meta[name].value}")
-            return
-    raise DemoError("reports_job produced no campaign_funnel_export materialization")
+def print_funnel(instance, run_id: str) -> None:
+    meta = materializations(instance, run_id).get("reports/campaign_funnel_export")
+    if meta is None:
+        raise DemoError(f"reports_job run {run_id} materialised no reports/campaign_funnel_export")
+    print(meta["funnel"].value)
+    for name, label in (("csv_path", "CSV"), ("html_path", "HTML")):
+        print(f"  {label:4} {meta[name].value}")
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except DemoError as error:
+    except (DemoError, ServiceError) as error:
         print(f"\nDEMO FAILED: {error}", file=sys.stderr)
         sys.exit(1)

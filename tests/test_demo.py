@@ -1,29 +1,55 @@
-"""`make demo` as a test, so it cannot rot: a real subprocess on the embedded default, in temp dirs."""
+"""The demo's home: recognised by the marker the demo writes, never guessed from what it holds.
+
+The demo end to end, and the console on its runs, are in test_operator_console.py; the README's
+commands on a fresh clone in test_fresh_clone.py.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from demo.home import MARKER, NotADemoHome, claim, reset
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_end_to_end_and_prints_the_funnel(tmp_path):
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("ALGOR_", "DAGSTER_"))}
-    env["ALGOR_HOME"] = str(tmp_path / "algor")
-    result = subprocess.run([sys.executable, "demo/run.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    assert "[7/7]" in output
-    assert "rows_rejected=17" in output
-    # The daemon's sensor, not the demo, launched the delivery processing.
-    assert re.search(r"run [0-9a-f]{8} \(inbox:demo:\d+-\d+\): SUCCESS", output)
-    rows = {m.group(1): int(m.group(2)) for m in re.finditer(r"\| demo \| black_friday_2026 \| (\w+) \| (\d+) \|", output)}
-    assert set(rows) == {"email", "telegram"} and all(sent > 0 for sent in rows.values())
-    assert (tmp_path / "algor" / "reports" / "campaign_funnel.html").is_file()
+def test_a_missing_or_empty_home_is_claimed_with_the_marker_and_the_instance_settings(tmp_path):
+    for home in (tmp_path / "new", tmp_path / "empty"):
+        if home.name == "empty":
+            home.mkdir()
+        dagster_home = claim(home)
+        assert (home / MARKER).is_file()
+        assert dagster_home == home / "dagster_home"
+        assert "QueuedRunCoordinator" in (dagster_home / "dagster.yaml").read_text()
+
+
+def test_reset_keeps_only_the_marker_so_an_interrupted_run_is_still_recognised(tmp_path):
+    home = tmp_path / "algor"
+    claim(home)
+    (home / "operational.sqlite3").write_text("old state")
+    (home / "logs").mkdir()
+    (home / "logs" / "gateway.log").write_text("old log")
+    reset(home)
+    assert sorted(p.name for p in home.iterdir()) == sorted([MARKER, "dagster_home"])
+    assert list((home / "dagster_home").iterdir()) == [home / "dagster_home" / "dagster.yaml"]
+    # What `make ui` leaves (an instance with runs) is a demo home too.
+    (home / "dagster_home" / "history").mkdir()
+    reset(home)
+    assert not (home / "dagster_home" / "history").exists()
+
+
+def test_a_foreign_folder_is_refused_and_left_untouched(tmp_path):
+    home = tmp_path / "mine"
+    (home / "dagster_home").mkdir(parents=True)  # looks like ours, holds no marker
+    (home / "precious.txt").write_text("keep me")
+    with pytest.raises(NotADemoHome, match="refusing to reset"):
+        reset(home)
+    assert (home / "precious.txt").read_text() == "keep me"
 
 
 def test_demo_fails_loudly_with_a_reason(tmp_path):

@@ -14,7 +14,7 @@ from pg import create_database, drop_database
 from resources.opstore import OperationalStore
 from resources.opstore_schema import deliveries, sends, webhook_inbox
 
-PRODUCTION_INSTANCE_YAML = Path(__file__).resolve().parents[1] / "docs" / "production" / "dagster.yaml"
+PRODUCTION_INSTANCE_YAML = Path(__file__).resolve().parents[1] / "deploy" / "production" / "dagster.yaml"
 
 
 @pytest.fixture
