@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             print("make ui: a Dagster process exited on its own; stopping the other", file=sys.stderr)
             return 1
         except Stop:
+            # A second Ctrl-C must not cut the orderly stop short and leave a group running.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             print("\nStopping the operator console…", flush=True)
             return 0
         except ServiceError as error:

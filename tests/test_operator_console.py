@@ -1,0 +1,269 @@
+"""The demo and the operator console as an operator meets them.
+
+One real `demo/run.py` on the embedded default (temp home), then `make ui` on its instance, looked
+at in Debian's Chromium driven headless by Playwright (the system binary: a browser download cannot
+work here), driven over GraphQL like an external scheduler would, and stopped with Ctrl-C.
+Screenshots land in docs/img/, where the README shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+
+from orchestrator_assets import groups
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOTS = REPO / "docs" / "img"
+LOCATION = "algor_orchestrator"
+SAMPLE_CSV = REPO / "orchestrator_assets" / "imports" / "samples" / "demo_contacts.csv"
+DOMAINS = sorted(value for name, value in vars(groups).items() if name.isupper())
+# What the Dagster UI shows when a page or a query fails, and a Markdown table left unrendered.
+ERROR_MARKERS = ("Something went wrong", "Unexpected error", "An error occurred", "PythonError", "could not be found", "Page not found")
+RAW_MARKDOWN_TABLE = re.compile(r"\|\s*-{3,}\s*\|")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("ALGOR_", "DAGSTER_"))}
+    env["ALGOR_HOME"] = str(home)
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """(home, printed output) of one demo run."""
+    home = tmp_path_factory.mktemp("console") / "algor"
+    result = subprocess.run([sys.executable, "demo/run.py"], cwd=REPO, env=clean_env(home), capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return home, output
+
+
+@pytest.fixture(scope="module")
+def instance(demo):
+    with dg.DagsterInstance.from_config(str(demo[0] / "dagster_home")) as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def console(demo):
+    """`make ui` on the demo's home, in its own session as a terminal would run it: (url, process)."""
+    from demo.services import free_port, stop_group
+
+    port = free_port()
+    venv = Path(sys.executable).parent.parent
+    process = subprocess.Popen(
+        ["make", "-s", "ui", f"UI_PORT={port}", f"VENV={venv}"],
+        cwd=REPO,
+        env=clean_env(demo[0]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(1)
+    assert process.poll() is None, process.stdout.read()
+    yield url, process
+    stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: `make browser` installs it (make test does)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+class Browse:
+    """One browser page on the console; every visit fails on an error the operator would see."""
+
+    def __init__(self, page, url: str):
+        self.page = page
+        self.url = url
+        self.script_errors: list[str] = []
+        page.on("pageerror", lambda error: self.script_errors.append(str(error)))
+
+    def visit(self, path: str, wait_for: str) -> str:
+        """Open ``path``, wait for ``wait_for`` to show, dismiss the first-visit dialog, return the text."""
+        self.page.goto(self.url + path)
+        self.page.get_by_text(wait_for, exact=False).first.wait_for(timeout=60_000)
+        skip = self.page.get_by_role("button", name="Skip")
+        if skip.count():
+            skip.first.click()
+        self.page.wait_for_load_state("networkidle")
+        text = self.page.inner_text("body")
+        shown = [marker for marker in ERROR_MARKERS if marker in text]
+        assert not shown, f"{path} shows {shown}"
+        assert not RAW_MARKDOWN_TABLE.search(text), f"{path} shows a Markdown table as raw text"
+        assert not self.script_errors, f"{path}: uncaught script errors {self.script_errors}"
+        return text
+
+    def table(self, containing: str):
+        return self.page.locator("table", has_text=containing).first
+
+    def screenshot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / name))
+
+
+@pytest.fixture
+def ui(browser, console):
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    yield Browse(context.new_page(), console[0])
+    context.close()
+
+
+def demo_run(instance, job: str) -> dg.DagsterRun:
+    runs = instance.get_runs(dg.RunsFilter(job_name=job))
+    assert runs, f"no {job} run in the demo's instance"
+    return runs[-1]
+
+
+def test_demo_runs_end_to_end_and_prints_the_funnel(demo):
+    home, output = demo
+    assert "[7/7]" in output
+    assert "rows_rejected=17" in output
+    # The daemon's sensor, not the demo, launched the delivery processing.
+    assert re.search(r"run [0-9a-f]{8} \(inbox:demo:\d+-\d+\): SUCCESS", output)
+    rows = {m.group(1): int(m.group(2)) for m in re.finditer(r"\| demo \| black_friday_2026 \| (\w+) \| (\d+) \|", output)}
+    assert set(rows) == {"email", "telegram"} and all(sent > 0 for sent in rows.values())
+    # It tells where the report files are, and they are there.
+    printed = dict(re.findall(r"^\s+(CSV|HTML)\s+(\S+)$", output, re.MULTILINE))
+    assert Path(printed["HTML"]) == home / "reports" / "campaign_funnel.html" and Path(printed["HTML"]).is_file()
+    assert Path(printed["CSV"]).is_file()
+
+
+def test_demo_runs_are_launched_through_the_code_location(instance):
+    """The operator finds them under their jobs and re-executes them from the same code."""
+    for job in ("campaign_pipeline_job", "reports_job"):
+        run = demo_run(instance, job)
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.remote_job_origin is not None, f"{job} ran outside the code location"
+        assert run.remote_job_origin.location_name == LOCATION
+
+
+def test_asset_graph_shows_every_asset_group(ui):
+    text = ui.visit("/asset-groups", "Global asset lineage")
+    missing = [group for group in DOMAINS if group not in text]
+    assert not missing, f"asset groups missing from the lineage page: {missing}"
+    ui.screenshot("asset-graph.png")
+
+
+def test_campaign_sends_and_its_last_materialisation_render(ui):
+    text = ui.visit("/assets/sends/campaign_sends", "Latest materialization")
+    assert "campaign_pipeline_job" in text
+    assert ui.table("black_friday_2026").is_visible(), "the per-campaign table is not rendered"
+    ui.screenshot("campaign-sends.png")
+
+    ui.visit("/assets/reports/campaign_funnel_export", "Latest materialization")
+    funnel = ui.table("black_friday_2026").inner_text()
+    assert "telegram" in funnel and "email" in funnel
+
+    ui.visit("/assets/imports/contact_import_rows", "Latest materialization")
+    ui.page.get_by_text("Show Markdown").first.click()  # a long report opens in a dialog
+    report = ui.table("reason")
+    report.wait_for(timeout=10_000)
+    assert "not a valid phone number" in report.inner_text()
+
+
+def test_the_campaign_job_lists_its_run_and_the_run_page_reads_well(ui, instance):
+    run = demo_run(instance, "campaign_pipeline_job")
+    text = ui.visit(f"/locations/{LOCATION}/jobs/campaign_pipeline_job/runs", "campaign_pipeline_job")
+    assert "No runs found" not in text
+    assert run.run_id[:8] in text
+
+    text = ui.visit(f"/runs/{run.run_id}", "RUN_SUCCESS")
+    assert "Success" in text and "partition: demo" in text
+    ui.screenshot("campaign-run.png")
+
+
+def test_the_campaign_launchpad_opens(ui):
+    text = ui.visit(f"/locations/{LOCATION}/jobs/campaign_pipeline_job/playground", "Launch Run")
+    assert "csv_path" in text
+
+
+def test_an_external_driver_launches_the_campaign_over_graphql(console, instance):
+    """What an external scheduler or a CI pipeline does: submit through the webserver's GraphQL API
+    and wait; the console's daemon takes it off the queue."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=int(console[0].rsplit(":", 1)[1]))
+    run_id = client.submit_job_execution(
+        "campaign_pipeline_job",
+        repository_location_name=LOCATION,
+        run_config={"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_CSV)}}}},
+        tags={"dagster/partition": "demo"},
+    )
+    deadline = time.monotonic() + 600
+    status = client.get_run_status(run_id)
+    while status not in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_run_status(run_id)
+    assert status == dg.DagsterRunStatus.SUCCESS
+    # Sent once already by the demo: this run sends nothing twice.
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    sends = [r.asset_materialization for r in records if r.asset_materialization.asset_key == dg.AssetKey(["sends", "campaign_sends"])]
+    assert sends and sends[0].metadata["sent"].value == 0
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_stops_the_console_and_everything_it_started_within_seconds(console):
+    url, process = console
+    started = _descendants(process.pid)
+    assert len(started) >= 4, "expected make, the console, the webserver, the daemon and their code servers"
+    began = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    process.wait(30)
+    while any(_alive(pid) for pid in started) and time.monotonic() - began < 30:
+        time.sleep(0.2)
+    took = time.monotonic() - began
+    assert not [pid for pid in started if _alive(pid)], "processes left running after Ctrl-C"
+    assert took < 10, f"make ui took {took:.1f} s to stop"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/server_info", timeout=2)
