@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -16,7 +17,6 @@ from alembic import command
 from alembic.config import Config
 from pydantic import Field
 
-from policies.segments import register_sqlite_unicode_lower
 from resources.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -45,6 +45,19 @@ def engine_for(url: str) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def register_sqlite_unicode_lower(dbapi_connection: Any) -> None:
+    """Make SQLite's ``lower()`` fold all of Unicode, as PostgreSQL's does.
+
+    SQLite's built-in ``lower()`` folds ASCII only, so ``city contains "моск"`` would miss
+    "Москва" on the embedded store. Call this from the engine's ``connect`` event.
+    """
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def _unicode_lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 def migrate(url: str) -> None:

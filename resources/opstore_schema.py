@@ -138,7 +138,7 @@ webhook_inbox = sa.Table(
     sa.Index("ix_webhook_inbox_tenant_id", "tenant", "id"),
 )
 
-# What people did that can start a trigger campaign for them (policies.schema.TriggerEvent: a
+# What people did that can start a trigger campaign for them (policies.campaigns.TriggerEvent: a
 # Telegram /start, a VK message_allow), one row per occurrence, written by delivery processing
 # with the inbox row it came from. The trigger sensor reads it by id with a cursor.
 trigger_events = sa.Table(
