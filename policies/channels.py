@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from policies.sms_segments import MAX_SEGMENTS
+
 
 class Provider(StrEnum):
     """An external delivery service; each tenant holds at most one account per provider."""
@@ -58,7 +60,7 @@ class Channel(StrEnum):
     VK = "vk", ChannelTraits(
         providers=(Provider.VK,), allows_buttons=True, max_text_chars=4096, attachment_kinds=frozenset({"photo", "document"})
     )
-    SMS = "sms", ChannelTraits(providers=(Provider.SMSC, Provider.SMSRU, Provider.TWILIO), max_sms_segments=6)
+    SMS = "sms", ChannelTraits(providers=(Provider.SMSC, Provider.SMSRU, Provider.TWILIO), max_sms_segments=MAX_SEGMENTS)
     WHATSAPP = "whatsapp", ChannelTraits(
         providers=(Provider.D360, Provider.TWILIO, Provider.GREENAPI),
         allows_buttons=True,
