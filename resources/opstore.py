@@ -2,7 +2,8 @@
 
 Sends are only as exactly-once as this store is durable, so SQLite runs in WAL mode with a busy
 timeout (the gateway, sensors and run steps write from different processes), and the schema is
-created only by Alembic migrations, never by ``create_all``.
+created only by Alembic migrations, never by ``create_all``. SQLite's ``lower()`` is replaced by
+one that folds all of Unicode, so segment rules match the same contacts on both stores.
 """
 
 from __future__ import annotations
