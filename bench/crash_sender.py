@@ -16,7 +16,7 @@ from pathlib import Path
 from harness import TENANT, outgoing, scratch_ledger
 
 from orchestrator_assets.sends.run import send_messages
-from policies.schema import DispatchPolicy
+from policies.policy import DispatchPolicy
 from resources.channels.telegram import TelegramConnector
 from resources.channels.vk import VkConnector
 

@@ -43,7 +43,7 @@ from harness import (
 
 from orchestrator_assets.sends.http import provider_client
 from orchestrator_assets.sends.run import send_messages
-from policies.schema import DispatchPolicy, RateLimit
+from policies.policy import DispatchPolicy, RateLimit
 from resources.channels.telegram import TelegramConnector
 
 FAST_TOKEN, LIMITED_TOKEN = "100001:fast", "100002:limited"

@@ -55,7 +55,7 @@ from harness import FIRST_CHAT_ID, free_port, gateway_process, log, scratch_ledg
 
 from definitions import defs
 from policies.loader import load_tenants
-from policies.schema import Tenant
+from policies.tenants import Tenant
 from resources import warehouse as wh
 from resources.channels import sendgrid
 from resources.embedded_keys import sendgrid_sandbox_signing_key

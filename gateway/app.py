@@ -26,7 +26,7 @@ from gateway.receivers import RECEIVERS, Refused, read_body
 from gateway.request_log import RequestLogMiddleware, annotate, configure_logging
 from gateway.scanners import looks_automated
 from policies.loader import load_tenants
-from policies.schema import Tenant
+from policies.tenants import Tenant
 from resources.callbacks import CLICKS, UNSUBSCRIBE, click_payload, unsubscribe_event_key, unsubscribe_payload
 from resources.links import verify_click, verify_unsubscribe
 from resources.opstore import engine_for, migrate

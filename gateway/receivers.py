@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from policies.schema import Tenant
+from policies.tenants import Tenant
 from resources.channels import d360, greenapi, mailgun, sendgrid, smsc, smsru, telegram, twilio, vk
 from resources.embedded_keys import sendgrid_public_key
 from resources.opstore_schema import webhook_inbox

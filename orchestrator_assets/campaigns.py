@@ -12,11 +12,12 @@ from pydantic import Field
 from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
 from orchestrator_assets.partitions import tenant_partitions
+from orchestrator_assets.segment_sql import segment_where
 from orchestrator_assets.tables import markdown_table
+from policies.campaigns import Campaign
 from policies.loader import load_bundle
-from policies.schema import Campaign, Rule
-from policies.segments import segment_where
-from policies.templates import render_message
+from policies.rendering import render_message
+from policies.segments import Rule
 from resources.links import rewrite_links, sign_click, sign_deep_link, sign_unsubscribe
 from resources.opstore import OperationalStore
 from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends

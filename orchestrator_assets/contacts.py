@@ -18,7 +18,7 @@ from orchestrator_assets.reachability import (
 )
 from orchestrator_assets.tables import markdown_table
 from policies.loader import load_tenants
-from policies.schema import Channel, Provider
+from policies.channels import Channel, Provider
 from resources.channels.smsc import ReachabilityResult
 from resources.connectors import ChannelConnectors
 from resources.opstore import OperationalStore

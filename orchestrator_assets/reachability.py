@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from orchestrator_assets.consent_decisions import WITHDRAW, record_decision
 from orchestrator_assets.sends.limits import RateLimiter
-from policies.schema import RateLimit
+from policies.policy import RateLimit
 from resources.channels.smsc import (
     ReachabilityResult,
     SmscConnector,

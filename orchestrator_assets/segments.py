@@ -7,9 +7,9 @@ import sqlalchemy as sa
 
 from orchestrator_assets.groups import CONTACTS, SEGMENTS
 from orchestrator_assets.partitions import tenant_partitions
+from orchestrator_assets.segment_sql import segment_where
 from orchestrator_assets.tables import markdown_table
 from policies.loader import load_bundle
-from policies.segments import segment_where
 from resources.opstore import OperationalStore
 from resources.opstore_schema import contacts, segment_members as members
 

@@ -18,7 +18,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from policies.schema import RULE_TAGS, Campaign, CampaignsFile, Policy, Segment, SegmentsFile, Tenant, TenantsFile
+from policies.campaigns import Campaign, CampaignsFile
+from policies.policy import Policy
+from policies.segments import RULE_TAGS, Segment, SegmentsFile
+from policies.tenants import Tenant, TenantsFile
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "config"
 TENANTS_FILE = "tenants.yaml"

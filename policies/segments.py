@@ -1,73 +1,154 @@
-"""Segment rules compiled to SQLAlchemy expressions over the ``contacts`` table.
+"""The segments file (``segments.yaml``): named AND/OR/NOT rules over contact fields.
 
-``segment_where`` does NOT filter by tenant: rules are tenant-agnostic, and the caller owns the
-isolation boundary, so it must always add ``contacts.c.tenant == tenant`` itself::
-
-    sa.select(contacts.c.id).where(contacts.c.tenant == tenant, segment_where(segment.rule, contacts))
-
-Every condition is two-valued (true or false, never SQL NULL): a missing field equals nothing,
-is ``ne`` / ``not_in`` everything, and ``not`` is an exact complement. Plain SQL would silently
-drop contacts with a NULL city from both ``city eq X`` and ``not (city eq X)``.
+Rules are validated against the field they test (a number field takes numbers, a text op needs
+text), so a rule that could only ever match nobody fails at load time. What a rule selects in the
+operational store is ``orchestrator_assets/segment_sql.py``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
-import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag, ValidationInfo, field_validator
 
-from policies.schema import INTEGER_FIELDS, AllRule, AnyRule, Condition, NotRule, Op, Rule
-
-
-def segment_where(rule: Rule, contacts: sa.Table) -> sa.ColumnElement[bool]:
-    """The WHERE clause selecting the contacts matched by ``rule`` (values as bind parameters)."""
-    match rule:
-        case AllRule():
-            return sa.and_(*(segment_where(child, contacts) for child in rule.all))
-        case AnyRule():
-            return sa.or_(*(segment_where(child, contacts) for child in rule.any))
-        case NotRule():
-            return sa.not_(segment_where(rule.not_, contacts))
-        case Condition():
-            return _condition(rule, contacts.c[rule.field.value])
-    raise TypeError(f"not a segment rule: {rule!r}")
+from policies.fields import NonBlank, Slug, StrictModel, TenantId
 
 
-def _condition(cond: Condition, col: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
-    value = cond.value
-    present = col.is_not(None)
-    absent = col.is_(None)
-    if cond.field not in INTEGER_FIELDS:  # '' is "not set" for text; a number cannot be ''
-        present = sa.and_(present, col != "")
-        absent = sa.or_(absent, col == "")
-    match cond.op:
-        case Op.EQ:
-            return sa.and_(col.is_not(None), col == value)
-        case Op.NE:
-            return sa.or_(col.is_(None), col != value)
-        case Op.IN:
-            return sa.and_(col.is_not(None), col.in_(value))
-        case Op.NOT_IN:
-            return sa.or_(col.is_(None), col.not_in(value))
-        case Op.CONTAINS:
-            return sa.and_(col.is_not(None), sa.func.lower(col).contains(value.lower(), autoescape=True))
-        case Op.STARTS_WITH:
-            return sa.and_(col.is_not(None), sa.func.lower(col).startswith(value.lower(), autoescape=True))
-        case Op.IS_SET:
-            return present
-        case Op.IS_NOT_SET:
-            return absent
-    raise ValueError(f"segment op {cond.op!r} has no SQL translation")
+class ContactField(StrEnum):
+    """Contact columns a segment rule may test (``contacts`` in resources/opstore_schema.py)."""
+
+    FIRST_NAME = "first_name"
+    LAST_NAME = "last_name"
+    EMAIL = "email"
+    PHONE = "phone"
+    TELEGRAM_CHAT_ID = "telegram_chat_id"
+    VK_USER_ID = "vk_user_id"
+    CITY = "city"
+    LANGUAGE = "language"
 
 
-def register_sqlite_unicode_lower(dbapi_connection: Any) -> None:
-    """Make SQLite's ``lower()`` fold all of Unicode, as PostgreSQL's does.
-
-    SQLite's built-in ``lower()`` folds ASCII only, so ``city contains "моск"`` would miss
-    "Москва" on the embedded store. Call this from the engine's ``connect`` event.
-    """
-    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+INTEGER_FIELDS = frozenset({ContactField.TELEGRAM_CHAT_ID, ContactField.VK_USER_ID})
 
 
-def _unicode_lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
+class Op(StrEnum):
+    EQ = "eq"
+    NE = "ne"
+    IN = "in"
+    NOT_IN = "not_in"
+    CONTAINS = "contains"
+    STARTS_WITH = "starts_with"
+    IS_SET = "is_set"
+    IS_NOT_SET = "is_not_set"
+
+
+_LIST_OPS = frozenset({Op.IN, Op.NOT_IN})
+_NO_VALUE_OPS = frozenset({Op.IS_SET, Op.IS_NOT_SET})
+_TEXT_OPS = frozenset({Op.CONTAINS, Op.STARTS_WITH})
+
+Scalar = StrictStr | StrictInt
+
+
+class Condition(StrictModel):
+    field: ContactField
+    op: Op
+    value: Scalar | list[Scalar] | None = Field(default=None, validate_default=True)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_fits_op_and_field(cls, value: Any, info: ValidationInfo) -> Any:
+        """Types are checked against the column so a YAML ``language: no`` (a bool) or an
+        unquoted phone (an int) fails here rather than silently matching nobody."""
+        field, op = info.data.get("field"), info.data.get("op")
+        if field is None or op is None:
+            return value  # already reported on field/op
+        if op in _NO_VALUE_OPS:
+            if value is not None:
+                raise ValueError(f"op {op} takes no value")
+            return value
+        if value is None:
+            raise ValueError(f"op {op} needs a value")
+        if op in _LIST_OPS:
+            if not isinstance(value, list) or not value:
+                raise ValueError(f"op {op} needs a non-empty list value")
+            items = value
+        elif isinstance(value, list):
+            raise ValueError(f"op {op} needs a single value, not a list")
+        else:
+            items = [value]
+        if op in _TEXT_OPS and field in INTEGER_FIELDS:
+            raise ValueError(f"op {op} works on text fields; {field} is a number")
+        if op in _TEXT_OPS and value == "":
+            raise ValueError(f"op {op} with an empty value would match every contact; use is_set")
+        expected = int if field in INTEGER_FIELDS else str
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, expected):
+                hint = " (quote it in YAML)" if expected is str else ""
+                raise ValueError(f"{field} compares with {expected.__name__} values, got {item!r}{hint}")
+        return value
+
+
+class AllRule(StrictModel):
+    all: list[Rule] = Field(min_length=1)
+
+
+class AnyRule(StrictModel):
+    any: list[Rule] = Field(min_length=1)
+
+
+class NotRule(StrictModel):
+    model_config = ConfigDict(validate_by_name=True)  # merged with StrictModel's; ``not`` is a keyword
+
+    not_: Rule = Field(alias="not")
+
+
+def _rule_kind(raw: Any) -> str | None:
+    """Pick the rule model by its key, so errors come from one model instead of all four."""
+    if isinstance(raw, BaseModel):
+        return _TAG_BY_MODEL.get(type(raw))
+    if not isinstance(raw, dict):
+        return None
+    for key in ("all", "any", "not"):
+        if key in raw:
+            return f"<{key}>"
+    return "<condition>"
+
+
+Rule = Annotated[
+    Annotated[AllRule, Tag("<all>")]
+    | Annotated[AnyRule, Tag("<any>")]
+    | Annotated[NotRule, Tag("<not>")]
+    | Annotated[Condition, Tag("<condition>")],
+    Discriminator(
+        _rule_kind,
+        custom_error_type="rule",
+        custom_error_message="a rule is a mapping: {all: [...]}, {any: [...]}, {not: rule} or {field, op, value}",
+    ),
+]
+_TAG_BY_MODEL = {AllRule: "<all>", AnyRule: "<any>", NotRule: "<not>", Condition: "<condition>"}
+# Pydantic puts these tags into error locations; they are not YAML keys, so the loader drops them.
+RULE_TAGS = frozenset(_TAG_BY_MODEL.values())
+
+AllRule.model_rebuild()
+AnyRule.model_rebuild()
+NotRule.model_rebuild()
+
+
+class Segment(StrictModel):
+    name: Slug
+    description: NonBlank
+    rule: Rule
+
+
+class SegmentsFile(StrictModel):
+    segments: dict[TenantId, list[Segment]]
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_names(cls, segments: dict[str, list[Segment]]) -> dict[str, list[Segment]]:
+        for tenant, items in segments.items():
+            names = [s.name for s in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"tenant {tenant!r} defines segment(s) {dupes} more than once")
+        return segments

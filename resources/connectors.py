@@ -13,7 +13,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from policies.schema import Channel, Provider, Tenant
+from policies.channels import Channel, Provider
+from policies.tenants import Tenant
 from resources.channels.base import ChannelConnector
 from resources.channels.d360 import WEBHOOK_SECRET_HEADER, D360Connector
 from resources.channels.greenapi import GreenApiConnector

@@ -2,13 +2,15 @@
 
 Sends are only as exactly-once as this store is durable, so SQLite runs in WAL mode with a busy
 timeout (the gateway, sensors and run steps write from different processes), and the schema is
-created only by Alembic migrations, never by ``create_all``.
+created only by Alembic migrations, never by ``create_all``. SQLite's ``lower()`` is replaced by
+one that folds all of Unicode, so segment rules match the same contacts on both stores.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -16,7 +18,6 @@ from alembic import command
 from alembic.config import Config
 from pydantic import Field
 
-from policies.segments import register_sqlite_unicode_lower
 from resources.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -45,6 +46,19 @@ def engine_for(url: str) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def register_sqlite_unicode_lower(dbapi_connection: Any) -> None:
+    """Make SQLite's ``lower()`` fold all of Unicode, as PostgreSQL's does.
+
+    SQLite's built-in ``lower()`` folds ASCII only, so ``city contains "моск"`` would miss
+    "Москва" on the embedded store. Call this from the engine's ``connect`` event.
+    """
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def _unicode_lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 def migrate(url: str) -> None:

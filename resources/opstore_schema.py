@@ -1,10 +1,11 @@
 """Tables of the operational store (SQLAlchemy Core).
 
-The operational store holds the current truth that sends depend on: contacts, consents,
-segment membership, the send ledger, deliveries, the webhook inbox and the outbox of tenants'
-webhooks. Every table carries ``tenant`` and every unique key starts with it, so one tenant can
-never see or collide with another's rows. Alembic migrations in ``resources/migrations`` create
-exactly these tables.
+The operational store holds the current truth that sends depend on: contacts, consents and
+their append-only evidence, segment membership, the send ledger (with its dedup id sequences and
+operators' decisions on ambiguous sends), deliveries, blocked senders, phone reachability, the
+webhook inbox, trigger events, and the outbox of tenants' webhooks with its attempts. Every table
+carries ``tenant`` and every unique key starts with it, so one tenant can never see or collide with
+another's rows. Alembic migrations in ``resources/migrations`` create exactly these tables.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ webhook_inbox = sa.Table(
     sa.Index("ix_webhook_inbox_tenant_id", "tenant", "id"),
 )
 
-# What people did that can start a trigger campaign for them (policies.schema.TriggerEvent: a
+# What people did that can start a trigger campaign for them (policies.campaigns.TriggerEvent: a
 # Telegram /start, a VK message_allow), one row per occurrence, written by delivery processing
 # with the inbox row it came from. The trigger sensor reads it by id with a cursor.
 trigger_events = sa.Table(

@@ -1,1 +1,2 @@
-"""Provider sandbox: Telegram and Mailgun speaking their real wire protocols on loopback."""
+"""Provider sandbox: all nine providers (Telegram, VK, Mailgun, SendGrid, SMSC, SMS.ru, Twilio,
+360dialog, GREEN-API) speaking their real wire protocols on loopback; see ``sandbox.providers``."""

@@ -1,4 +1,5 @@
-"""The provider sandbox: a local ASGI app that answers like Telegram and Mailgun on their real paths.
+"""The provider sandbox: a local ASGI app that answers like each provider (``sandbox.providers``)
+on its real paths.
 
 It stands in for the provider APIs only (they cannot run here); everything on our side of the wire,
 connectors and webhook receivers alike, runs unchanged against it. Outcomes are deterministic per

@@ -4,8 +4,10 @@ Each accepted send may queue a chain of callbacks (e.g. delivered → opened →
 in its own asyncio task: it waits `delay_s` (so the send's HTTP answer reaches the sender first, as it
 usually does in production), then POSTs each callback in order. A non-2xx answer (for VK and SMS.ru
 also a 2xx without their expected body, "ok" and "100") or a connection error is retried up to
-`max_attempts` POSTs with exponential backoff; Mailgun treats 406 as "rejected, do not retry". Every attempt is rebuilt (re-signed for Mailgun: fresh timestamp and token), so a retry
-never trips the receiver's replay or staleness checks.
+`max_attempts` POSTs with exponential backoff; Mailgun treats 406 as "rejected, do not retry".
+Every attempt is rebuilt (re-signed where the signature is dated: Mailgun with a fresh timestamp and
+token, SendGrid with a fresh timestamp), so a retry never trips the receiver's replay or staleness
+checks.
 """
 
 from __future__ import annotations

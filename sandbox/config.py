@@ -1,9 +1,10 @@
 """Sandbox accounts and knobs, loadable from JSON or YAML.
 
-Each Telegram bot and each Mailgun sending domain is an account with the credentials the connectors
-must present and the webhook URL the sandbox posts callbacks to (the real products keep these in the
-bot's setWebhook state and the Mailgun domain's webhook settings). Unknown keys are refused so a typo
-in a config file fails loudly instead of silently disabling a knob.
+One list of accounts per provider (Telegram bots, Mailgun sending domains, VK communities,
+GREEN-API instances, …), each with the credentials the connectors must present and the webhook URL
+the sandbox posts callbacks to (the real products keep these in their own settings: a bot's
+setWebhook state, a Mailgun domain's webhooks, SMS.ru's callback/add). Unknown keys are refused so a
+typo in a config file fails loudly instead of silently disabling a knob.
 """
 
 from __future__ import annotations

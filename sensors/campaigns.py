@@ -23,8 +23,8 @@ import dagster as dg
 
 from jobs import campaign_pipeline_job
 from orchestrator_assets.groups import CAMPAIGNS, SEGMENTS, SENDS
+from policies.campaigns import Campaign
 from policies.loader import load_bundle
-from policies.schema import Campaign
 
 CAMPAIGN_OP = f"{CAMPAIGNS}__campaign_messages"
 MESSAGES = dg.AssetKey([CAMPAIGNS, "campaign_messages"])

@@ -26,8 +26,8 @@ import dagster as dg
 import sqlalchemy as sa
 
 from jobs import campaign_pipeline_job
+from policies.campaigns import Campaign
 from policies.loader import load_bundle
-from policies.schema import Campaign
 from resources.opstore import OperationalStore
 from resources.opstore_schema import trigger_events
 from sensors.campaigns import MESSAGES, SENDS_ASSET, campaign_run_request

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from resources.channels import smsc, smsru
-from resources.channels.base import Attachment, OutboundMessage, SendResult
-from resources.channels.sms_segments import (
+from policies.sms_segments import (
     MAX_SEGMENTS,
     SegmentInfo,
     segments,
     validate_length,
 )
+from resources.channels import smsc, smsru
+from resources.channels.base import Attachment, OutboundMessage, SendResult
 from resources.channels.smsc import SmscConnector
 from resources.channels.smsru import SmsRuConnector
 from sandbox.config import SandboxConfig, SmscAccount, SmsRuAccount

@@ -20,7 +20,7 @@ from orchestrator_assets.sends.http import provider_client
 from orchestrator_assets.sends.ledger import AMBIGUOUS, CLAIMED, LedgerKey, Wanted
 from orchestrator_assets.sends.limits import CallWindow, CircuitBreaker, RateLimiter
 from orchestrator_assets.sends.run import Outgoing, SendReport, send_messages
-from policies.schema import CircuitBreakerPolicy, DispatchPolicy, RateLimit, RetryPolicy
+from policies.policy import CircuitBreakerPolicy, DispatchPolicy, RateLimit, RetryPolicy
 from resources.channels.base import RATE_LIMITED, TRANSIENT, OutboundMessage, SendResult
 from resources.channels.telegram import TelegramConnector
 from resources.opstore import engine_for, migrate

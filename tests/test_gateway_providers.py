@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.app import create_app
-from policies.schema import Channel, Tenant
+from policies.channels import Channel
+from policies.tenants import Tenant
 from resources.channels.base import OutboundMessage
 from resources.connectors import ChannelConnectors, sandbox_accounts
 from resources.opstore import engine_for

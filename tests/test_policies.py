@@ -12,6 +12,9 @@ import sqlalchemy as sa
 import yaml
 from pydantic import TypeAdapter
 
+from orchestrator_assets.segment_sql import segment_where
+from policies.campaigns import Campaign
+from policies.channels import Channel, Provider
 from policies.loader import (
     DEFAULT_CONFIG_DIR,
     PolicyError,
@@ -21,9 +24,9 @@ from policies.loader import (
     load_segments,
     load_tenants,
 )
-from policies.schema import Campaign, Channel, Provider, Rule
-from policies.segments import register_sqlite_unicode_lower, segment_where
-from policies.templates import TemplateRenderError, render_message
+from policies.rendering import TemplateRenderError, render_message
+from policies.segments import Rule
+from resources.opstore import register_sqlite_unicode_lower
 from resources.opstore_schema import contacts, metadata
 
 RULE = TypeAdapter(Rule)
@@ -72,7 +75,7 @@ def test_accounts_hold_env_var_names_and_channels_map_to_providers():
 
 
 def test_a_tenant_chooses_which_provider_carries_a_channel():
-    from policies.schema import ChannelAccounts
+    from policies.accounts import ChannelAccounts
 
     accounts = {
         "mailgun": {"domain": "mg.x.example.com", "api_key_env": "X_MG_KEY", "signing_key_env": "X_MG_SIGN", "sender": "x@mg.x.example.com"},
@@ -601,7 +604,7 @@ def test_extra_cannot_shadow_the_contact(black_friday):
 
 
 def _content(**fields):
-    from policies.schema import ChannelContent
+    from policies.campaigns import ChannelContent
 
     return ChannelContent.model_validate(fields)
 

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.app import create_app
-from policies.schema import Tenant
+from policies.tenants import Tenant
 from resources.channels.base import OutboundMessage
 from resources.connectors import ChannelConnectors, sandbox_accounts
 from resources.opstore import engine_for

@@ -23,7 +23,7 @@ from orchestrator_assets.sends.ledger import (
     Wanted,
 )
 from orchestrator_assets.sends.run import Outgoing, SendReport, send_messages
-from policies.schema import DispatchPolicy
+from policies.policy import DispatchPolicy
 from resources.channels.base import OutboundMessage
 from resources.channels.vk import VkConnector
 from resources.opstore import engine_for, migrate

@@ -40,7 +40,8 @@ from orchestrator_assets.webhooks.outbox import CANCELLED, DEAD, DELIVERED, PEND
 from orchestrator_assets.webhooks.signing import signed_headers, signing_secret
 from policies import loader
 from policies.loader import PolicyError, load_bundle
-from policies.schema import WebhookDeliveryPolicy, WebhookEventType, WebhookSubscription
+from policies.policy import WebhookDeliveryPolicy
+from policies.tenants import WebhookEventType, WebhookSubscription
 from resources.opstore import OperationalStore, migrate
 from resources.opstore_schema import consents, contacts, metadata, sends, webhook_attempts, webhook_inbox, webhook_outbox
 from resources.settings import SettingsError

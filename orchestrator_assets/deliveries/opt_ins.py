@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from orchestrator_assets.consent_decisions import GRANT, record_decision
 from orchestrator_assets.webhooks.events import WebhookEvent
-from policies.schema import TriggerEvent
+from policies.campaigns import TriggerEvent
 from resources.channels.base import CallbackEvent
 from resources.links import verify_deep_link
 from resources.opstore_schema import contacts, trigger_events

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from orchestrator_assets.sends.ledger import AMBIGUOUS, FAILED, SENT
 from orchestrator_assets.sends.limits import CircuitBreaker, RateLimiter
-from policies.schema import DispatchPolicy
+from policies.policy import DispatchPolicy
 from resources.channels.base import (
     RATE_LIMITED,
     TRANSIENT,

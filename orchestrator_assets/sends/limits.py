@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from policies.schema import CircuitBreakerPolicy, RateLimit
+from policies.policy import CircuitBreakerPolicy, RateLimit
 
 SPREAD_S = 0.1  # default burst: a tenth of a second's worth of calls
 

@@ -22,7 +22,7 @@ from orchestrator_assets.delivery_status import DELIVERED_ON_ACCEPT, RANKS
 from orchestrator_assets.sends.ledger import FAILED, RETRYABLE_CLASSES, SENT
 from orchestrator_assets.webhooks.events import WebhookEvent, message_event
 from orchestrator_assets.webhooks.outbox import enqueue
-from policies.schema import WebhookSubscription
+from policies.tenants import WebhookSubscription
 from resources import warehouse as wh
 from resources.channels.base import UNREACHABLE
 from resources.opstore_schema import deliveries, sends

@@ -33,7 +33,7 @@ from orchestrator_assets.sends.ledger import (
     plan,
 )
 from orchestrator_assets.sends.limits import RateLimiter
-from policies.schema import DispatchPolicy
+from policies.policy import DispatchPolicy
 from resources.channels.base import (
     ChannelConnector,
     HttpClient,

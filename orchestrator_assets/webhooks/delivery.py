@@ -24,7 +24,8 @@ from standardwebhooks import Webhook
 from orchestrator_assets.sends.http import provider_client
 from orchestrator_assets.webhooks.outbox import DEAD, DELIVERED, PENDING, Attempt, cancel_unsubscribed, claim, due_ids, record_attempt
 from orchestrator_assets.webhooks.signing import signed_headers, signing_secret
-from policies.schema import WebhookDeliveryPolicy, WebhookSubscription
+from policies.policy import WebhookDeliveryPolicy
+from policies.tenants import WebhookSubscription
 
 MAX_ROWS_PER_RUN = 5_000  # the rest stay due, and the sensor launches another run for them
 LEASE_MARGIN = dt.timedelta(seconds=60)  # beyond the POST's timeout: time to record the answer

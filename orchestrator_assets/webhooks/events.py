@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from policies.schema import WebhookEventType
+from policies.tenants import WebhookEventType
 from resources import warehouse as wh
 
 # Delivery statuses and send outcomes (the warehouse's event kinds) → webhook event types.

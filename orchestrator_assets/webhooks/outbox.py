@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from orchestrator_assets.webhooks.events import WebhookEvent, utc_iso
-from policies.schema import WebhookDeliveryPolicy, WebhookSubscription
+from policies.policy import WebhookDeliveryPolicy
+from policies.tenants import WebhookSubscription
 from resources.opstore_schema import contacts, webhook_attempts, webhook_outbox
 from resources.sql import upsert_insert
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from policies.sms_segments import MAX_SEGMENTS, validate_length
 from resources.channels.base import (
     CLICKED,
     DELIVERED,
@@ -53,7 +54,6 @@ from resources.channels.base import (
     refusal,
     utc_from_timestamp,
 )
-from resources.channels.sms_segments import MAX_SEGMENTS, validate_length
 
 DUPLICATE = 9  # "the same request more than once a minute": our dedup signal
 

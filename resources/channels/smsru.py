@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from policies.sms_segments import MAX_SEGMENTS, validate_length
 from resources.channels.base import (
     DELIVERED,
     DELIVERY_FAILED,
@@ -43,7 +44,6 @@ from resources.channels.base import (
     refusal,
     utc_from_timestamp,
 )
-from resources.channels.sms_segments import MAX_SEGMENTS, validate_length
 from resources.channels.smsc import phone_digits
 
 CALLBACK_ANSWER = "100"  # the body a delivery callback must be answered with
