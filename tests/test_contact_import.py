@@ -1,5 +1,5 @@
 """The import assets (CSV → contacts → consents) materialised on a real Dagster instance and a real
-SQLite store: what an operator's file does."""
+SQLite store: what an operator's file does, and what no file does."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from orchestrator_assets.contacts import contacts
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.validation import CSV_COLUMNS
 from resources.opstore import OperationalStore
-from resources.opstore_schema import consents
+from resources.opstore_schema import consent_events, consents
 from resources.opstore_schema import contacts as contacts_table
 
 IMPORT_OP = "imports__contact_import_rows"
@@ -67,3 +67,13 @@ def test_a_grant_dated_2099_is_a_row_error_and_one_a_minute_ahead_is_granted(alg
     assert not check.passed and check.metadata["rows_rejected"].value == 1
     assert _consent_states() == {"c-soon": "granted"}  # the 2099 row is not imported at all
 
+
+def test_without_csv_path_a_tenant_gets_no_contacts_and_no_consents(algor_home, instance):
+    result = _materialize(instance, "acme")
+
+    with OperationalStore().engine().connect() as conn:
+        for table in (contacts_table, consents, consent_events):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0, table.name
+    (imported,) = [e.materialization for e in result.get_asset_materialization_events() if e.materialization.asset_key.path == ["imports", "contact_import_rows"]]
+    assert imported.metadata["source_file"].value == "no file given (csv_path is empty)"
+    assert imported.metadata["rows_read"].value == 0

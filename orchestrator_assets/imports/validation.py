@@ -376,14 +376,19 @@ def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU", now: da
     errors = _schema_errors(text)
     missing = [error for error in errors if error["reason"] == "missing column"]
     if missing:
-        nothing = pd.DataFrame({column: pd.Series(dtype="str") for column in CSV_COLUMNS + OPTIONAL_COLUMNS})
-        return ValidationResult(good=_good_frame(nothing, default_region, []), errors=_error_frame(missing))
+        return ValidationResult(good=no_rows(), errors=_error_frame(missing))
 
     good = _good_frame(text, default_region, errors)
     errors.extend(_row_rule_errors(text, now or datetime.now(UTC)))
     error_table = _error_frame(errors)
     good = good[~good["row"].isin(set(error_table["row"]))].reset_index(drop=True)
     return ValidationResult(good=good, errors=error_table)
+
+
+def no_rows() -> pd.DataFrame:
+    """A ``good`` frame without rows, typed like any other: what a file with no usable rows yields."""
+    nothing = pd.DataFrame({column: pd.Series(dtype="str") for column in CSV_COLUMNS + OPTIONAL_COLUMNS})
+    return _good_frame(nothing, "RU", [])
 
 
 def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> pd.DataFrame:
