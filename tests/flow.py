@@ -17,6 +17,7 @@ import pytest
 
 from definitions import defs
 from gateway.app import create_app
+from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from policies.loader import load_tenants
 from resources.connectors import sandbox_accounts
 from resources.opstore import OperationalStore
@@ -59,7 +60,9 @@ def running_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
             yield Stack(gateway_url, sandbox_url)
 
 
-def run_pipeline(instance: dg.DagsterInstance, tenant: str, csv_path: str = "") -> dg.ExecuteInProcessResult:
+def run_pipeline(instance: dg.DagsterInstance, tenant: str, csv_path: str = str(SAMPLE_PATH)) -> dg.ExecuteInProcessResult:
+    """The campaign pipeline for ``tenant``, importing ``csv_path`` (default: the shipped demo
+    sample, named explicitly as the demo does: the job imports nothing without a file)."""
     result = defs.resolve_job_def("campaign_pipeline_job").execute_in_process(
         instance=instance, partition_key=tenant, run_config={"ops": {IMPORT_OP: {"config": {"csv_path": csv_path}}}}
     )

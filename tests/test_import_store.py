@@ -179,3 +179,32 @@ def test_consents_need_the_contacts_first(engine):
     good = _good({"external_id": "c-1", "email": "anna@example.ru", "consent_email": "yes", "consent_source": "form:x"})
     with engine.begin() as conn, pytest.raises(ValueError, match="run upsert_contacts first"):
         record_consents(conn, "acme", good, NOW)
+
+
+def test_a_withdrawal_ends_a_grant_dated_2099_and_both_stay_on_record(engine):
+    row = {"external_id": "c-1", "email": "anna@example.ru", "consent_source": "import:crm-2026-10"}
+    _import(engine, "acme", _good(row))
+    with engine.begin() as conn:  # a grant dated 2099, as imports recorded it before the clock-skew rule
+        contact_id = conn.execute(sa.select(contacts.c.id)).scalar_one()
+        fact = {"tenant": "acme", "contact_id": contact_id, "channel": "email", "purpose": "marketing", "source": "import:crm-2099", "evidence": '{"row":2}'}
+        conn.execute(sa.insert(consent_events).values(**fact, action="grant", occurred_at=datetime(2099, 1, 1, tzinfo=UTC), recorded_at=NOW))
+        conn.execute(sa.insert(consents).values(**fact, status="granted", granted_at=datetime(2099, 1, 1, tzinfo=UTC), updated_at=NOW))
+
+    later = NOW + timedelta(days=1)
+    counts = _import(engine, "acme", _good({**row, "consent_email": "нет", "consent_at": "2026-11-03T10:00:00+03:00"}), later)[1]
+
+    assert counts == {"granted": 0, "withdrawn": 1, "unchanged": 0}
+    assert _state(engine, "acme", "c-1", "email")[0] == "withdrawn"
+    with engine.connect() as conn:
+        facts = conn.execute(sa.select(consent_events.c.action).order_by(consent_events.c.occurred_at)).scalars().all()
+    assert facts == ["withdraw", "grant"]
+
+
+def test_the_store_refuses_a_grant_dated_beyond_the_clock_skew_naming_the_row(engine):
+    row = {"external_id": "c-1", "email": "anna@example.ru", "consent_email": "yes", "consent_source": "form:x", "consent_at": "2099-01-01T00:00:00Z"}
+    frame = pd.DataFrame([{**dict.fromkeys(CSV_COLUMNS, ""), **row}], columns=list(CSV_COLUMNS))
+    good = validate_contact_rows(frame, now=datetime(2099, 1, 1, tzinfo=UTC)).good  # validated by a clock of 2099
+    with engine.begin() as conn:
+        upsert_contacts(conn, "acme", good, NOW)
+        with pytest.raises(ValueError, match=r"row 2: consent_at: grant dated 2099-01-01T00:00:00Z, more than 5 minutes after now"):
+            record_consents(conn, "acme", good, NOW)

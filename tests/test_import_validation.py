@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pandas as pd
 import pytest
 
@@ -203,6 +205,38 @@ def test_address_and_duplicate_rules():
     ]
     assert list(result.good["external_id"]) == ["c-1", "c-4"]
     assert result.good.at[0, "email"] == "anna@example.ru"
+
+
+def test_a_consent_dated_beyond_the_clock_skew_is_a_row_error_and_one_within_it_is_kept():
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    consent = {"consent_email": "да", "consent_source": "form:https://shop.example/subscribe"}
+    result = validate_contact_rows(
+        pd.DataFrame(
+            [
+                _raw(external_id="c-1", consent_at="2099-01-01T00:00:00+03:00", **consent),
+                _raw(external_id="c-2", consent_at="2026-11-24T15:01:00+03:00", **consent),  # one minute ahead
+                _raw(external_id="c-3", consent_at="2026-11-24T12:06:00Z", consent_email="нет", consent_source="form:x"),
+            ],
+            columns=list(CSV_COLUMNS),
+        ),
+        now=now,
+    )
+    assert result.errors.to_dict("records") == [
+        {
+            "row": 2,
+            "column": "consent_at",
+            "value": "2099-01-01T00:00:00+03:00",
+            "reason": "dated 2098-12-31T21:00:00Z, more than 5 minutes after now (2026-11-24T12:00:00Z): a consent decision cannot be dated in the future",
+        },
+        {
+            "row": 4,
+            "column": "consent_at",
+            "value": "2026-11-24T12:06:00Z",
+            "reason": "dated 2026-11-24T12:06:00Z, more than 5 minutes after now (2026-11-24T12:00:00Z): a consent decision cannot be dated in the future",
+        },
+    ]
+    assert list(result.good["external_id"]) == ["c-2"]
+    assert result.good.at[0, "consent_at"] == pd.Timestamp("2026-11-24T12:01:00Z")
 
 
 def test_header_only_file(tmp_path):

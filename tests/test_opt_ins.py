@@ -50,19 +50,19 @@ def vk_event(kind: str, user: int) -> dict:
     return {"type": kind, "event_id": f"ev{next(_ids)}", "v": "5.199", "group_id": 1, "object": {"user_id": user, "key": ""}}
 
 
-def apply(engine, provider: str, *payloads: dict, tenant: str = "demo"):
-    """Store payloads in the inbox as the gateway would and process them in one transaction."""
+def apply(engine, provider: str, *payloads: dict, tenant: str = "demo", now: dt.datetime = NOW):
+    """Store payloads in the inbox as the gateway would and process them in one transaction at ``now``."""
     with engine.begin() as conn:
         ids = [
             conn.execute(
                 sa.insert(webhook_inbox)
-                .values(tenant=tenant, provider=provider, account=provider, event_key=f"k{next(_ids)}", payload=json.dumps(p), received_at=NOW)
+                .values(tenant=tenant, provider=provider, account=provider, event_key=f"k{next(_ids)}", payload=json.dumps(p), received_at=now)
                 .returning(webhook_inbox.c.id)
             ).scalar_one()
             for p in payloads
         ]
         rows = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.id.in_(ids)).order_by(webhook_inbox.c.id)).all()
-        batch = process_rows(conn, tenant, rows, complaint_suppresses_all=True, now=NOW)
+        batch = process_rows(conn, tenant, rows, complaint_suppresses_all=True, now=now)
     assert not batch.retry, batch.retry
     return batch
 
@@ -193,11 +193,11 @@ def test_a_grant_older_than_the_withdrawal_on_record_does_not_regrant(engine):
     assert state(engine, contact.id) == "granted"
 
 
-def test_a_withdrawal_older_than_the_grant_on_record_does_not_withdraw(engine):
+def test_a_withdrawal_processed_after_a_grant_ends_it_even_when_dated_before_it(engine):
     apply(engine, "telegram", start(700011, at=T0 + 100))
     (contact,) = contact_by_chat(engine, 700011)
-    batch = apply(engine, "telegram", stop(700011, at=T0 + 50))
-    assert state(engine, contact.id) == "granted" and batch.tally["consents_withdrawn"] == 0
+    batch = apply(engine, "telegram", stop(700011, at=T0 + 50))  # we cannot tell a stale opt-out from a real one
+    assert state(engine, contact.id) == "withdrawn" and batch.tally["consents_withdrawn"] == 1
     assert _facts(engine, contact.id) == ["withdraw", "grant"]
 
 
@@ -210,3 +210,83 @@ def test_a_grant_and_a_withdrawal_in_the_same_second_leave_the_channel_withdrawn
     for update in updates if grant_first else reversed(updates):
         apply(engine, "telegram", update)
     assert state(engine, contact.id) == "withdrawn"
+
+
+# --- decisions dated in the future ----------------------------------------------------------------
+
+
+def _at(moment: dt.datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _record_as_before_this_rule(engine, contact_id: int, action: str, occurred_at: dt.datetime, recorded_at: dt.datetime) -> None:
+    """A fact and the state it set, written as the code before the clock-skew rule wrote them."""
+    status = {"grant": "granted", "withdraw": "withdrawn"}[action]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(consent_events).values(
+                tenant="demo", contact_id=contact_id, channel="telegram", purpose="marketing", action=action, source="import:crm-2026-10",
+                evidence='{"row":2}', occurred_at=occurred_at, recorded_at=recorded_at,
+            )
+        )
+        conn.execute(
+            sa.insert(consents).values(
+                tenant="demo", contact_id=contact_id, channel="telegram", purpose="marketing", status=status, source="import:crm-2026-10",
+                evidence='{"row":2}', updated_at=recorded_at, **{f"{status}_at": occurred_at},
+            )
+        )
+
+
+def test_an_opt_out_after_a_grant_dated_ahead_of_our_clock_withdraws(engine):
+    apply(engine, "telegram", start(700020, at=_at(NOW + dt.timedelta(minutes=4))))  # within the clock skew: granted
+    (contact,) = contact_by_chat(engine, 700020)
+    assert state(engine, contact.id) == "granted"
+    batch = apply(engine, "telegram", stop(700020, at=_at(NOW)))
+    assert state(engine, contact.id) == "withdrawn"
+    assert batch.tally["consents_withdrawn"] == 1 and [str(e.type) for e in batch.webhook_events] == ["consent.withdrawn"]
+    assert _facts(engine, contact.id) == ["withdraw", "grant"]
+
+
+def test_an_opt_out_ends_a_grant_dated_2099_that_was_recorded_before_the_rule(engine):
+    contact_id = add_contact(engine, "crm-2099", telegram_chat_id=700021)
+    _record_as_before_this_rule(engine, contact_id, "grant", dt.datetime(2099, 1, 1, tzinfo=dt.UTC), NOW - dt.timedelta(days=1))
+    apply(engine, "telegram", stop(700021, at=_at(NOW)))
+    assert state(engine, contact_id) == "withdrawn"
+    assert _facts(engine, contact_id) == ["withdraw", "grant"]
+
+
+def test_a_grant_dated_beyond_the_clock_skew_is_not_applied_and_retried_with_the_reason(engine):
+    with engine.begin() as conn:
+        inbox_id = conn.execute(
+            sa.insert(webhook_inbox)
+            .values(tenant="demo", provider="telegram", account="telegram", event_key="k-2099", payload=json.dumps(start(700022, at=4_070_908_800)), received_at=NOW)
+            .returning(webhook_inbox.c.id)
+        ).scalar_one()
+        rows = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.id == inbox_id)).all()
+        batch = process_rows(conn, "demo", rows, complaint_suppresses_all=True, now=NOW)
+    assert set(batch.retry) == {inbox_id} and not batch.processed_ids
+    assert "grant dated 2099-01-01T00:00:00Z, more than 5 minutes after now (2026-11-24T12:00:00Z)" in batch.retry[inbox_id]
+    assert batch.tally["grant_dated_in_the_future"] == 1 and not batch.webhook_events
+    with engine.connect() as conn:  # nothing half-done: no contact made for it, no fact, no trigger
+        for table in (contacts, consents, consent_events, trigger_events):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0, table.name
+
+
+def test_an_opt_out_dated_beyond_the_clock_skew_is_honoured_at_once_and_dated_by_our_clock(engine):
+    apply(engine, "telegram", start(700023, at=T0))
+    (contact,) = contact_by_chat(engine, 700023)
+    apply(engine, "telegram", stop(700023, at=_at(dt.datetime(2099, 1, 1, tzinfo=dt.UTC))))
+    assert state(engine, contact.id) == "withdrawn"
+    with engine.connect() as conn:
+        withdrawal = conn.execute(sa.select(consent_events.c.occurred_at).where(consent_events.c.action == "withdraw")).scalar_one()
+    assert withdrawal.replace(tzinfo=dt.UTC) == NOW
+    later = NOW + dt.timedelta(minutes=1)
+    apply(engine, "telegram", start(700023, at=_at(later)), now=later)  # the person can opt in again
+    assert state(engine, contact.id) == "granted"
+
+
+def test_a_withdrawal_dated_2099_before_the_rule_counts_from_when_it_was_recorded(engine):
+    contact_id = add_contact(engine, "crm-w2099", telegram_chat_id=700024)
+    _record_as_before_this_rule(engine, contact_id, "withdraw", dt.datetime(2099, 1, 1, tzinfo=dt.UTC), NOW - dt.timedelta(days=1))
+    apply(engine, "telegram", start(700024, at=_at(NOW)))
+    assert state(engine, contact_id) == "granted"

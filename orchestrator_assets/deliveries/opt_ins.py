@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import GRANT, record_decision
+from orchestrator_assets.consent_decisions import GRANT, fact_time, record_decision
 from orchestrator_assets.webhooks.events import WebhookEvent
 from policies.campaigns import TriggerEvent
 from resources.channels.base import CallbackEvent
@@ -56,7 +56,11 @@ def apply_opt_in(
     The person is ``known_contact`` (found by address), else the contact a signed deep-link token in
     ``event.ref`` names (the chat is bound to it when it has none yet), else, on Telegram and VK, a
     new contact ``<channel>:<id>``. An opt-in from an unknown phone (a START keyword) is only tallied.
+
+    A grant dated beyond the allowed clock skew raises ``FutureDatedGrant`` before anything is
+    written: no contact, no consent, no trigger occurrence.
     """
+    fact_time(GRANT, event.occurred_at, now)
     contact_id, how = known_contact, "known"
     if contact_id is None:
         contact_id, how = _newcomer(conn, tenant, origin.channel, event, now)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import WITHDRAW, record_decision
+from orchestrator_assets.consent_decisions import WITHDRAW, FutureDatedGrant, record_decision
 from orchestrator_assets.deliveries.opt_ins import Origin, apply_opt_in
 from orchestrator_assets.delivery_status import RANKS, advances
 from orchestrator_assets.reachability import apply_hlr_callback
@@ -106,8 +106,7 @@ def withdraw_consents(
 ) -> int:
     """Record a withdrawal (an append-only fact) and suppress the channels at once; returns channels changed.
     Each change is announced in ``webhook_events`` (consent.withdrawn) when the caller passes it.
-    A withdrawal older than the grant on record (arriving late) stays a fact only; one from the same
-    moment wins (``orchestrator_assets.consent_decisions``)."""
+    A withdrawal ends a grant on record whatever their dates (``orchestrator_assets.consent_decisions``)."""
     return sum(
         record_decision(conn, tenant, contact_id, channel, WITHDRAW, source, evidence, occurred_at, now, webhook_events) for channel in channels
     )
@@ -180,6 +179,9 @@ def process_rows(conn: sa.Connection, tenant: str, rows, complaint_suppresses_al
     for row in rows:
         try:
             problem = _process_row(conn, tenant, row, complaint_suppresses_all, now, batch)
+        except FutureDatedGrant as exc:  # not applied before its time: retried, then dead-lettered
+            batch.tally["grant_dated_in_the_future"] += 1
+            problem = f"{row.provider} opt-in not applied: {exc}"
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a payload we cannot read (yet)
             problem = f"cannot parse {row.provider} payload: {type(exc).__name__}: {exc}"
         if problem:

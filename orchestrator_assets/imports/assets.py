@@ -6,16 +6,19 @@ import dagster as dg
 from pydantic import Field
 
 from orchestrator_assets.groups import IMPORTS
-from orchestrator_assets.imports.validation import error_report_markdown, read_contacts_csv, validate_contact_rows, write_error_report
+from orchestrator_assets.imports.validation import error_report_markdown, no_rows, read_contacts_csv, validate_contact_rows, write_error_report
 from orchestrator_assets.partitions import tenant_partitions
 from resources.settings import get_settings
 
-SAMPLE_CSV = Path(__file__).resolve().parent / "samples" / "demo_contacts.csv"
 IMPORT_CHECK = "import_has_no_rejected_rows"
+NO_FILE = "no file given (csv_path is empty)"
 
 
 class ContactImportConfig(dg.Config):
-    csv_path: str = Field(default="", description="CSV file to import; empty = the shipped demo sample")
+    csv_path: str = Field(
+        default="",
+        description="CSV file to import for the run's tenant; empty = import nothing (contacts and consents already stored are used as they are)",
+    )
 
 
 @dg.asset(
@@ -28,14 +31,21 @@ def contact_import_rows(context: dg.AssetExecutionContext, config: ContactImport
     """Validated, normalised rows of one contact CSV for one tenant.
 
     Grain: one row per CSV row that passed validation (phone in E.164, e-mail lowercased,
-    consents parsed). Source: an operator-supplied CSV (default: the shipped demo sample).
-    Rejected rows are not lost: they are listed (row, column, value, reason) in this run's
-    metadata and written as a CSV error report.
+    consents parsed). Source: the operator-supplied CSV at ``csv_path``. Without one the run
+    imports nothing and the rest of the pipeline works with the contacts already stored: a file
+    chosen by default (such as the shipped demo sample) would put its contacts and consents into
+    whichever tenant the run targets. Rejected rows are not lost: they are listed (row, column,
+    value, reason) in this run's metadata and written as a CSV error report.
     """
     tenant = context.partition_key
-    path = Path(config.csv_path) if config.csv_path else SAMPLE_CSV
+    if not config.csv_path:
+        context.log.info(f"{NO_FILE}: nothing imported for {tenant}")
+        yield dg.Output(no_rows(), metadata={"source_file": NO_FILE, "rows_read": 0, "rows_valid": 0, "rows_rejected": 0})
+        yield dg.AssetCheckResult(check_name=IMPORT_CHECK, passed=True, metadata={"rows_rejected": 0, "source_file": NO_FILE})
+        return
+    path = Path(config.csv_path)
     if not path.is_file():
-        raise dg.Failure(f"contact CSV not found: {path}")
+        raise dg.Failure(f"contact CSV not found: {path} (config csv_path)")
     raw = read_contacts_csv(path)
     result = validate_contact_rows(raw)
     result.good.attrs["source_file"] = path.name  # travels with the rows as consent evidence

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from orchestrator_assets.consent_decisions import GRANT, PURPOSE, STATUS, WITHDRAW, FutureDatedGrant, consent_state_upsert, fact_time, state_row
 from orchestrator_assets.imports.validation import CHANNELS
 from orchestrator_assets.webhooks.events import WebhookEvent, consent_event
 from resources.opstore_schema import consent_events, consents, contacts
 from resources.sql import upsert_insert
 
-PURPOSE = "marketing"
 BATCH_SIZE = 500
 CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "vk_user_id", "city", "language")
 
@@ -129,35 +129,6 @@ def _contact_ids(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) 
     return found
 
 
-def _as_of(status, granted_at, withdrawn_at):
-    """When a consent state became true: the time of the event that set it."""
-    return sa.case((status == "granted", granted_at), else_=withdrawn_at)
-
-
-def consent_state_upsert(conn: sa.Connection):
-    """Upsert of the current consent state that only moves forward in time.
-
-    The ``WHERE`` makes the database keep the state whose event is newest, so an old decision
-    arriving late (e.g. an old CRM export) is logged but cannot override a newer withdrawal. A
-    withdrawal dated the same moment as the state wins: which came last is unknown, so we do not send.
-    """
-    insert = upsert_insert(conn, consents)
-    new, c = insert.excluded, consents.c
-    new_as_of, current_as_of = _as_of(new.status, new.granted_at, new.withdrawn_at), _as_of(c.status, c.granted_at, c.withdrawn_at)
-    return insert.on_conflict_do_update(
-        index_elements=[c.tenant, c.contact_id, c.channel, c.purpose],
-        set_={
-            "status": new.status,
-            "source": new.source,
-            "evidence": new.evidence,
-            "granted_at": sa.func.coalesce(new.granted_at, c.granted_at),
-            "withdrawn_at": sa.func.coalesce(new.withdrawn_at, c.withdrawn_at),
-            "updated_at": new.updated_at,
-        },
-        where=sa.or_(new_as_of > current_as_of, sa.and_(new.status == "withdrawn", new_as_of == current_as_of)),
-    )
-
-
 def record_consents(
     conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime, *, file: str | None = None,
     webhook_events: list[WebhookEvent] | None = None,
@@ -167,8 +138,11 @@ def record_consents(
     For each contact × channel with a decision (``consent_<channel>`` True/False; None = no
     decision) a ``consent_events`` row is appended (action grant|withdraw, source =
     ``consent_source``, evidence = import file and row, occurred_at = ``consent_at``) unless that
-    exact fact is already logged. ``consents`` is then updated only if the event is newer than
-    the state it holds.
+    exact fact is already logged. Newly logged facts then move ``consents`` by the rule of
+    ``orchestrator_assets.consent_decisions`` (the one every consent writer follows): dated beyond
+    the allowed clock skew, a grant is refused (``ValueError`` naming the row; validation reports
+    such rows first) and a withdrawal is dated ``now``; a grant must be newer than the state, a
+    withdrawal always ends a grant.
 
     A decision without ``consent_at`` is dated ``now``; since that date differs on every run, it
     is recorded only when it changes the current status (otherwise re-importing the file would
@@ -212,15 +186,19 @@ def record_consents(
         }
         events = []
         for record, channel, granted in decisions:
-            contact_id = ids[record["external_id"]]
+            contact_id, action = ids[record["external_id"]], GRANT if granted else WITHDRAW
             occurred_at = record["consent_at"]
             if occurred_at is None:
-                if status_now.get((contact_id, channel)) == ("granted" if granted else "withdrawn"):
+                if status_now.get((contact_id, channel)) == STATUS[action]:
                     counts["unchanged"] += 1
                     continue
                 occurred_at = now
             if not record["consent_source"]:
                 raise ValueError(f"row {record['row']}: a consent decision needs a consent_source")
+            try:
+                occurred_at = fact_time(action, _utc(occurred_at), now)
+            except FutureDatedGrant as exc:  # validation reports these rows; a frame built elsewhere may not
+                raise ValueError(f"row {record['row']}: consent_at: {exc}") from exc
             evidence = {"file": file, "row": record["row"]} if file else {"row": record["row"]}
             events.append(
                 {
@@ -228,10 +206,10 @@ def record_consents(
                     "contact_id": contact_id,
                     "channel": channel,
                     "purpose": PURPOSE,
-                    "action": "grant" if granted else "withdraw",
+                    "action": action,
                     "source": record["consent_source"],
                     "evidence": json.dumps(evidence, ensure_ascii=False, separators=(",", ":")),
-                    "occurred_at": _utc(occurred_at),
+                    "occurred_at": occurred_at,
                     "recorded_at": now,
                 }
             )
@@ -241,26 +219,9 @@ def record_consents(
         new_events = [event for event in events if (event["contact_id"], event["channel"]) in logged]
         counts["unchanged"] += len(events) - len(new_events)
         for event in new_events:
-            counts["granted" if event["action"] == "grant" else "withdrawn"] += 1
+            counts["granted" if event["action"] == GRANT else "withdrawn"] += 1
         if new_events:
-            applied = conn.execute(
-                set_state,
-                [
-                    {
-                        "tenant": tenant,
-                        "contact_id": event["contact_id"],
-                        "channel": event["channel"],
-                        "purpose": PURPOSE,
-                        "status": "granted" if event["action"] == "grant" else "withdrawn",
-                        "source": event["source"],
-                        "evidence": event["evidence"],
-                        "granted_at": event["occurred_at"] if event["action"] == "grant" else None,
-                        "withdrawn_at": event["occurred_at"] if event["action"] == "withdraw" else None,
-                        "updated_at": now,
-                    }
-                    for event in new_events
-                ],
-            )
+            applied = conn.execute(set_state, [state_row(event) for event in new_events])
             changed = {(row.contact_id, row.channel) for row in applied}
             for event in new_events:
                 if webhook_events is not None and (event["contact_id"], event["channel"]) in changed:

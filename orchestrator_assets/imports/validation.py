@@ -12,7 +12,8 @@ The split of work:
 * Small pure normalisers (``normalize_phone``, ``normalize_email``) do what needs a real library
   and whose failure reason is worth showing verbatim.
 * A few cross-row/cross-column rules (duplicate ``external_id``, at least one address, a consent
-  decision needs a source) are plain pandas.
+  decision needs a source) are plain pandas, and so is the one rule that needs a clock: a
+  ``consent_at`` further in the future than ``policies.consent_evidence`` allows.
 
 A row with any problem is reported (once per problem) and never lands in ``good``; nothing is
 half-imported. ``row`` everywhere is the row number a spreadsheet shows for the record (header =
@@ -22,7 +23,7 @@ half-imported. ``row`` everywhere is the row number a spreadsheet shows for the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +31,8 @@ import pandera.pandas as pa
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pandera.errors import SchemaErrors
+
+from policies.consent_evidence import future_dated
 
 CSV_COLUMNS: tuple[str, ...] = (
     "external_id",
@@ -284,9 +287,15 @@ def _normalise(column: pd.Series, normaliser, name: str, errors: list[dict]) -> 
     return pd.Series([normalise(p, t) for p, t in column.items()], index=column.index, dtype=object)
 
 
-def _row_rule_errors(text: pd.DataFrame) -> list[dict]:
-    """Rules that span rows or columns, which per-cell checks cannot express."""
+def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
+    """Rules that span rows or columns, or need the clock, which per-cell checks cannot express."""
     errors = []
+    parse = _or_none(parse_timestamp)  # a malformed date is the schema's to report
+    for position, value in text["consent_at"].items():
+        moment = parse(value)
+        reason = future_dated(moment.to_pydatetime(), now) if moment is not None else None
+        if reason:
+            errors.append({"row": position + FIRST_DATA_ROW, "column": "consent_at", "value": value, "reason": reason})
     first_seen: dict[str, int] = {}
     for position, value in text["external_id"].str.strip().items():
         if not value:
@@ -351,10 +360,11 @@ def _tidy(value: str) -> str | None:
     return " ".join(value.split()) or None
 
 
-def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU") -> ValidationResult:
+def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU", now: datetime | None = None) -> ValidationResult:
     """Split a raw contacts table into normalised good rows and a table of every problem.
 
-    ``raw`` is the file as text (see ``read_contacts_csv``). A missing required column makes
+    ``raw`` is the file as text (see ``read_contacts_csv``); ``now`` (default: the clock) is what a
+    ``consent_at`` must not lie beyond, give or take the allowed clock skew. A missing required column makes
     every row meaningless, so then the only errors are one ``missing column`` per absent column
     (row 1, the header) and ``good`` is empty. Among rows sharing an ``external_id`` the first
     one is authoritative; later ones are errors pointing at it.
@@ -366,14 +376,19 @@ def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU") -> Vali
     errors = _schema_errors(text)
     missing = [error for error in errors if error["reason"] == "missing column"]
     if missing:
-        nothing = pd.DataFrame({column: pd.Series(dtype="str") for column in CSV_COLUMNS + OPTIONAL_COLUMNS})
-        return ValidationResult(good=_good_frame(nothing, default_region, []), errors=_error_frame(missing))
+        return ValidationResult(good=no_rows(), errors=_error_frame(missing))
 
     good = _good_frame(text, default_region, errors)
-    errors.extend(_row_rule_errors(text))
+    errors.extend(_row_rule_errors(text, now or datetime.now(UTC)))
     error_table = _error_frame(errors)
     good = good[~good["row"].isin(set(error_table["row"]))].reset_index(drop=True)
     return ValidationResult(good=good, errors=error_table)
+
+
+def no_rows() -> pd.DataFrame:
+    """A ``good`` frame without rows, typed like any other: what a file with no usable rows yields."""
+    nothing = pd.DataFrame({column: pd.Series(dtype="str") for column in CSV_COLUMNS + OPTIONAL_COLUMNS})
+    return _good_frame(nothing, "RU", [])
 
 
 def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> pd.DataFrame:
