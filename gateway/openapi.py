@@ -21,7 +21,7 @@ _WHY = {
     403: "Not authentic: the provider's secret or signature is missing or wrong",
     404: "Unknown tenant, no account for this provider at the tenant, or an unknown link",
     406: "Bad, stale or replayed signature (Mailgun stops retrying on 406)",
-    413: "Body larger than the gateway's limit",
+    413: "Body larger than this route's limit (refused while it streams in)",
     415: "Not an application/x-www-form-urlencoded post, or in a charset that is no text encoding we know",
     503: "Operational store unavailable: retry later (providers do)",
 }
@@ -174,8 +174,11 @@ class HookDoc:
     statuses: tuple[int, ...]  # refusals besides 404, 413 and 503, which every hook can answer
     secret_path: bool = False
 
-    def responses(self) -> dict[int | str, dict[str, Any]]:
-        return {200: self.answer} | refusals(*sorted({*self.statuses, 404, 413, 503}))
+    def responses(self, max_body_bytes: int) -> dict[int | str, dict[str, Any]]:
+        """The documented answers; 413 names the provider's body limit (``gateway/receivers.py``)."""
+        documented = {200: self.answer} | refusals(*sorted({*self.statuses, 404, 413, 503}))
+        too_large = f"Body larger than {max_body_bytes:,} bytes, the most this provider posts (refused while it streams in)"
+        return documented | {413: documented[413] | {"description": too_large}}
 
 
 _EMPTY_OK = {"description": "Stored (or already held: a provider retry); empty body"}

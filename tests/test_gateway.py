@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.app import create_app
+from gateway.receivers import RECEIVERS, MiB
 from pg import create_database, drop_database
 from policies.loader import load_tenants
 from resources.channels import d360, sendgrid, smsc, telegram
@@ -188,6 +189,42 @@ def test_an_oversized_body_is_refused_without_waiting_for_all_of_it(gateway):
     chunked = status_line_before_the_body_ends(gateway, "Transfer-Encoding: chunked\r\n", chunk * 11)  # 1.1 MB, no last chunk
     assert b" 413 " in declared and b" 413 " in chunked, (declared, chunked)
     assert inbox_rows() == []
+
+
+def d360_status_batch(batch: int, min_bytes: int) -> bytes:
+    """A Meta-format webhook as 360dialog forwards it: delivery statuses of many messages in one
+    post, at least ``min_bytes`` long (Meta batches statuses; its payloads go up to 3 MB)."""
+    status = {
+        "status": "delivered",
+        "timestamp": "1717000003",
+        "recipient_id": "79161234567",
+        "conversation": {"id": "0" * 32, "origin": {"type": "marketing"}},
+        "pricing": {"billable": True, "pricing_model": "CBP", "category": "marketing"},
+    }
+    count = min_bytes // len(json.dumps(status)) + 1
+    statuses = [{"id": f"wamid.HBgL{batch:04d}{n:08d}", **status} for n in range(count)]
+    value = {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "74950000000", "phone_number_id": "1"}, "statuses": statuses}
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]}).encode()
+    assert len(body) >= min_bytes
+    return body
+
+
+def test_a_genuine_360dialog_batch_past_a_megabyte_is_stored_and_one_past_its_limit_is_413(gateway):
+    """Meta documents WhatsApp webhook payloads of up to 3 MB; a genuine one refused as too large
+    would be retried by the provider until it gives up, and then lost."""
+    hook = f"{gateway}/hooks/every/d360"
+    headers = {d360.WEBHOOK_SECRET_HEADER: secret(EVERY.accounts.d360.webhook_secret_env), "content-type": "application/json"}
+    batches = [d360_status_batch(1, 1_500_000), d360_status_batch(2, 3 * MiB)]
+    for body in batches:
+        response = httpx.post(hook, content=body, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+    assert [json.loads(row.payload) for row in inbox_rows()] == [json.loads(body) for body in batches]
+    too_large = d360_status_batch(3, RECEIVERS["d360"].max_body_bytes + 1)
+    response = httpx.post(hook, content=too_large, headers=headers, timeout=60)
+    assert response.status_code == 413 and "body too large" in response.json()["detail"]
+    assert len(inbox_rows()) == len(batches)
+    spec = httpx.get(f"{gateway}/openapi.json").json()
+    assert f"{RECEIVERS['d360'].max_body_bytes:,} bytes" in spec["paths"]["/hooks/{tenant_id}/d360"]["post"]["responses"]["413"]["description"]
 
 
 def test_unknown_providers_and_paths_are_404_with_the_reason(gateway):
