@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from policies.schema import Tenant
 from resources.channels import d360, greenapi, mailgun, sendgrid, smsc, smsru, telegram, twilio, vk
+from resources.channels.base import CLOCK_SKEW_S
 from resources.embedded_keys import sendgrid_public_key
 from resources.opstore_schema import webhook_inbox
 from resources.settings import Settings
@@ -176,8 +177,15 @@ async def receive_telegram(request: Request, tenant: Tenant, settings: Settings,
 async def receive_mailgun(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "mailgun")
     _, payload = await _json_object(request, max_body)
-    if not mailgun.verify_webhook(payload, settings.secret(account.signing_key_env), time.time()):
-        raise Refused(406, "bad or stale signature")  # Mailgun stops retrying on 406
+    # Mailgun stops retrying on a 406 only. That is the answer where no retry can help; where one
+    # can, any other refusal keeps Mailgun trying for 8 hours.
+    if not mailgun.verify_webhook(payload, settings.secret(account.signing_key_env)):
+        raise Refused(403, "bad signature")  # if our signing key is the wrong one, fixing it saves the retries
+    age = mailgun.signature_age(payload, time.time())
+    if age > mailgun.SIGNATURE_MAX_AGE_S:
+        raise Refused(406, f"signature older than {mailgun.SIGNATURE_MAX_AGE_S // 3600} hours")  # retries carry it unchanged
+    if age < -CLOCK_SKEW_S:
+        raise Refused(403, "signature timestamp ahead of our clock")  # a retry comes when the clocks agree
     key = _key(mailgun.event_key, payload)
     return Accepted([(key, payload)], PlainTextResponse("ok"), replay_token=str(payload["signature"]["token"]))
 

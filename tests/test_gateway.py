@@ -16,7 +16,8 @@ from gateway.receivers import RECEIVERS, MiB
 from pg import create_database, drop_database
 from policies.loader import load_tenants
 from resources.channels import d360, sendgrid, smsc, telegram
-from resources.channels.mailgun import sign
+from resources.channels.base import CLOCK_SKEW_S
+from resources.channels.mailgun import SIGNATURE_MAX_AGE_S, sign
 from resources.links import _keys, sign_unsubscribe
 from resources.opstore import engine_for
 from resources.opstore_schema import webhook_inbox
@@ -45,8 +46,8 @@ def test_bad_requests_get_clear_4xx_and_never_reach_the_inbox(gateway):
     assert httpx.post(hook, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
     assert httpx.post(hook, json=[1, 2]).status_code == 400
     assert httpx.post(hook, content=b"x" * 1_100_000).status_code == 413
-    assert httpx.post(hook, json=mailgun_payload("e2", age_s=3600)).status_code == 406  # stale timestamp
-    assert httpx.post(hook, json=mailgun_payload("e3", key="wrong")).status_code == 406
+    assert httpx.post(hook, json=mailgun_payload("e2", age_s=SIGNATURE_MAX_AGE_S + 60)).status_code == 406  # stale: no retry can help
+    assert httpx.post(hook, json=mailgun_payload("e3", key="wrong")).status_code == 403  # retried: our key may be the wrong one
     assert inbox_rows() == []
 
 
@@ -73,6 +74,24 @@ def test_unsubscribe_get_changes_nothing_post_records_once_tampered_is_404(gatew
     (row,) = inbox_rows()
     assert (row.tenant, row.provider, row.event_key) == ("demo", "unsubscribe", "42:black_friday_2026")
     assert '"method": "one-click"' in row.payload
+
+
+def test_a_delayed_mailgun_retry_is_stored_once_and_only_a_post_past_the_window_is_refused(gateway):
+    """Mailgun retries for 8 hours with the first attempt's signature: a retry two hours on is the
+    event, not an attack. Replays are stopped by the token memory and the inbox's key instead."""
+    hook = f"{gateway}/hooks/demo/mailgun"
+    retry = mailgun_payload("e-late", age_s=2 * 3600)
+    assert httpx.post(hook, json=retry).status_code == 200
+    assert httpx.post(hook, json=retry).status_code == 200  # the next retry (or a replay): acknowledged, not stored again
+    forged = {**retry, "event-data": {**retry["event-data"], "id": "e-forged"}}
+    assert httpx.post(hook, json=forged).status_code == 406  # its token with another event
+    with run_uvicorn_in_thread(create_app()) as restarted:  # a worker without the token memory
+        assert httpx.post(f"{restarted}/hooks/demo/mailgun", json=retry).status_code == 200
+    too_old = httpx.post(hook, json=mailgun_payload("e-old", age_s=SIGNATURE_MAX_AGE_S + 60))
+    assert too_old.status_code == 406 and too_old.json()["detail"] == "signature older than 12 hours"  # Mailgun stops
+    ahead = httpx.post(hook, json=mailgun_payload("e-ahead", age_s=-(CLOCK_SKEW_S + 60)))
+    assert ahead.status_code == 403  # Mailgun retries; by then the clocks agree
+    assert [row.event_key for row in inbox_rows()] == ["e-late"]
 
 
 def test_store_down_means_503_so_the_provider_retries(algor_home):
@@ -238,7 +257,7 @@ def test_unknown_providers_and_paths_are_404_with_the_reason(gateway):
 def test_signature_timestamps_that_are_no_clock_time_are_refused(gateway, timestamp):
     """``"²".isdigit()`` is True but ``int("²")`` fails, and 400 digits overflow a float: both were 500s."""
     mailgun = {"signature": {"timestamp": timestamp, "token": "t", "signature": "s"}, "event-data": {"id": "e1", "event": "delivered"}}
-    assert httpx.post(f"{gateway}/hooks/every/mailgun", json=mailgun).status_code == 406
+    assert httpx.post(f"{gateway}/hooks/every/mailgun", json=mailgun).status_code == 403
     headers = {sendgrid.SIGNATURE_HEADER: "MEUCIQ==", sendgrid.TIMESTAMP_HEADER: timestamp.encode("latin-1")}
     assert httpx.post(f"{gateway}/hooks/every/sendgrid", json=[{"event": "delivered"}], headers=headers).status_code == 403
     assert inbox_rows() == []
