@@ -68,7 +68,7 @@ from sandbox import twilio as twilio_side
 from sensors.inbox import webhook_inbox_sensor
 
 TENANT = "demo"  # a partition of the processing job
-DEPLOYMENT_VARS = ("ALGOR_ENV", "ALGOR_DATABASE_URL", "ALGOR_WAREHOUSE_DSN", "ALGOR_SANDBOX_URL", "ALGOR_GATEWAY_URL")
+DEPLOYMENT_VARS = ("ALGOR_ENV", "ALGOR_DATABASE_URL", "ALGOR_WAREHOUSE_DSN", "ALGOR_SANDBOX_URL", "ALGOR_GATEWAY_URL", "ALGOR_ALLOW_SANDBOX_WITH")
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # What each provider reports per message, in the order it happens; (provider, channel, statuses).
@@ -140,7 +140,7 @@ class Load:
 
 
 def bench_tenant(base: Tenant) -> Tenant:
-    """The demo tenant with a Twilio and a SendGrid account added (secrets derived from the names)."""
+    """The demo tenant with a Twilio and a SendGrid account added (unset secrets: the run home's sandbox secrets)."""
     accounts = base.accounts.model_dump(exclude_none=True) | {
         "twilio": {"account_sid": TWILIO_SID, "auth_token_env": "ALGOR_DEMO_TWILIO_AUTH_TOKEN", "whatsapp_sender": TWILIO_SENDER},
         "sendgrid": {

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.inbox import InboxWriter, already_stored
 from gateway.openapi import HOOKS, refusals
-from gateway.receivers import RECEIVERS, Refused, read_body
+from gateway.receivers import RECEIVERS, KiB, Refused, read_body
 from gateway.request_log import RequestLogMiddleware, annotate, configure_logging
 from gateway.scanners import looks_automated
 from policies.loader import load_tenants
@@ -33,6 +33,7 @@ from resources.opstore import engine_for, migrate
 from resources.settings import get_settings
 
 SEEN_TOKENS_MAX = 100_000
+UNSUBSCRIBE_MAX_BODY_BYTES = 64 * KiB  # RFC 8058's one-click body is 26 bytes, the form's is empty
 UNSUBSCRIBE_FORM = """<!doctype html><meta charset="utf-8"><title>Отписка / Unsubscribe</title>
 <p>Отписаться от рассылок {sender}? / Unsubscribe from {sender}'s mailings?</p>
 <form method="post"><button type="submit">Отписаться / Unsubscribe</button></form>"""
@@ -129,7 +130,7 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
             summary=doc.summary,
             description="Verified the way the provider defines it, stored once, then acknowledged.",
             response_class=Response,
-            responses=doc.responses(),
+            responses=doc.responses(RECEIVERS[provider].max_body_bytes),
             openapi_extra=doc.request,
         )
 
@@ -155,7 +156,7 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
             raise refuse(404, "unknown link")
         contact_id, campaign = subject
         try:
-            body = await read_body(request)
+            body = await read_body(request, UNSUBSCRIBE_MAX_BODY_BYTES)
         except Refused as refused:  # too large
             raise refuse(refused.status, refused.reason) from None
         method = "one-click" if b"List-Unsubscribe=One-Click" in body else "form"

@@ -20,8 +20,8 @@ _WHY = {
     400: "Malformed: not JSON / not a form, or no event id (the reason is in `detail`)",
     403: "Not authentic: the provider's secret or signature is missing or wrong",
     404: "Unknown tenant, no account for this provider at the tenant, or an unknown link",
-    406: "Bad, stale or replayed signature (Mailgun stops retrying on 406)",
-    413: "Body larger than the gateway's limit",
+    406: "Signature too old, or its one-time token replayed with another event: no retry can help (Mailgun stops on 406)",
+    413: "Body larger than this route's limit (refused while it streams in)",
     415: "Not an application/x-www-form-urlencoded post, or in a charset that is no text encoding we know",
     503: "Operational store unavailable: retry later (providers do)",
 }
@@ -174,8 +174,11 @@ class HookDoc:
     statuses: tuple[int, ...]  # refusals besides 404, 413 and 503, which every hook can answer
     secret_path: bool = False
 
-    def responses(self) -> dict[int | str, dict[str, Any]]:
-        return {200: self.answer} | refusals(*sorted({*self.statuses, 404, 413, 503}))
+    def responses(self, max_body_bytes: int) -> dict[int | str, dict[str, Any]]:
+        """The documented answers; 413 names the provider's body limit (``gateway/receivers.py``)."""
+        documented = {200: self.answer} | refusals(*sorted({*self.statuses, 404, 413, 503}))
+        too_large = f"Body larger than {max_body_bytes:,} bytes, the most this provider posts (refused while it streams in)"
+        return documented | {413: documented[413] | {"description": too_large}}
 
 
 _EMPTY_OK = {"description": "Stored (or already held: a provider retry); empty body"}
@@ -200,10 +203,10 @@ HOOKS: dict[str, HookDoc] = {
         _JSON_REFUSALS,
     ),
     "mailgun": HookDoc(
-        "Mailgun event (HMAC-SHA256 signature in the body, 5-minute window, one-time token)",
+        "Mailgun event (HMAC-SHA256 signature in the body, 12-hour window for retries, one-time token)",
         _json_body(_MAILGUN_EVENT),
         _text("ok", "Stored (or a provider retry of an event already held)"),
-        (400, 406),
+        (400, 403, 406),
     ),
     "sendgrid": HookDoc(
         "SendGrid Event Webhook batch (ECDSA P-256 signature over timestamp + body)",

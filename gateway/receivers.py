@@ -4,6 +4,12 @@ and say what the provider expects back.
 A receiver returns the events to store (provider event key + the JSON payload the delivery
 processor's parser takes) and the answer; it raises ``Refused`` (logged, never stored) for a
 request that is not authentic or not well-formed. Receivers never touch the store.
+
+Each receiver reads at most its provider's largest body (``@receiver(max_body_bytes=…)``, with the
+reason above it): the provider's documented maximum with a margin, or, where it documents none, a
+margin over its largest realistic post. A genuine post refused as too large is retried by the
+provider until it gives up, and then it is lost; a limit far above what a provider sends only lets
+strangers make us buffer more.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from policies.tenants import Tenant
 from resources.channels import d360, greenapi, mailgun, sendgrid, smsc, smsru, telegram, twilio, vk
+from resources.channels.base import CLOCK_SKEW_S
 from resources.embedded_keys import sendgrid_public_key
 from resources.opstore_schema import webhook_inbox
 from resources.settings import Settings
 
-MAX_BODY_BYTES = 1_000_000
+KiB, MiB = 1024, 1024 * 1024
 MAX_EVENT_KEY = webhook_inbox.c.event_key.type.length  # PostgreSQL refuses longer ones
 FORM = "application/x-www-form-urlencoded"
 
@@ -45,20 +52,33 @@ class Accepted:
     replay_token: str | None = None  # Mailgun: a signature token that must not be used twice
 
 
-Receiver = Callable[[Request, Tenant, Settings, str], Awaitable[Accepted]]
+@dataclass(frozen=True)
+class Receiver:
+    """A provider's receive function and the largest body it reads (``max_body_bytes``)."""
+
+    receive: Callable[[Request, Tenant, Settings, str, int], Awaitable[Accepted]]
+    max_body_bytes: int
+
+    async def __call__(self, request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+        return await self.receive(request, tenant, settings, extra, self.max_body_bytes)
 
 
-async def read_body(request: Request) -> bytes:
-    """The request body, refused (413) once it exceeds MAX_BODY_BYTES: a larger declared
+def receiver(max_body_bytes: int) -> Callable[[Callable[..., Awaitable[Accepted]]], Receiver]:
+    """Declare a receive function together with its provider's body limit."""
+    return lambda receive: Receiver(receive, max_body_bytes)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused (413) once it exceeds ``max_bytes``: a larger declared
     Content-Length is refused before reading, and a chunked body is never buffered past the limit."""
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refused(413, "body too large")
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+        raise Refused(413, f"body too large (over {max_bytes:,} bytes)")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise Refused(413, "body too large")
+        if size > max_bytes:
+            raise Refused(413, f"body too large (over {max_bytes:,} bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -85,19 +105,19 @@ def _loads(body: bytes) -> Any:
     return payload
 
 
-async def _json(request: Request) -> tuple[bytes, Any]:
-    body = await read_body(request)
+async def _json(request: Request, max_bytes: int) -> tuple[bytes, Any]:
+    body = await read_body(request, max_bytes)
     return body, _loads(body)
 
 
-async def _json_object(request: Request) -> tuple[bytes, dict]:
-    body, payload = await _json(request)
+async def _json_object(request: Request, max_bytes: int) -> tuple[bytes, dict]:
+    body, payload = await _json(request, max_bytes)
     if not isinstance(payload, dict):
         raise Refused(400, "body is not a JSON object")
     return body, payload
 
 
-async def _form(request: Request) -> list[tuple[str, str]]:
+async def _form(request: Request, max_bytes: int) -> list[tuple[str, str]]:
     """An ``application/x-www-form-urlencoded`` body as ordered pairs (how these providers post),
     decoded with the ``charset`` the Content-Type names (UTF-8 when it names none)."""
     content_type = Message()
@@ -105,7 +125,7 @@ async def _form(request: Request) -> list[tuple[str, str]]:
     if content_type.get_content_type() != FORM:
         raise Refused(415, f"expected an {FORM} post")
     charset = content_type.get_content_charset("utf-8")
-    body = await read_body(request)
+    body = await read_body(request, max_bytes)
     try:
         pairs = parse_qsl(body.decode(charset), keep_blank_values=True, strict_parsing=bool(body), encoding=charset)
         for name, value in pairs:  # a codec like unicode_escape can yield unpaired surrogates: not storable
@@ -135,29 +155,48 @@ def _account(tenant: Tenant, provider: str):
     return account
 
 
-async def receive_telegram(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# Telegram documents no size for webhook updates. The largest is a message at its documented limits
+# (4,096 characters of text or 1,024 of caption, with entities) quoting or replying to another such
+# message: ~100 KB even with every character JSON-escaped. 1 MiB is ten times that.
+@receiver(max_body_bytes=1 * MiB)
+async def receive_telegram(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "telegram")
     if not telegram.verify_webhook(request.headers, settings.secret(account.webhook_secret_env)):
         raise Refused(403, "bad secret token")
-    _, payload = await _json_object(request)
+    _, payload = await _json_object(request, max_body)
     # A button press is answered right here, in the webhook's answer (telegram.webhook_reply).
     reply = telegram.webhook_reply(payload)
     # Any other update: an empty body, typed so the answer matches the documented ones (gateway/openapi.py).
     return Accepted([(_key(telegram.event_key, payload), payload)], JSONResponse(reply) if reply else PlainTextResponse(""))
 
 
-async def receive_mailgun(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# Mailgun documents no size for webhook posts (its 25 MB is a message's limit; an event carries the
+# message's headers, not its body). The largest realistic event is a `failed` one with the full
+# delivery status, headers and user variables: tens of KB. 1 MiB leaves a wide margin.
+@receiver(max_body_bytes=1 * MiB)
+async def receive_mailgun(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "mailgun")
-    _, payload = await _json_object(request)
-    if not mailgun.verify_webhook(payload, settings.secret(account.signing_key_env), time.time()):
-        raise Refused(406, "bad or stale signature")  # Mailgun stops retrying on 406
+    _, payload = await _json_object(request, max_body)
+    # Mailgun stops retrying on a 406 only. That is the answer where no retry can help; where one
+    # can, any other refusal keeps Mailgun trying for 8 hours.
+    if not mailgun.verify_webhook(payload, settings.secret(account.signing_key_env)):
+        raise Refused(403, "bad signature")  # if our signing key is the wrong one, fixing it saves the retries
+    age = mailgun.signature_age(payload, time.time())
+    if age > mailgun.SIGNATURE_MAX_AGE_S:
+        raise Refused(406, f"signature older than {mailgun.SIGNATURE_MAX_AGE_S // 3600} hours")  # retries carry it unchanged
+    if age < -CLOCK_SKEW_S:
+        raise Refused(403, "signature timestamp ahead of our clock")  # a retry comes when the clocks agree
     key = _key(mailgun.event_key, payload)
     return Accepted([(key, payload)], PlainTextResponse("ok"), replay_token=str(payload["signature"]["token"]))
 
 
-async def receive_sendgrid(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# SendGrid posts a batch "within approximately 30 seconds or when the batch size reaches 768
+# kilobytes" (Event Webhook docs), so a batch passes 768 KB by up to one event, whose custom args
+# SendGrid caps at 10,000 bytes. 2 MiB is over twice the largest batch.
+@receiver(max_body_bytes=2 * MiB)
+async def receive_sendgrid(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "sendgrid")
-    body = await read_body(request)
+    body = await read_body(request, max_body)
     signature = request.headers.get(sendgrid.SIGNATURE_HEADER, "")
     timestamp = request.headers.get(sendgrid.TIMESTAMP_HEADER, "")
     if not sendgrid.verify_webhook(sendgrid_public_key(account.webhook_public_key_env), signature, timestamp, body, now=time.time()):
@@ -168,9 +207,13 @@ async def receive_sendgrid(request: Request, tenant: Tenant, settings: Settings,
     return Accepted([(_key(sendgrid.event_key, event), event) for event in events])
 
 
-async def receive_vk(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# VK documents no size for Callback API events. The largest is a `message_new` carrying a chain of
+# forwarded messages (`fwd_messages`), each with up to 4,096 characters and its attachments'
+# metadata (photo sizes, links): a few MB for a long chain. 4 MiB.
+@receiver(max_body_bytes=4 * MiB)
+async def receive_vk(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "vk")
-    _, payload = await _json_object(request)
+    _, payload = await _json_object(request, max_body)
     if (code := vk.confirmation_answer(payload, settings.secret(account.confirmation_code_env))) is not None:
         if payload.get("group_id") != account.group_id:
             raise Refused(403, "confirmation for another community")
@@ -180,28 +223,38 @@ async def receive_vk(request: Request, tenant: Tenant, settings: Settings, extra
     return Accepted([(_key(vk.event_key, payload), payload)], PlainTextResponse(vk.OK_ANSWER))
 
 
-async def receive_smsc(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# SMSC documents no size for status callbacks: a form of a dozen short fields (id, phone, status,
+# err, ts, md5/sha1, …) and at most the message text, a few KB percent-encoded. 256 KiB.
+@receiver(max_body_bytes=256 * KiB)
+async def receive_smsc(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "smsc")
-    form = dict(await _form(request))
+    form = dict(await _form(request, max_body))
     if not smsc.verify_webhook(form, settings.secret(account.password_env)):
         raise Refused(403, "bad signature")
     return Accepted([(_key(smsc.event_key, form), form)], PlainTextResponse("OK"))
 
 
-async def receive_smsru(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# SMS.ru documents no size for callbacks: `data[n]` records of three short lines each (kind, sms id,
+# status), a few dozen bytes per message, a few KB for a batch. 256 KiB.
+@receiver(max_body_bytes=256 * KiB)
+async def receive_smsru(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "smsru")
     if not smsru.verify_path_secret(extra, settings.secret(account.callback_secret_env)):
         raise Refused(404, "unknown callback path")  # a secret path: don't confirm it exists
-    records = smsru.records(await _form(request))
+    records = smsru.records(await _form(request, max_body))
     if not records:
         raise Refused(400, "no data[] records")
     events = [(_key(smsru.event_key, record), {"data[0]": record}) for record in records]
     return Accepted(events, PlainTextResponse(smsru.CALLBACK_ANSWER))
 
 
-async def receive_twilio(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# Twilio documents no size for its webhook requests. The largest is an incoming WhatsApp message:
+# WhatsApp lets a person write 65,536 characters, percent-encoded at up to 12 bytes each (~790 KB),
+# plus sender fields and up to ten media URLs. 1 MiB.
+@receiver(max_body_bytes=1 * MiB)
+async def receive_twilio(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "twilio")
-    pairs = await _form(request)
+    pairs = await _form(request, max_body)
     public_url = settings.gateway_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
     if not twilio.verify_webhook(public_url, pairs, request.headers.get("X-Twilio-Signature"), settings.secret(account.auth_token_env)):
         raise Refused(403, "bad X-Twilio-Signature")
@@ -209,19 +262,26 @@ async def receive_twilio(request: Request, tenant: Tenant, settings: Settings, e
     return Accepted([(_key(twilio.event_key, params), params)], Response("<Response/>", media_type="application/xml"))
 
 
-async def receive_d360(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# 360dialog forwards Meta's Cloud API webhooks, and Meta documents "Webhooks payloads can be up to
+# 3MB" (WhatsApp Cloud API, set up webhooks): status batches of many messages. 4 MiB is 3 MiB, the
+# larger reading of "3MB", plus a MiB.
+@receiver(max_body_bytes=4 * MiB)
+async def receive_d360(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "d360")
     if not d360.verify_webhook(request.headers, {d360.WEBHOOK_SECRET_HEADER: settings.secret(account.webhook_secret_env)}):
         raise Refused(403, "bad webhook secret header")
-    _, payload = await _json_object(request)
+    _, payload = await _json_object(request, max_body)
     return Accepted([(_key(d360.event_key, payload), payload)])
 
 
-async def receive_greenapi(request: Request, tenant: Tenant, settings: Settings, extra: str) -> Accepted:
+# GREEN-API documents no size for webhooks. The largest is an incoming text message (WhatsApp allows
+# 65,536 characters) quoting another: ~0.5 MB even in 4-byte characters. 1 MiB.
+@receiver(max_body_bytes=1 * MiB)
+async def receive_greenapi(request: Request, tenant: Tenant, settings: Settings, extra: str, max_body: int) -> Accepted:
     account = _account(tenant, "greenapi")
     if not greenapi.verify_webhook(request.headers, settings.secret(account.webhook_token_env)):
         raise Refused(403, "bad Authorization token")
-    _, payload = await _json_object(request)
+    _, payload = await _json_object(request, max_body)
     return Accepted([(_key(greenapi.event_key, payload), payload)])
 
 

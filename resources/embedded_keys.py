@@ -2,8 +2,9 @@
 
 SendGrid signs Event Webhook posts with a P-256 key whose public half the account shows; in
 production its base64 DER is configured (``webhook_public_key_env``). In the embedded default no
-such key exists, so one is derived from the setting's name: the sandbox signs with the private
-half, the gateway verifies with the public half. An explicitly set variable always wins.
+such key exists, so one is derived from the installation's sandbox secret for that setting
+(``Settings.secret``: random per ``$ALGOR_HOME``): the sandbox signs with the private half, the
+gateway verifies with the public half. An explicitly set variable always wins.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def _derived_private_key(env_name: str) -> ec.EllipticCurvePrivateKey:
-    seed = get_settings().secret(env_name)  # embedded: deterministic from the name
+    seed = get_settings().secret(env_name)  # embedded: the installation's sandbox secret
     scalar = int.from_bytes(hashlib.sha256(f"sendgrid-webhook:{seed}".encode()).digest()) % (_P256_ORDER - 1) + 1
     return ec.derive_private_key(scalar, ec.SECP256R1())
 

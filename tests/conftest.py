@@ -10,7 +10,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests' helper modules (pg, flow)
 
-DEPLOYMENT_VARS = ("ALGOR_ENV", "ALGOR_DATABASE_URL", "ALGOR_WAREHOUSE_DSN", "ALGOR_SANDBOX_URL", "ALGOR_GATEWAY_URL", "ALGOR_DBT_TARGET")
+DEPLOYMENT_VARS = (
+    "ALGOR_ENV",
+    "ALGOR_DATABASE_URL",
+    "ALGOR_WAREHOUSE_DSN",
+    "ALGOR_SANDBOX_URL",
+    "ALGOR_GATEWAY_URL",
+    "ALGOR_DBT_TARGET",
+    "ALGOR_ALLOW_SANDBOX_WITH",
+)
 
 
 @pytest.fixture

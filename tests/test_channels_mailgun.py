@@ -106,8 +106,9 @@ def test_sign_matches_published_vector():
     ("token", "key", "now", "expected"),
     [
         (VECTOR_TOKEN, VECTOR_KEY, 1403645220 + 10, True),
-        (VECTOR_TOKEN, VECTOR_KEY, 1403645220 + 301, False),  # stale
-        (VECTOR_TOKEN, VECTOR_KEY, 1403645220 - 301, False),  # from the future
+        (VECTOR_TOKEN, VECTOR_KEY, 1403645220 + 2 * 3600, True),  # a retry 2 hours on carries the first attempt's signature
+        (VECTOR_TOKEN, VECTOR_KEY, 1403645220 + mg.SIGNATURE_MAX_AGE_S + 1, False),  # older than any retry
+        (VECTOR_TOKEN, VECTOR_KEY, 1403645220 - 301, False),  # from the future, past any clock skew
         ("owyldpe6nxhmrn78epljl6bj0orrki1u3d2v5e6cnlmmuox8jr", VECTOR_KEY, 1403645220, False),  # the SDK's bad case
         (VECTOR_TOKEN, "another-key", 1403645220, False),
         (VECTOR_TOKEN, "", 1403645220, False),

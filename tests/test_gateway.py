@@ -12,10 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.app import create_app
+from gateway.receivers import RECEIVERS, MiB
 from pg import create_database, drop_database
 from policies.loader import load_tenants
 from resources.channels import d360, sendgrid, smsc, telegram
-from resources.channels.mailgun import sign
+from resources.channels.base import CLOCK_SKEW_S
+from resources.channels.mailgun import SIGNATURE_MAX_AGE_S, sign
 from resources.links import _keys, sign_unsubscribe
 from resources.opstore import engine_for
 from resources.opstore_schema import webhook_inbox
@@ -44,8 +46,8 @@ def test_bad_requests_get_clear_4xx_and_never_reach_the_inbox(gateway):
     assert httpx.post(hook, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
     assert httpx.post(hook, json=[1, 2]).status_code == 400
     assert httpx.post(hook, content=b"x" * 1_100_000).status_code == 413
-    assert httpx.post(hook, json=mailgun_payload("e2", age_s=3600)).status_code == 406  # stale timestamp
-    assert httpx.post(hook, json=mailgun_payload("e3", key="wrong")).status_code == 406
+    assert httpx.post(hook, json=mailgun_payload("e2", age_s=SIGNATURE_MAX_AGE_S + 60)).status_code == 406  # stale: no retry can help
+    assert httpx.post(hook, json=mailgun_payload("e3", key="wrong")).status_code == 403  # retried: our key may be the wrong one
     assert inbox_rows() == []
 
 
@@ -72,6 +74,24 @@ def test_unsubscribe_get_changes_nothing_post_records_once_tampered_is_404(gatew
     (row,) = inbox_rows()
     assert (row.tenant, row.provider, row.event_key) == ("demo", "unsubscribe", "42:black_friday_2026")
     assert '"method": "one-click"' in row.payload
+
+
+def test_a_delayed_mailgun_retry_is_stored_once_and_only_a_post_past_the_window_is_refused(gateway):
+    """Mailgun retries for 8 hours with the first attempt's signature: a retry two hours on is the
+    event, not an attack. Replays are stopped by the token memory and the inbox's key instead."""
+    hook = f"{gateway}/hooks/demo/mailgun"
+    retry = mailgun_payload("e-late", age_s=2 * 3600)
+    assert httpx.post(hook, json=retry).status_code == 200
+    assert httpx.post(hook, json=retry).status_code == 200  # the next retry (or a replay): acknowledged, not stored again
+    forged = {**retry, "event-data": {**retry["event-data"], "id": "e-forged"}}
+    assert httpx.post(hook, json=forged).status_code == 406  # its token with another event
+    with run_uvicorn_in_thread(create_app()) as restarted:  # a worker without the token memory
+        assert httpx.post(f"{restarted}/hooks/demo/mailgun", json=retry).status_code == 200
+    too_old = httpx.post(hook, json=mailgun_payload("e-old", age_s=SIGNATURE_MAX_AGE_S + 60))
+    assert too_old.status_code == 406 and too_old.json()["detail"] == "signature older than 12 hours"  # Mailgun stops
+    ahead = httpx.post(hook, json=mailgun_payload("e-ahead", age_s=-(CLOCK_SKEW_S + 60)))
+    assert ahead.status_code == 403  # Mailgun retries; by then the clocks agree
+    assert [row.event_key for row in inbox_rows()] == ["e-late"]
 
 
 def test_store_down_means_503_so_the_provider_retries(algor_home):
@@ -190,6 +210,42 @@ def test_an_oversized_body_is_refused_without_waiting_for_all_of_it(gateway):
     assert inbox_rows() == []
 
 
+def d360_status_batch(batch: int, min_bytes: int) -> bytes:
+    """A Meta-format webhook as 360dialog forwards it: delivery statuses of many messages in one
+    post, at least ``min_bytes`` long (Meta batches statuses; its payloads go up to 3 MB)."""
+    status = {
+        "status": "delivered",
+        "timestamp": "1717000003",
+        "recipient_id": "79161234567",
+        "conversation": {"id": "0" * 32, "origin": {"type": "marketing"}},
+        "pricing": {"billable": True, "pricing_model": "CBP", "category": "marketing"},
+    }
+    count = min_bytes // len(json.dumps(status)) + 1
+    statuses = [{"id": f"wamid.HBgL{batch:04d}{n:08d}", **status} for n in range(count)]
+    value = {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "74950000000", "phone_number_id": "1"}, "statuses": statuses}
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]}).encode()
+    assert len(body) >= min_bytes
+    return body
+
+
+def test_a_genuine_360dialog_batch_past_a_megabyte_is_stored_and_one_past_its_limit_is_413(gateway):
+    """Meta documents WhatsApp webhook payloads of up to 3 MB; a genuine one refused as too large
+    would be retried by the provider until it gives up, and then lost."""
+    hook = f"{gateway}/hooks/every/d360"
+    headers = {d360.WEBHOOK_SECRET_HEADER: secret(EVERY.accounts.d360.webhook_secret_env), "content-type": "application/json"}
+    batches = [d360_status_batch(1, 1_500_000), d360_status_batch(2, 3 * MiB)]
+    for body in batches:
+        response = httpx.post(hook, content=body, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+    assert [json.loads(row.payload) for row in inbox_rows()] == [json.loads(body) for body in batches]
+    too_large = d360_status_batch(3, RECEIVERS["d360"].max_body_bytes + 1)
+    response = httpx.post(hook, content=too_large, headers=headers, timeout=60)
+    assert response.status_code == 413 and "body too large" in response.json()["detail"]
+    assert len(inbox_rows()) == len(batches)
+    spec = httpx.get(f"{gateway}/openapi.json").json()
+    assert f"{RECEIVERS['d360'].max_body_bytes:,} bytes" in spec["paths"]["/hooks/{tenant_id}/d360"]["post"]["responses"]["413"]["description"]
+
+
 def test_unknown_providers_and_paths_are_404_with_the_reason(gateway):
     for path in ("/hooks/demo/nosuch", "/hooks/demo/telegram/extra", "/hooks/demo/nosuch/a/b"):
         response = httpx.post(gateway + path, json={})
@@ -201,7 +257,7 @@ def test_unknown_providers_and_paths_are_404_with_the_reason(gateway):
 def test_signature_timestamps_that_are_no_clock_time_are_refused(gateway, timestamp):
     """``"²".isdigit()`` is True but ``int("²")`` fails, and 400 digits overflow a float: both were 500s."""
     mailgun = {"signature": {"timestamp": timestamp, "token": "t", "signature": "s"}, "event-data": {"id": "e1", "event": "delivered"}}
-    assert httpx.post(f"{gateway}/hooks/every/mailgun", json=mailgun).status_code == 406
+    assert httpx.post(f"{gateway}/hooks/every/mailgun", json=mailgun).status_code == 403
     headers = {sendgrid.SIGNATURE_HEADER: "MEUCIQ==", sendgrid.TIMESTAMP_HEADER: timestamp.encode("latin-1")}
     assert httpx.post(f"{gateway}/hooks/every/sendgrid", json=[{"event": "delivered"}], headers=headers).status_code == 403
     assert inbox_rows() == []

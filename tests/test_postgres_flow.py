@@ -22,6 +22,7 @@ def postgres_deployment(algor_home, tmp_path, monkeypatch):
     """Operational store and Dagster storage each in a fresh PostgreSQL database."""
     store_url, dagster_url = create_database("algor_store"), create_database("algor_dagster")
     monkeypatch.setenv("ALGOR_DATABASE_URL", store_url)
+    monkeypatch.setenv("ALGOR_ALLOW_SANDBOX_WITH", "ALGOR_DATABASE_URL")  # PostgreSQL with the provider sandbox, on purpose
     monkeypatch.setenv("ALGOR_DAGSTER_PG_URL", dagster_url.replace("postgresql+psycopg://", "postgresql+psycopg2://"))
     home = tmp_path / "dagster_pg_home"
     home.mkdir()

@@ -7,8 +7,9 @@ replays outside its tolerance) and ``webhook-signature: v1,<base64 HMAC-SHA256 o
 verifies with any Standard Webhooks library and the secret they were given.
 
 Secrets are ``whsec_`` + base64 of the key, the spec's format, held by the env var a
-subscription names in ``secret_env``. In the embedded default an unset one is derived from its
-name like every sandbox secret (``Settings.secret``), so a local receiver can verify with zero setup.
+subscription names in ``secret_env``. In the embedded default an unset one is the installation's
+sandbox secret (``Settings.secret``), so a local receiver of the same installation can verify with
+zero setup.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def signing_secret(env_name: str) -> str:
     """The subscription's secret, as the tenant holds it (``whsec_<base64>``)."""
     settings = get_settings()
     configured = settings.configured_secret(env_name)
-    if configured is None:  # production: settings.secret raises; embedded: a name-derived sandbox key
+    if configured is None:  # production: settings.secret raises; embedded: the installation's sandbox secret
         return SECRET_PREFIX + base64.b64encode(settings.secret(env_name).encode()).decode()
     body = configured.removeprefix(SECRET_PREFIX)
     try:

@@ -159,6 +159,8 @@ class BatchConnector(ChannelConnector, Protocol):
 
 
 _MAX_TIMESTAMP_DIGITS = 12  # Unix seconds until the year 33658: longer is no clock's time
+# How far a signer's clock may run ahead of ours: NTP keeps clocks within seconds of each other.
+CLOCK_SKEW_S = 300
 
 # Transport errors raised before any byte of the request left: the provider cannot have seen it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -213,12 +215,17 @@ def utc_from_timestamp(value: float | int | str) -> datetime:
         raise ValueError(f"timestamp {str(value)[:32]!r} is out of range") from exc
 
 
-def fresh_timestamp(timestamp: str, now: float, max_age_s: int) -> bool:
-    """True when ``timestamp`` is whole Unix seconds in ASCII digits within ``max_age_s`` of ``now``.
-
-    For signature checks: anything else (``"²"`` is a digit to ``str.isdigit`` but not to ``int``,
-    a 400-digit number overflows a float) is False, never an exception.
-    """
+def unix_seconds(timestamp: str) -> int | None:
+    """``timestamp`` as whole Unix seconds when it is ASCII digits of a clock time, else None: for
+    signature checks, where ``"²"`` (a digit to ``str.isdigit`` but not to ``int``) or a 400-digit
+    number (past a float) must be a refusal, never an exception."""
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > _MAX_TIMESTAMP_DIGITS:
-        return False
-    return abs(now - int(timestamp)) <= max_age_s
+        return None
+    return int(timestamp)
+
+
+def fresh_timestamp(timestamp: str, now: float, max_age_s: int) -> bool:
+    """True when ``timestamp`` is Unix seconds (``unix_seconds``) at most ``max_age_s`` old and at
+    most ``CLOCK_SKEW_S`` ahead of ``now``."""
+    seconds = unix_seconds(timestamp)
+    return seconds is not None and -CLOCK_SKEW_S <= now - seconds <= max_age_s
