@@ -13,9 +13,9 @@ lists the presses and how each was answered.
 
 Error bodies are Telegram's `{"ok": false, "error_code": n, "description": "…"}`. Deliberate
 deviations (the webhook's are in `sandbox.telegram_webhook`): media URLs are never fetched (any
-http(s) URL with a host "downloads"), and a file_id is accepted when it has the shape of one this sandbox issues. The
-parse_mode checks cover the common mistakes (unsupported or unclosed HTML tags, unescaped MarkdownV2
-characters), not Telegram's whole parser.
+http(s) URL with a host "downloads"), and a file_id is accepted when it has the shape of one this
+sandbox issues. The parse_mode checks cover the common mistakes (unsupported or unclosed HTML tags,
+unescaped MarkdownV2 characters), not Telegram's whole parser.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ _MD_LINK_TARGET = re.compile(r"\]\((?:[^)\\]|\\.)*\)")  # "](url)": inside, only
 _MD_CODE = re.compile(r"```.*?```|`[^`]*`", re.DOTALL)  # inside code, only "`" and "\" are escaped
 
 
+_CHAT_ID = re.compile(r"^-?\d{1,20}$")
 QUERY_INVALID = "Bad Request: query is too old and response timeout expired or query ID is invalid"
 CHAT_NOT_FOUND = "Bad Request: chat not found"
 _WEBHOOK_METHODS = {"setWebhook": telegram_webhook.set_webhook, "deleteWebhook": telegram_webhook.delete_webhook}
@@ -131,7 +132,7 @@ async def _send(request: Request, state: SandboxState, bot: TelegramBot, method:
         "chat_id is empty" if chat_id in (None, "") else
         f"there is no {kind} in the request" if kind and not file_ref else
         "message text is empty" if not kind and not text else
-        "chat not found" if not known_chat(chat_id) else None
+        CHAT_NOT_FOUND.removeprefix("Bad Request: ") if not known_chat(chat_id) else None
     )
     media = _media(kind, prefix, file_ref) if kind and not problem else {}
     if kind and not problem and not media:
@@ -186,7 +187,7 @@ async def _send(request: Request, state: SandboxState, bot: TelegramBot, method:
 def known_chat(chat_id: Any) -> bool:
     """True for a chat the sandbox knows: a private chat, named by its non-zero integer id."""
     text = str(chat_id).strip()
-    return text.lstrip("-").isdigit() and int(text) != 0
+    return bool(_CHAT_ID.match(text)) and int(text) != 0
 
 
 def _queries(state: SandboxState) -> dict[str, dict[str, Any]]:
