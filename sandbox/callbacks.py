@@ -8,6 +8,9 @@ also a 2xx without their expected body, "ok" and "100") or a connection error is
 Every attempt is rebuilt (re-signed where the signature is dated: Mailgun with a fresh timestamp and
 token, SendGrid with a fresh timestamp), so a retry never trips the receiver's replay or staleness
 checks.
+
+A chain may be submitted under a group (Telegram: one per bot), so a provider can report how many of
+its callbacks are still pending and drop them (Telegram's getWebhookInfo and drop_pending_updates).
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ class Callback:
     expected_body: str | None = None  # the answer body that counts as accepted (VK "ok", SMS.ru "100"); None: any
     # Reads an accepted answer's body: Telegram executes a Bot API call named in a webhook's answer.
     on_answer: Callable[[httpx.Response], None] | None = None
+    # Told about every failed attempt (the answer, or the transport error): Telegram's getWebhookInfo
+    # reports the last delivery error.
+    on_error: Callable[[httpx.Response | httpx.HTTPError], None] | None = None
+
+
+@dataclass
+class _Progress:
+    """A running chain: its group and how many of its callbacks are neither delivered nor given up."""
+
+    group: str | None
+    left: int
 
 
 class CallbackDispatcher:
@@ -42,7 +56,7 @@ class CallbackDispatcher:
         self._concurrency = concurrency
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._chains: dict[asyncio.Task[None], _Progress] = {}
         self.queued = self.delivered = self.failed = 0
 
     async def start(self) -> None:
@@ -56,18 +70,35 @@ class CallbackDispatcher:
         if self._client is not None:
             await self._client.aclose()
 
-    def submit(self, chain: list[Callback]) -> None:
+    def submit(self, chain: list[Callback], group: str | None = None) -> None:
         if not chain:
             return
         self.queued += len(chain)
-        task = asyncio.get_running_loop().create_task(self._run(chain))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        progress = _Progress(group, len(chain))
+        task = asyncio.get_running_loop().create_task(self._run(chain, progress))
+        self._chains[task] = progress
+        task.add_done_callback(lambda done: self._chains.pop(done, None))
+
+    def pending(self, group: str) -> int:
+        """Callbacks of `group` not yet delivered nor given up."""
+        return sum(progress.left for progress in self._chains.values() if progress.group == group)
+
+    def drop(self, group: str) -> int:
+        """Cancel the chains of `group`; their undelivered callbacks count as failed. Returns how many."""
+        dropped = 0
+        for task, progress in list(self._chains.items()):
+            if progress.group == group:
+                task.cancel()
+                dropped += progress.left
+                self.failed += progress.left
+                progress.left = 0
+                del self._chains[task]
+        return dropped
 
     def cancel_all(self) -> None:
-        for task in list(self._tasks):
+        for task in list(self._chains):
             task.cancel()
-        self._tasks.clear()
+        self._chains.clear()
 
     def reset(self) -> None:
         self.cancel_all()
@@ -77,13 +108,14 @@ class CallbackDispatcher:
         pending = self.queued - self.delivered - self.failed
         return {"queued": self.queued, "delivered": self.delivered, "failed": self.failed, "pending": pending}
 
-    async def _run(self, chain: list[Callback]) -> None:
+    async def _run(self, chain: list[Callback], progress: _Progress) -> None:
         await asyncio.sleep(self._delay_s)
         for callback in chain:
             if await self._deliver(callback):
                 self.delivered += 1
             else:
                 self.failed += 1
+            progress.left -= 1
 
     async def _deliver(self, callback: Callback) -> bool:
         assert self._client is not None and self._slots is not None, "dispatcher used outside the app lifespan"
@@ -93,15 +125,18 @@ class CallbackDispatcher:
                     body, headers = callback.build()
                     encoded = {"data": body} if callback.form else {"json": body}
                     response = await self._client.post(callback.url, headers=dict(headers), **encoded)
-            except httpx.HTTPError:
-                pass  # connection refused or timed out: retried like a 5xx
+            except httpx.HTTPError as exc:  # connection refused or timed out: retried like a 5xx
+                failure: httpx.Response | httpx.HTTPError = exc
             else:
                 if response.is_success and callback.expected_body in (None, response.text.strip()):
                     if callback.on_answer is not None:
                         callback.on_answer(response)
                     return True
-                if response.status_code in callback.final_statuses:
-                    return False
+                failure = response
+            if callback.on_error is not None:
+                callback.on_error(failure)
+            if isinstance(failure, httpx.Response) and failure.status_code in callback.final_statuses:
+                return False
             if attempt < self._max_attempts:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
         return False

@@ -7,6 +7,13 @@ errors are Meta's `{"error": {"message": "(#100) …", "type": "OAuthException",
 "error_data": {…}, "fbtrace_id": "…"}}` with HTTP 400. Success is 200 with `contacts` and
 `messages[0].id` (a `wamid.…`).
 
+A `to` that is not a phone number with its country code (anything but digits, spaces, dashes, dots,
+parentheses and one leading "+"; a leading 0, as in "0033…"; fewer than 7 or more than 15 digits) is
+refused synchronously, as the Cloud API refuses it: 400 code 100 "(#100) Invalid parameter" with
+`error_data.details` naming the `to` parameter (Meta's details text for this case is not published;
+the wording is the sandbox's). A well-formed number that is not on WhatsApp is accepted and fails
+later (131026, below), as at Meta.
+
 Webhooks go to the account's `webhook_url` with its `webhook_headers` (the custom-header auth
 360dialog offers), one Meta-format `whatsapp_business_account` payload per status or inbound message.
 Delivery failures are asynchronous, as at Meta: `failed` statuses with `errors[]` (131026, 131047).
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 import time
 from typing import Any
@@ -40,6 +48,7 @@ from sandbox.outcomes import (
 from sandbox.state import SandboxState
 
 RATE_LIMIT_MESSAGE = "You have exceeded the endpoint rate limit."
+_PHONE_NUMBER = re.compile(r"^\+?[1-9][0-9 ().-]*$")  # a country code never starts with 0
 MAX_TEXT, MAX_BUTTONS, MAX_TITLE = 4096, 3, 20
 _TYPES = ("text", "template", "interactive", "image", "document", "video", "audio")
 _FAILURES = {
@@ -84,6 +93,8 @@ def _problem(body: dict[str, Any]) -> tuple[int, str, str | None] | None:
         return 100, "The parameter messaging_product is required.", None
     if not body.get("to"):
         return 100, "The parameter to is required.", None
+    if not valid_recipient(str(body["to"])):
+        return 100, "Invalid parameter", f"Param to must be a phone number with its country code, got {body['to']!r}"
     kind = body.get("type", "text")
     if kind not in _TYPES:
         return 100, "Invalid parameter", f"Param type must be one of {{{', '.join(_TYPES)}}}"
@@ -114,6 +125,11 @@ def _problem(body: dict[str, Any]) -> tuple[int, str, str | None] | None:
     elif not (content.get("link") or content.get("id")):
         return 100, f"The parameter {kind}['link'] is required.", None
     return None
+
+
+def valid_recipient(to: str) -> bool:
+    """True for a `to` the Cloud API takes as a phone number: country code first, 7–15 digits."""
+    return bool(_PHONE_NUMBER.match(to)) and 7 <= len(phone_digits(to)) <= 15
 
 
 async def _messages(request: Request) -> JSONResponse:

@@ -8,6 +8,7 @@ requests with the production verifiers.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict, deque
@@ -28,6 +29,7 @@ class Received:
     headers: dict[str, str]  # names lower-cased
     body: Any  # parsed JSON, or a dict of the fields of a form-urlencoded POST (Twilio)
     status: int  # what the recorder answered
+    raw: bytes = b""  # the body exactly as received (SendGrid's signature covers these bytes)
 
 
 class CallbackRecorder:
@@ -74,13 +76,14 @@ class CallbackRecorder:
 
     async def _handle(self, request: Request) -> JSONResponse | PlainTextResponse:
         path = "/" + request.path_params["path"]
+        raw = await request.body()
         if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            body: Any = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+            body: Any = dict(parse_qsl(raw.decode(), keep_blank_values=True))
         else:
-            body = await request.json()
+            body = json.loads(raw)
         with self._changed:
             status = self._scripted[path].popleft() if self._scripted[path] else 200
-            self._received.append(Received(path, {k.lower(): v for k, v in request.headers.items()}, body, status))
+            self._received.append(Received(path, {k.lower(): v for k, v in request.headers.items()}, body, status, raw))
             self._changed.notify_all()
         if path in self._answers:
             return PlainTextResponse(self._answers[path], status_code=status)

@@ -57,9 +57,9 @@ class SandboxState:
         self.dispatcher = CallbackDispatcher(
             config.callback_delay_s, config.callback_max_attempts, config.callback_backoff_s, config.callback_concurrency
         )
-        # setWebhook state per bot token: (url, secret_token). Survives /_sandbox/reset like the real
-        # bot's webhook survives anything short of another setWebhook.
-        self.telegram_webhooks = {bot.token: (bot.webhook_url, bot.secret_token) for bot in config.telegram}
+        # Webhook settings per bot token (sandbox.telegram_webhook.Webhook), from setWebhook/deleteWebhook;
+        # a bot without an entry uses its config. Survives /_sandbox/reset like the real bot's webhook.
+        self.telegram_webhooks: dict[str, Any] = {}
         # Ids start from the clock in ms so a restarted sandbox never reuses an id a receiver has stored.
         base = int(time.time() * 1000)
         self.message_ids, self.update_ids = itertools.count(base), itertools.count(base)

@@ -1,5 +1,10 @@
-"""The Telegram Bot API as the sandbox speaks it: `/bot<token>/<method>` for getMe, setWebhook,
-sendMessage, sendPhoto, sendDocument, sendChatAction and answerCallbackQuery.
+"""The Telegram Bot API as the sandbox speaks it: `/bot<token>/<method>` for getMe, sendMessage,
+sendPhoto, sendDocument, sendChatAction and answerCallbackQuery, and setWebhook, deleteWebhook and
+getWebhookInfo (`sandbox.telegram_webhook`).
+
+The sandbox's chats are private chats named by their numeric id, and it knows every one of them; a
+chat_id that is not a non-zero integer (an @username: it has no public channels) answers 400
+"Bad Request: chat not found", as Telegram does for a chat it does not know.
 
 A button press (`callback_query` update) must be answered with answerCallbackQuery, as an API call
 or, as Telegram allows, in the body of the webhook's answer (`{"method": "answerCallbackQuery", …}`;
@@ -7,11 +12,10 @@ no other method is executed from a webhook answer here). `GET /_sandbox/telegram
 lists the presses and how each was answered.
 
 Error bodies are Telegram's `{"ok": false, "error_code": n, "description": "…"}`. Deliberate
-deviations: setWebhook accepts plain-HTTP loopback URLs on any port (Telegram wants HTTPS on 443, 80,
-88 or 8443) because the receivers run locally; media URLs are never fetched (any http(s) URL with a
-host "downloads"), and a file_id is accepted when it has the shape of one this sandbox issues. The
-parse_mode checks cover the common mistakes (unsupported or unclosed HTML tags, unescaped MarkdownV2
-characters), not Telegram's whole parser.
+deviations (the webhook's are in `sandbox.telegram_webhook`): media URLs are never fetched (any
+http(s) URL with a host "downloads"), and a file_id is accepted when it has the shape of one this
+sandbox issues. The parse_mode checks cover the common mistakes (unsupported or unclosed HTML tags,
+unescaped MarkdownV2 characters), not Telegram's whole parser.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sandbox.callbacks import Callback
+from sandbox import telegram_webhook
 from sandbox.config import TelegramBot
 from sandbox.forms import BadRequest, read_params
 from sandbox.outcomes import BLOCKED, CLICK, TELEGRAM, outcome_for
@@ -39,7 +43,6 @@ from sandbox.state import SandboxState
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
 MAX_CALLBACK_DATA = 64  # bytes
-_SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _CHAT_ACTIONS = frozenset({
     "typing", "upload_photo", "record_video", "upload_video", "record_voice", "upload_voice",
     "upload_document", "choose_sticker", "find_location", "record_video_note", "upload_video_note",
@@ -57,7 +60,10 @@ _MD_LINK_TARGET = re.compile(r"\]\((?:[^)\\]|\\.)*\)")  # "](url)": inside, only
 _MD_CODE = re.compile(r"```.*?```|`[^`]*`", re.DOTALL)  # inside code, only "`" and "\" are escaped
 
 
+_CHAT_ID = re.compile(r"^-?\d{1,20}$")
 QUERY_INVALID = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+CHAT_NOT_FOUND = "Bad Request: chat not found"
+_WEBHOOK_METHODS = {"setWebhook": telegram_webhook.set_webhook, "deleteWebhook": telegram_webhook.delete_webhook}
 
 
 def routes() -> list[Route]:
@@ -99,8 +105,14 @@ async def _dispatch(request: Request) -> JSONResponse:
     if method == "getMe":
         ident = bot_id(token)
         return _ok({"id": ident, "is_bot": True, "first_name": "Sandbox bot", "username": f"sandbox_{ident}_bot"})
-    if method == "setWebhook":
-        return _set_webhook(state, token, params)
+    if method in _WEBHOOK_METHODS:
+        try:
+            description = _WEBHOOK_METHODS[method](state, bot, params)
+        except telegram_webhook.WebhookError as exc:
+            return _error(400, f"Bad Request: {exc}")
+        return _ok(True, description=description)
+    if method == "getWebhookInfo":
+        return _ok(telegram_webhook.webhook_info(state, bot))
     if method in ("sendMessage", *_MEDIA):
         return await _send(request, state, bot, method, params)
     if method == "sendChatAction":
@@ -108,14 +120,6 @@ async def _dispatch(request: Request) -> JSONResponse:
     if method == "answerCallbackQuery":
         return _answer_callback_query(state, bot, params, via="api")
     return _error(404, "Not Found")
-
-
-def _set_webhook(state: SandboxState, token: str, params: dict[str, Any]) -> JSONResponse:
-    url, secret = str(params.get("url") or ""), params.get("secret_token")
-    if secret is not None and not _SECRET_TOKEN.match(str(secret)):
-        return _error(400, "Bad Request: secret token contains unallowed characters")
-    state.telegram_webhooks[token] = (url or None, str(secret) if secret else None)
-    return _ok(True, description="Webhook was set" if url else "Webhook was deleted")
 
 
 async def _send(request: Request, state: SandboxState, bot: TelegramBot, method: str, params: dict[str, Any]) -> JSONResponse:
@@ -127,7 +131,8 @@ async def _send(request: Request, state: SandboxState, bot: TelegramBot, method:
     problem = (
         "chat_id is empty" if chat_id in (None, "") else
         f"there is no {kind} in the request" if kind and not file_ref else
-        "message text is empty" if not kind and not text else None
+        "message text is empty" if not kind and not text else
+        CHAT_NOT_FOUND.removeprefix("Bad Request: ") if not known_chat(chat_id) else None
     )
     media = _media(kind, prefix, file_ref) if kind and not problem else {}
     if kind and not problem and not media:
@@ -160,11 +165,10 @@ async def _send(request: Request, state: SandboxState, bot: TelegramBot, method:
         state.record(TELEGRAM, outcome, accepted=False, provider_message_id=None, **record)
         return _error(403, "Forbidden: bot was blocked by the user")
 
-    chat_key: int | str = int(chat) if chat.lstrip("-").isdigit() else chat
     message: dict[str, Any] = {
         "message_id": next(state.message_ids),
         "from": {"id": bot_id(token), "is_bot": True, "first_name": "Sandbox bot"},
-        "chat": {"id": chat_key, "type": "private"},
+        "chat": {"id": int(chat), "type": "private"},
         "date": int(time.time()),
         **media,
     }
@@ -172,14 +176,18 @@ async def _send(request: Request, state: SandboxState, bot: TelegramBot, method:
         message["caption" if media else "text"] = _plain(str(text), parse_mode)
     if markup:
         message["reply_markup"] = markup
-    provider_message_id = f"{chat_key}:{message['message_id']}"
+    provider_message_id = f"{int(chat)}:{message['message_id']}"
     state.record(TELEGRAM, outcome, accepted=True, provider_message_id=provider_message_id, **record)
-    url, secret = state.telegram_webhooks.get(token, (None, None))
-    if outcome == CLICK and url:
+    if outcome == CLICK and telegram_webhook.wants(state, bot, "callback_query"):
         update = _button_press(state, bot, message, _first_callback_data(markup))
-        headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
-        state.dispatcher.submit([Callback(url, lambda: (update, headers), on_answer=lambda answer: _webhook_answer(state, bot, answer))])
+        telegram_webhook.deliver(state, bot, update, on_answer=lambda answer: _webhook_answer(state, bot, answer))
     return _ok(message)
+
+
+def known_chat(chat_id: Any) -> bool:
+    """True for a chat the sandbox knows: a private chat, named by its non-zero integer id."""
+    text = str(chat_id).strip()
+    return bool(_CHAT_ID.match(text)) and int(text) != 0
 
 
 def _queries(state: SandboxState) -> dict[str, dict[str, Any]]:
@@ -219,6 +227,8 @@ async def _send_chat_action(request: Request, state: SandboxState, bot: Telegram
         return _error(400, "Bad Request: chat_id is empty")
     if action not in _CHAT_ACTIONS:
         return _error(400, "Bad Request: wrong parameter action in request")
+    if not known_chat(chat_id):
+        return _error(400, CHAT_NOT_FOUND)
     if refusal := await _admit(request, state, str(bot_id(bot.token)), bot, count=False):
         return refusal
     if outcome_for(TELEGRAM, str(chat_id)) == BLOCKED:

@@ -200,8 +200,9 @@ def test_smsc_sandbox_rejects_what_smsc_rejects(sandbox):
     auth = {"login": LOGIN, "psw": hashlib.md5(PASSWORD.encode()).hexdigest(), "fmt": "3"}  # the MD5 of the password works too
     phone = smsc.phone_digits(phone_with("deliver", skip=3))
     assert httpx.post(f"{sandbox}/sys/send.php", data=auth | {"phones": phone}).json() == {"error": "parameters error", "error_code": 1}
-    assert httpx.post(f"{sandbox}/sys/send.php", data=auth | {"phones": "12", "mes": "x"}).json()["error_code"] == 7
-    assert httpx.post(f"{sandbox}/sys/send.php", data=auth | {"phones": phone, "mes": "x", "id": "0"}).json()["error_code"] == 1
+    assert httpx.post(f"{sandbox}/sys/send.php", data=auth | {"phones": "12", "mes": "x", "id": "77"}).json() == {
+        "error": "invalid phone", "error_code": 7, "id": 77}  # errors about the message name it
+    assert httpx.post(f"{sandbox}/sys/send.php", data=auth | {"phones": phone, "mes": "x", "id": "2147483648"}).json()["error_code"] == 1
     costly = httpx.get(f"{sandbox}/sys/send.php", params=auth | {"phones": phone, "mes": "a" * 200, "cost": "3"}).json()
     assert costly["cnt"] == 2 and {"id", "cost", "balance"} <= costly.keys()
 

@@ -106,6 +106,13 @@ def test_blocked_chat_is_unreachable_and_sends_no_callback(sandbox, recorder):
     assert not [r for r in recorder.received("/tg") if str(r.body["callback_query"]["from"]["id"]) == chat]
 
 
+def test_unknown_chat_is_unreachable(sandbox):
+    """A chat Telegram does not know (here an @username: the sandbox has no public channels) answers
+    400 "chat not found"; the connector reports it unreachable, which suppresses the channel."""
+    result = send(sandbox, message("@no_such_channel", "Привет"))
+    assert (result.ok, result.error_class, result.error) == (False, "unreachable", "Bad Request: chat not found")
+
+
 @pytest.mark.parametrize(
     ("token", "text", "error"),
     [

@@ -415,6 +415,16 @@ def test_d360_undeliverable_number(sandbox, recorder):
     assert (event.kind, event.reason) == ("delivery_failed", "failed 131026: Message undeliverable (unreachable)")
 
 
+@pytest.mark.parametrize("address", ["+0033612345678", "+7 916", "+7916123456789012"])
+def test_d360_malformed_number_is_refused_and_unreachable(sandbox, address):
+    """A number WhatsApp could never reach is refused at send (Cloud API code 100 naming `to`): the
+    connector reports it unreachable, which suppresses the channel, instead of a send that "succeeds"."""
+    result = send(D360Connector(sandbox, D360_KEY), message(address))
+    assert (result.ok, result.error_class) == (False, "unreachable")
+    assert result.error.startswith("invalid recipient: (#100) Invalid parameter | Param to must be a phone number")
+    assert not any(m["recipient"] == dd.digits(address) for m in httpx.get(f"{sandbox}/_sandbox/messages", params={"provider": "d360"}).json()["messages"])
+
+
 def test_d360_unsubscribe_button_reply_opts_out(sandbox, recorder):
     to = phone_with("d360", "stop")
     buttons = (("Отписаться", "unsubscribe"), ("Подробнее", "more"))
@@ -508,6 +518,9 @@ def meta_error(code: int, message_text: str = "x") -> dict:
         (400, meta_error(131026), "unreachable"),
         (400, meta_error(131050), "unreachable"),
         (400, meta_error(131047, "Re-engagement message"), "rejected"),
+        (400, meta_error(100, "The parameter to is required."), "unreachable"),
+        (400, meta_error(100, "The parameter text['body'] is required."), "rejected"),
+        (400, meta_error(100, "Invalid parameter"), "rejected"),
         (400, {"meta": {"success": False, "http_code": 400, "developer_message": 'Invalid payload ({"error":{"code":131056}})'}}, "rate_limited"),
         (400, {"meta": {"success": False, "developer_message": "Could not send message due to lack of payment."}}, "rejected"),
         (403, {"meta": {"success": False, "developer_message": "The endpoint is blocked"}}, "rejected"),

@@ -10,6 +10,9 @@ Errors come in two shapes: 360dialog's own `{"meta": {"success": false, "http_co
 "developer_message": "…"}}` and Meta's `{"error": {"message": "(#131047) …", "code": 131047, …}}`
 (sometimes wrapped inside developer_message). 360dialog's own rate limit is an HTTP **400** whose text
 says "You have exceeded the endpoint rate limit", so it is recognised by the text, not the status.
+A code-100 refusal that names the `to` parameter says our address is no phone number WhatsApp could
+ever reach (e.g. "0033…"): UNREACHABLE, so the channel is suppressed for that contact instead of
+being refused again on every campaign. Any other code-100 answer is about our payload: REJECTED.
 
 Webhooks carry no signature: authenticity is the custom header(s) configured on the webhook
 (`verify_webhook`). One POST may carry several statuses and messages; each becomes an event keyed
@@ -58,6 +61,8 @@ MAX_TEXT, MAX_CAPTION = 4096, 1024  # text.body; interactive body and media capt
 RATE_LIMIT_CODES = frozenset({130429, 131056, 131049})  # throughput, pair rate, per-user marketing limit
 UNREACHABLE_CODES = frozenset({131026, 131050})  # undeliverable (no WhatsApp, old app), stopped marketing
 NEEDS_TEMPLATE = 131047  # re-engagement: more than 24 h since the user wrote; send a template
+INVALID_PARAMETER = 100
+_RECIPIENT_PARAMETER = re.compile(r"\bparam(?:eter)?\s+to\b", re.IGNORECASE)  # "(#100) … Param to must be …"
 TRANSIENT_CODES = frozenset({1, 2, 131000, 131016})  # unknown / temporary / something went wrong / unavailable
 
 STOP_KEYWORDS = frozenset({"stop", "стоп", "unsubscribe", "отписаться"})
@@ -164,6 +169,8 @@ def classify(status: int, body: Mapping[str, Any], text: str = "") -> SendResult
         return SendResult(ok=False, error_class=RATE_LIMITED, error=error)
     if code in UNREACHABLE_CODES:
         return SendResult(ok=False, error_class=UNREACHABLE, error=error)
+    if code == INVALID_PARAMETER and _RECIPIENT_PARAMETER.search(error):
+        return SendResult(ok=False, error_class=UNREACHABLE, error=f"invalid recipient: {error}")
     if code == NEEDS_TEMPLATE:
         return SendResult(ok=False, error_class=REJECTED, error=f"needs a template (outside the 24-hour window): {error}")
     if status in (401, 403):
