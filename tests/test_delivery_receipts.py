@@ -1,11 +1,16 @@
-"""Which providers report delivery is declared once, on each connector, and read from there."""
+"""Which providers report delivery is declared once, on each connector, and read from there:
+by the fallback rule (through the provider's name) and by the reports (the dbt seed, a copy
+kept equal here)."""
 
 from __future__ import annotations
+
+import csv
 
 import pytest
 
 from policies.schema import Channel, Provider
 from resources.connectors import CONNECTOR_CLASSES, ChannelConnectors, has_delivery_receipts
+from resources.dbt import DBT_PROJECT_DIR
 from test_gateway_providers import TENANT
 
 
@@ -25,3 +30,12 @@ def test_only_telegram_and_vk_lack_delivery_receipts():
 def test_an_unknown_provider_is_named_in_the_error():
     with pytest.raises(ValueError, match="unknown provider 'pigeon'"):
         has_delivery_receipts("pigeon")
+
+
+def test_the_reports_seed_says_what_the_connectors_declare():
+    with open(DBT_PROJECT_DIR / "seeds" / "provider_capabilities.csv", newline="", encoding="utf-8") as seed:
+        rows = list(csv.DictReader(seed))
+    assert {row["provider"]: row["delivery_receipts"] for row in rows} == {
+        p.value: str(has_delivery_receipts(p.value)).lower() for p in Provider
+    }
+    assert len(rows) == len(Provider)  # one row each

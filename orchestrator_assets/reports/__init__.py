@@ -126,8 +126,9 @@ def write_funnel_files(rows: list[dict[str, Any]], directory: Path, generated_at
     pool=WAREHOUSE_POOL,
     kinds={"csv", "html"},
     description=(
-        "The campaign funnel (distinct sends per stage, per tenant × campaign × channel) as "
-        "campaign_funnel.csv and a readable campaign_funnel.html in the reports directory."
+        "The campaign funnel (distinct sends per stage, per tenant × campaign × channel; delivery "
+        "unknown where the provider sends no receipts) as campaign_funnel.csv and a readable "
+        "campaign_funnel.html in the reports directory."
     ),
 )
 def campaign_funnel_export(warehouse: Warehouse) -> dg.MaterializeResult:
@@ -141,6 +142,7 @@ def campaign_funnel_export(warehouse: Warehouse) -> dg.MaterializeResult:
             "html_path": dg.MetadataValue.path(str(html_path)),
             "dagster/row_count": len(rows),
             "tenants": len({row["tenant"] for row in rows}),
-            "sent": sum(int(row["sent"]) for row in rows),
+            "attempted": sum(int(row["attempted"]) for row in rows),
+            "accepted": sum(int(row["accepted"]) for row in rows),
         }
     )
