@@ -105,7 +105,7 @@ def test_translator_keeps_source_key_from_meta_and_wires_lineage():
     specs = warehouse_reports.specs_by_key
     stg = specs[dg.AssetKey(["reports", "stg_events"])]
     funnel = specs[dg.AssetKey(["reports", "campaign_funnel"])]
-    assert {d.asset_key for d in stg.deps} == {dg.AssetKey(["sends", "campaign_sends"])}
+    assert {d.asset_key for d in stg.deps} == {dg.AssetKey(["sends", "campaign_sends"]), dg.AssetKey(["deliveries", "delivery_events"])}
     assert {d.asset_key for d in funnel.deps} == {dg.AssetKey(["reports", "stg_events"]), dg.AssetKey(["reports", "provider_capabilities"])}
     assert {s.group_name for s in specs.values()} == {GROUP}
     export_deps = {dep.asset_key for spec in campaign_funnel_export.specs for dep in spec.deps}
@@ -114,6 +114,15 @@ def test_translator_keeps_source_key_from_meta_and_wires_lineage():
     check_names = {k.name for k in warehouse_reports.check_keys}
     assert "unique_stg_events_event_uid" in check_names
     assert any(n.startswith("unique_combination_of_columns_campaign_funnel") for n in check_names)
+
+
+def test_translator_takes_the_other_writers_of_a_source_from_its_meta():
+    manifest = _manifest()
+    (source,) = manifest["sources"].values()
+    source["meta"]["algor"]["other_writers"] = [["elsewhere", "writer"], ["elsewhere", "writer"]]
+    reader = next(uid for uid, node in manifest["nodes"].items() if source["unique_id"] in node["depends_on"]["nodes"])
+    spec = ReportsTranslator().get_asset_spec(manifest, reader, None)
+    assert [d.asset_key for d in spec.deps] == [dg.AssetKey(["sends", "campaign_sends"]), dg.AssetKey(["elsewhere", "writer"])]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Reports: the dbt project over the event warehouse, and a file export of the campaign funnel.
 
-* ``warehouse_reports``: every dbt model as an asset ``["reports", <model>]`` (``dbt build``:
-  models, data tests as asset checks, unit tests), downstream of ``["sends", "campaign_sends"]``.
+* ``warehouse_reports``: every dbt model and seed as an asset ``["reports", <name>]`` (``dbt
+  build``: seeds, models, data tests as asset checks, unit tests), downstream of both writers of
+  the event warehouse, ``["sends", "campaign_sends"]`` and ``["deliveries", "delivery_events"]``.
 * ``campaign_funnel_export``: ``["reports", "campaign_funnel_export"]``, reads the mart and
   writes ``campaign_funnel.csv`` and ``campaign_funnel.html`` into ``settings.reports_dir``.
 
