@@ -196,7 +196,9 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
             "messages": len(rows),
             "campaigns": dg.MetadataValue.md(
                 markdown_table(
-                    ["campaign", "channel", "segment members (or triggered)", "audience", "excluded (no consent/address/rule)", "to send now"], summary
+                    ["campaign", "channel", "segment members (or triggered)", "audience", "excluded (no consent/address/rule)", "to send now"],
+                    summary,
+                    empty="No campaign is due.",
                 )
             ),
         },
