@@ -120,7 +120,7 @@ def test_translator_takes_the_other_writers_of_a_source_from_its_meta():
     manifest = _manifest()
     (source,) = manifest["sources"].values()
     source["meta"]["algor"]["other_writers"] = [["elsewhere", "writer"], ["elsewhere", "writer"]]
-    reader = next(uid for uid, node in manifest["nodes"].items() if source["unique_id"] in node["depends_on"]["nodes"])
+    reader = next(uid for uid, node in manifest["nodes"].items() if source["unique_id"] in node["depends_on"].get("nodes", []))
     spec = ReportsTranslator().get_asset_spec(manifest, reader, None)
     assert [d.asset_key for d in spec.deps] == [dg.AssetKey(["sends", "campaign_sends"]), dg.AssetKey(["elsewhere", "writer"])]
 
