@@ -46,7 +46,7 @@ def requeue_dead_webhooks(context: dg.OpExecutionContext, config: WebhookRetryCo
         {
             "requeued": len(requeued),
             "ignored_not_dead": dg.MetadataValue.json(not_dead),
-            "requeued_rows": dg.MetadataValue.md(markdown_table(["delivery id", "tenant", "subscription"], [tuple(row) for row in requeued[:200]])),
+            "requeued_rows": dg.MetadataValue.md(markdown_table(["delivery id", "tenant", "subscription"], [tuple(row) for row in requeued[:200]], empty="Nothing re-queued: none of them was dead.")),
         }
     )
     return len(requeued)

@@ -18,6 +18,7 @@ from policies.campaigns import Campaign
 from policies.loader import load_bundle
 from policies.rendering import render_message
 from policies.segments import Rule
+from resources.connectors import has_delivery_receipts
 from resources.links import rewrite_links, sign_click, sign_deep_link, sign_unsubscribe
 from resources.opstore import OperationalStore
 from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends
@@ -95,13 +96,14 @@ def fallback_plan(conn: sa.Connection, tenant: str, campaign: Campaign, eligible
     """Per channel, the contacts whose next channel (``orchestrator_assets.fallback``) it is."""
     history: dict[int, dict[str, Attempt]] = {}
     query = (
-        sa.select(sends.c.contact_id, sends.c.channel, sends.c.status, sends.c.finished_at, deliveries.c.status.label("delivery"))
+        sa.select(sends.c.contact_id, sends.c.channel, sends.c.provider, sends.c.status, sends.c.finished_at, deliveries.c.status.label("delivery"))
         .outerjoin(deliveries, deliveries.c.send_id == sends.c.send_id)
         .where(sends.c.tenant == tenant, sends.c.campaign == campaign.name, sends.c.step == campaign.step)
     )
     for row in conn.execute(query):
-        finished = row.finished_at.replace(tzinfo=dt.UTC) if row.finished_at and row.finished_at.tzinfo is None else row.finished_at
-        history.setdefault(row.contact_id, {})[row.channel] = Attempt(row.status, row.delivery, finished)  # SQLite drops tz
+        finished = row.finished_at.replace(tzinfo=dt.UTC) if row.finished_at and row.finished_at.tzinfo is None else row.finished_at  # SQLite drops tz
+        attempt = Attempt(row.status, row.delivery, finished, has_delivery_receipts(row.provider))
+        history.setdefault(row.contact_id, {})[row.channel] = attempt
     order = [content.channel for content in campaign.channels]
     by_id = {channel: {contact["id"]: contact for contact in contacts_} for channel, contacts_ in eligible.items()}
     after = dt.timedelta(minutes=campaign.fallback.undelivered_after_minutes) if campaign.fallback.undelivered_after_minutes else None
@@ -195,7 +197,9 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
             "messages": len(rows),
             "campaigns": dg.MetadataValue.md(
                 markdown_table(
-                    ["campaign", "channel", "segment members (or triggered)", "audience", "excluded (no consent/address/rule)", "to send now"], summary
+                    ["campaign", "channel", "segment members (or triggered)", "audience", "excluded (no consent/address/rule)", "to send now"],
+                    summary,
+                    empty="No campaign is due.",
                 )
             ),
         },

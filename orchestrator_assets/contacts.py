@@ -101,8 +101,12 @@ def phone_reachability(context: dg.AssetExecutionContext, config: PhoneReachabil
             "not_checked": lookups.tally["not_checked"],
             "sms_consents_withdrawn": lookups.tally["sms_consents_withdrawn"],
             "results": dg.MetadataValue.md(
-                markdown_table(["contact", "reachable", "what SMSC said"], [(c, READABLE[r], why) for c, r, why in sorted(lookups.answers)[:50]])
+                markdown_table(
+                    ["contact", "reachable", "what SMSC said"],
+                    [(c, READABLE[r], why) for c, r, why in sorted(lookups.answers)[:50]],
+                    empty="No answers: no number was due for a lookup.",
+                )
             ),
-            "not_checked_why": dg.MetadataValue.md(markdown_table(["contact", "why"], lookups.not_checked[:50])),
+            "not_checked_why": dg.MetadataValue.md(markdown_table(["contact", "why"], lookups.not_checked[:50], empty="Every lookup was answered.")),
         }
     )

@@ -18,10 +18,6 @@ RANKS = {
     wh.COMPLAINED: 7,
 }
 
-# Providers that send no delivery receipts: their API's acceptance is the delivery fact we have.
-# The Telegram Bot API answers sendMessage only once the message is in the chat.
-DELIVERED_ON_ACCEPT = frozenset({"telegram"})
-
 
 def advances(current_rank: int | None, new_status: str) -> bool:
     return new_status in RANKS and (current_rank is None or RANKS[new_status] > current_rank)

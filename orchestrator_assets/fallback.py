@@ -22,6 +22,7 @@ class Attempt:
     ledger_status: str  # claimed | sent | failed | ambiguous | resend
     delivery_status: str | None  # furthest delivery status, if any callback arrived
     finished_at: dt.datetime | None
+    delivery_receipts: bool  # does the send's provider report delivery at all (not Telegram, VK)
 
 
 def next_channel(
@@ -45,6 +46,10 @@ def next_channel(
         if attempt.ledger_status == "failed" or attempt.delivery_status == "delivery_failed":
             continue
         if attempt.delivery_status in REACHED:
+            return None
+        if not attempt.delivery_receipts:
+            # Accepted where no receipt will ever come: acceptance is all we can learn, so waiting
+            # for one would move every contact on to the next channel, i.e. message them twice.
             return None
         timed_out = (
             undelivered_after is not None and attempt.finished_at is not None and now - attempt.finished_at >= undelivered_after

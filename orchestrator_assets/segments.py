@@ -42,7 +42,7 @@ def segment_members(context: dg.AssetExecutionContext, opstore: OperationalStore
             ).scalar_one()
     return dg.MaterializeResult(
         metadata={
-            "segments": dg.MetadataValue.md(markdown_table(["segment", "members"], sorted(counts.items()))),
+            "segments": dg.MetadataValue.md(markdown_table(["segment", "members"], sorted(counts.items()), empty="The tenant defines no segments.")),
             **{f"members_{name}": count for name, count in counts.items()},
         }
     )

@@ -188,8 +188,9 @@ class Trigger(StrictModel):
 class Fallback(StrictModel):
     """Reach each contact on ONE channel: the first in ``channels`` order they have consent and an
     address for; move to the next only when that send failed (unreachable, rejected, bounced) or,
-    with ``undelivered_after_minutes``, was not confirmed delivered in time. Without a fallback
-    block every listed channel is sent, each under its own consent."""
+    with ``undelivered_after_minutes``, was not confirmed delivered in time. A provider without
+    delivery receipts (Telegram, VK) can never confirm, so there acceptance ends the chain.
+    Without a fallback block every listed channel is sent, each under its own consent."""
 
     undelivered_after_minutes: int | None = Field(default=None, ge=1)
 

@@ -40,6 +40,32 @@ PRODUCTION_BASE_URLS = {
     Provider.GREENAPI: "https://api.green-api.com",
 }
 
+# What each provider's connector class declares about the provider (delivery_receipts, …), for code
+# that knows a provider by name only (a ledger row) and holds no credentials to build a connector.
+CONNECTOR_CLASSES: dict[Provider, type[ChannelConnector]] = {
+    Provider.TELEGRAM: TelegramConnector,
+    Provider.MAILGUN: MailgunConnector,
+    Provider.SENDGRID: SendGridConnector,
+    Provider.VK: VkConnector,
+    Provider.SMSC: SmscConnector,
+    Provider.SMSRU: SmsRuConnector,
+    Provider.TWILIO: TwilioConnector,
+    Provider.D360: D360Connector,
+    Provider.GREENAPI: GreenApiConnector,
+}
+
+
+def has_delivery_receipts(provider: str) -> bool:
+    """True when ``provider`` reports delivery, False when acceptance is all it says (Telegram, VK).
+
+    Raises ValueError naming the provider when no connector speaks it.
+    """
+    try:
+        return CONNECTOR_CLASSES[Provider(provider)].delivery_receipts
+    except ValueError:
+        raise ValueError(f"unknown provider {provider!r}; known: {', '.join(Provider)}") from None
+
+
 # provider -> (account, secret reader, base url, channel, the tenant's callback root on our gateway) -> connector
 Factory = Callable[[Any, Callable[[str], str], str, Channel, str], ChannelConnector]
 FACTORIES: dict[Provider, Factory] = {

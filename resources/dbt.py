@@ -57,7 +57,7 @@ def make_dbt_resource() -> DbtCliResource:
 
 
 # What dbt reads when it parses; a manifest older than any of these is stale.
-_PROJECT_INPUTS = ("dbt_project.yml", "profiles.yml", "models", "tests", "macros")
+_PROJECT_INPUTS = ("dbt_project.yml", "profiles.yml", "models", "seeds", "tests", "macros")
 
 
 def _newest_input_mtime() -> float:

@@ -146,6 +146,8 @@ def test_operator_decisions_resolve_ambiguous_sends(algor_home, instance, monkey
         assert {ledger(engine)[x].status for x in (d, e)} == {"failed"}
         passed, check = latest_check(instance)
         assert passed and check["ambiguous_in_ledger"] == 0
+        # and says so in words, not with a table header over no rows
+        assert check["ambiguous_sends"] == "_No ambiguous sends: nothing waits for an operator's decision._"
 
         # The next run sends the one the operator allowed, once more under its send id, and nothing else.
         third = run_pipeline(instance, "demo")

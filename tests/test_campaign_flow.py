@@ -87,7 +87,7 @@ def test_campaign_end_to_end_two_tenants(algor_home, instance, monkeypatch, tmp_
     for (tenant, channel), figures in expected.items():
         row = funnel[(tenant, campaigns[tenant], channel)]
         assert {k: row[k] for k in figures} == figures, (tenant, channel)
-    assert metadata(first_acme, "sends/campaign_sends")["sent"] == funnel[("acme", "spring_sale_2026", "email")]["sent"]
+    assert metadata(first_acme, "sends/campaign_sends")["sent"] == funnel[("acme", "spring_sale_2026", "email")]["accepted"]
 
 
 def test_forged_callback_refused_and_real_one_counted_once(algor_home, instance, monkeypatch):

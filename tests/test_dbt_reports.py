@@ -19,7 +19,7 @@ from orchestrator_assets.reports import (
     read_funnel,
     warehouse_reports,
 )
-from orchestrator_assets.reports.formatting import FUNNEL_COLUMNS, funnel_csv, funnel_html, funnel_markdown
+from orchestrator_assets.reports.formatting import FUNNEL_COLUMNS, funnel_csv, funnel_html, funnel_markdown, unknown_notes
 from resources import chdb_bridge
 from resources.dbt import MANIFEST_PATH, DbtExecutableNotFound, dbt_executable, make_dbt_resource
 from resources.settings import SettingsError
@@ -105,8 +105,8 @@ def test_translator_keeps_source_key_from_meta_and_wires_lineage():
     specs = warehouse_reports.specs_by_key
     stg = specs[dg.AssetKey(["reports", "stg_events"])]
     funnel = specs[dg.AssetKey(["reports", "campaign_funnel"])]
-    assert {d.asset_key for d in stg.deps} == {dg.AssetKey(["sends", "campaign_sends"])}
-    assert {d.asset_key for d in funnel.deps} == {dg.AssetKey(["reports", "stg_events"])}
+    assert {d.asset_key for d in stg.deps} == {dg.AssetKey(["sends", "campaign_sends"]), dg.AssetKey(["deliveries", "delivery_events"])}
+    assert {d.asset_key for d in funnel.deps} == {dg.AssetKey(["reports", "stg_events"]), dg.AssetKey(["reports", "provider_capabilities"])}
     assert {s.group_name for s in specs.values()} == {GROUP}
     export_deps = {dep.asset_key for spec in campaign_funnel_export.specs for dep in spec.deps}
     assert export_deps == {dg.AssetKey(["reports", "campaign_funnel"])}
@@ -116,31 +116,57 @@ def test_translator_keeps_source_key_from_meta_and_wires_lineage():
     assert any(n.startswith("unique_combination_of_columns_campaign_funnel") for n in check_names)
 
 
+def test_translator_takes_the_other_writers_of_a_source_from_its_meta():
+    manifest = _manifest()
+    (source,) = manifest["sources"].values()
+    source["meta"]["algor"]["other_writers"] = [["elsewhere", "writer"], ["elsewhere", "writer"]]
+    reader = next(uid for uid, node in manifest["nodes"].items() if source["unique_id"] in node["depends_on"].get("nodes", []))
+    spec = ReportsTranslator().get_asset_spec(manifest, reader, None)
+    assert [d.asset_key for d in spec.deps] == [dg.AssetKey(["sends", "campaign_sends"]), dg.AssetKey(["elsewhere", "writer"])]
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 
 ROWS = [
-    dict(tenant="acme", campaign="spring|sale", channel="email", sent=3, delivered=2, opened=1, clicked=1,
-         failed=2, complained=0, unsubscribed=1, delivery_rate=0.6667, click_rate=0.3333),
-    dict(tenant="<globex>", campaign="spring", channel="sms", sent=0, delivered=0, opened=0, clicked=0,
-         failed=1, complained=0, unsubscribed=0, delivery_rate=0.0, click_rate=0.0),
+    dict(tenant="acme", campaign="spring|sale", channel="email", attempted=4, accepted=3, delivered=2, opened=1,
+         clicked=1, refused=1, undelivered=1, complained=0, unsubscribed=1, delivery_rate=0.6667, click_rate=0.3333),
+    # Telegram sends no delivery receipts: the mart leaves delivery null (unknown).
+    dict(tenant="acme", campaign="spring|sale", channel="telegram", attempted=5, accepted=4, delivered=None, opened=0,
+         clicked=2, refused=1, undelivered=None, complained=0, unsubscribed=0, delivery_rate=None, click_rate=0.5),
+    dict(tenant="<globex>", campaign="spring", channel="sms", attempted=1, accepted=0, delivered=0, opened=0,
+         clicked=0, refused=1, undelivered=0, complained=0, unsubscribed=0, delivery_rate=None, click_rate=None),
 ]
 
 
 def test_funnel_markdown_is_a_table_with_percentages():
     md = funnel_markdown(ROWS).splitlines()
-    assert md[0].startswith("| tenant | campaign | channel | sent |")
-    assert len(md) == 2 + len(ROWS)
+    assert md[0].startswith("| tenant | campaign | channel | attempted | accepted | delivered | opened | clicked | refused | undelivered |")
     assert "spring\\|sale" in md[2]  # pipes escaped
-    assert "&lt;globex&gt;" in md[3]  # no raw HTML from user-provided names
-    assert "66.67%" in md[2] and "33.33%" in md[2]
+    assert "&lt;globex&gt;" in md[4]  # no raw HTML from user-provided names
+    assert md[2] == "| acme | spring\\|sale | email | 4 | 3 | 2 | 1 | 1 | 1 | 1 | 0 | 1 | 66.67% | 33.33% |"
     assert funnel_markdown([]) == "_No campaign events in the warehouse yet._"
 
 
-def test_funnel_csv_round_trips():
+def test_funnel_markdown_shows_unknown_delivery_as_unknown_and_says_why():
+    md = funnel_markdown(ROWS)
+    lines = md.splitlines()
+    # delivered, undelivered and the delivery rate are unknown, never 0 % or 100 %
+    assert lines[3] == "| acme | spring\\|sale | telegram | 5 | 4 | — | 0 | 2 | 1 | — | 0 | 0 | — | 50.00% |"
+    assert lines[4].endswith("| — | — |")  # nothing accepted: no rate to give
+    notes = lines[len(ROWS) + 2:]
+    assert "_— delivery unknown on telegram: the provider sends no delivery receipts, so only acceptance by the provider is known._" in notes
+    assert "_— rate with nothing accepted: there is nothing to divide by._" in notes
+    assert unknown_notes(ROWS[:1]) == []  # nothing unknown, nothing to explain
+
+
+def test_funnel_csv_round_trips_with_unknowns_as_empty_fields():
     parsed = list(csv.DictReader(funnel_csv(ROWS).splitlines()))
     assert tuple(parsed[0]) == FUNNEL_COLUMNS
     assert parsed[0]["campaign"] == "spring|sale" and parsed[0]["delivery_rate"] == "0.6667"
+    telegram = parsed[1]
+    assert (telegram["accepted"], telegram["delivered"], telegram["undelivered"], telegram["delivery_rate"]) == ("4", "", "", "")
+    assert telegram["click_rate"] == "0.5"
 
 
 def test_funnel_html_is_self_contained_and_escaped():
@@ -149,18 +175,30 @@ def test_funnel_html_is_self_contained_and_escaped():
     assert "<script" not in page and "http" not in page
     assert "&lt;globex&gt;" in page and "<globex>" not in page
     assert page.count('class="chart"') == len(ROWS)
-    assert "width:66.7%" in page  # delivered 2 of 3 (scaled to the largest stage)
+    assert "width:50.0%" in page  # delivered 2 of 4 attempted (scaled to the largest stage)
+    assert "rates are relative to accepted" in page
     assert "No campaign events" in funnel_html([])
+
+
+def test_funnel_html_draws_no_bar_for_unknown_delivery():
+    page = funnel_html(ROWS[1:2])
+    chart = page[page.index('class="chart"'):]
+    delivered = chart[chart.index(">delivered<"):chart.index(">opened<")]
+    assert "width:0.0%" in delivered and "n/a (no receipts)" in delivered
+    table = page[page.index("<table>"):page.index("</table>")]
+    assert table.count("<td class=\"n\">—</td>") == 3  # delivered, undelivered, delivery rate
+    assert "delivery unknown on telegram" in page
 
 
 # --------------------------------------------------------------------------------------------
 # One real run: append events to chDB, dbt build through algor-dbt, export.
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
+PROVIDERS = {"email": "mailgun", "sms": "smsc", "telegram": "telegram"}
 
 
 def _event(tenant, event_id, event_type, send_id, campaign="spring", channel="email", minutes=0):
-    return [tenant, event_id, event_type, send_id, campaign, channel, "sandbox", 1, f"pm-{send_id}", "",
+    return [tenant, event_id, event_type, send_id, campaign, channel, PROVIDERS[channel], 1, f"pm-{send_id}", "",
             T0 + timedelta(minutes=minutes)]
 
 
@@ -179,6 +217,13 @@ def _events() -> tuple[list, list]:
         _event("acme", "u2", "unsubscribed", "s2", minutes=5),
         _event("acme", "s5", "sent", "s5", channel="sms"),
         _event("acme", "d5", "delivered", "s5", channel="sms", minutes=1),
+        # Telegram: accepted, refused, a button press, and the `delivered` that older code
+        # appended on acceptance, which must not turn into a delivery now.
+        _event("acme", "t1", "sent", "t1", channel="telegram"),
+        _event("acme", "t2", "sent", "t2", channel="telegram"),
+        _event("acme", "t3", "send_failed", "t3", channel="telegram"),
+        _event("acme", "t1", "delivered", "t1", channel="telegram"),
+        _event("acme", "tc2", "clicked", "t2", channel="telegram", minutes=2),
     ]
     # Same campaign name and the same event/send ids as acme: tenants must never mix.
     globex = [
@@ -192,12 +237,14 @@ def _events() -> tuple[list, list]:
 
 
 EXPECTED = {
-    ("acme", "spring", "email"): dict(sent=3, delivered=2, opened=1, clicked=1, failed=2, complained=0,
-                                      unsubscribed=1, delivery_rate=0.6667, click_rate=0.3333),
-    ("acme", "spring", "sms"): dict(sent=1, delivered=1, opened=0, clicked=0, failed=0, complained=0,
-                                    unsubscribed=0, delivery_rate=1.0, click_rate=0.0),
-    ("globex", "spring", "email"): dict(sent=2, delivered=1, opened=0, clicked=1, failed=0, complained=1,
-                                        unsubscribed=0, delivery_rate=0.5, click_rate=0.5),
+    ("acme", "spring", "email"): dict(attempted=4, accepted=3, delivered=2, opened=1, clicked=1, refused=1, undelivered=1,
+                                      complained=0, unsubscribed=1, delivery_rate=0.6667, click_rate=0.3333),
+    ("acme", "spring", "sms"): dict(attempted=1, accepted=1, delivered=1, opened=0, clicked=0, refused=0, undelivered=0,
+                                    complained=0, unsubscribed=0, delivery_rate=1.0, click_rate=0.0),
+    ("acme", "spring", "telegram"): dict(attempted=3, accepted=2, delivered=None, opened=0, clicked=1, refused=1, undelivered=None,
+                                         complained=0, unsubscribed=0, delivery_rate=None, click_rate=0.5),
+    ("globex", "spring", "email"): dict(attempted=2, accepted=2, delivered=1, opened=0, clicked=1, refused=0, undelivered=0,
+                                        complained=1, unsubscribed=0, delivery_rate=0.5, click_rate=0.5),
 }
 
 
@@ -217,6 +264,7 @@ def test_dbt_build_and_export_on_chdb(algor_home):
 
     materialized = {m.asset_key for m in result.get_asset_materialization_events()}
     assert materialized == {
+        dg.AssetKey(["reports", "provider_capabilities"]),
         dg.AssetKey(["reports", "stg_events"]),
         dg.AssetKey(["reports", "campaign_funnel"]),
         dg.AssetKey(["reports", "campaign_funnel_export"]),
@@ -235,12 +283,16 @@ def test_dbt_build_and_export_on_chdb(algor_home):
 
     reports = algor_home / "reports"
     csv_rows = list(csv.DictReader((reports / "campaign_funnel.csv").read_text().splitlines()))
-    assert [(r["tenant"], r["channel"], r["sent"]) for r in csv_rows] == [
-        ("acme", "email", "3"), ("acme", "sms", "1"), ("globex", "email", "2")
+    assert [(r["tenant"], r["channel"], r["attempted"], r["accepted"], r["delivered"]) for r in csv_rows] == [
+        ("acme", "email", "4", "3", "2"), ("acme", "sms", "1", "1", "1"), ("acme", "telegram", "3", "2", ""), ("globex", "email", "2", "2", "1")
     ]
     page = (reports / "campaign_funnel.html").read_text()
     assert "Tenant acme" in page and "Tenant globex" in page
+    assert "delivery unknown on telegram" in page
 
     export = result.asset_materializations_for_node("reports__campaign_funnel_export")[0]
-    assert "| acme | spring | email | 3 | 2 | 1 | 1 | 2 | 0 | 1 | 66.67% | 33.33% |" in export.metadata["funnel"].value
+    funnel = export.metadata["funnel"].value
+    assert "| acme | spring | email | 4 | 3 | 2 | 1 | 1 | 1 | 1 | 0 | 1 | 66.67% | 33.33% |" in funnel
+    assert "| acme | spring | telegram | 3 | 2 | — | 0 | 1 | 1 | — | 0 | 0 | — | 50.00% |" in funnel
+    assert (export.metadata["attempted"].value, export.metadata["accepted"].value) == (10, 8)
     assert Path(export.metadata["csv_path"].value) == reports / "campaign_funnel.csv"

@@ -34,6 +34,17 @@ def test_every_asset_is_grouped_by_domain_keyed_by_it_and_documented():
         assert spec.description, f"{spec.key.to_user_string()} has no docstring/description"
 
 
+def test_the_reports_are_downstream_of_every_writer_of_the_event_warehouse():
+    """Send outcomes and provider callbacks both land in algor.events; the graph must show that
+    the reports read both, or a stale funnel after a callback run looks up to date."""
+    graph = defs.resolve_asset_graph()
+    writers = {dg.AssetKey(["sends", "campaign_sends"]), dg.AssetKey(["deliveries", "delivery_events"])}
+    stg_events = dg.AssetKey(["reports", "stg_events"])
+    assert graph.get(stg_events).parent_keys >= writers
+    upstream_of_funnel = dg.AssetSelection.assets(["reports", "campaign_funnel_export"]).upstream().resolve(graph)
+    assert writers <= upstream_of_funnel
+
+
 def test_workspace_loads_in_a_fresh_process_like_dagster_dev(tmp_path):
     """`dagster definitions validate` loads workspace.yaml exactly as `dagster dev` would."""
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "ALGOR_HOME": str(tmp_path / "algor")}

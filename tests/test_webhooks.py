@@ -443,10 +443,9 @@ def test_final_send_outcomes_are_announced_once(engine, subscribed):
         )
     subscriptions = load_bundle().tenants["demo"].webhooks
     published = publish_send_outcomes(engine, Warehouse(), "demo", NOW, subscriptions)
-    assert published["webhook_events_enqueued"] == 4
+    assert published["webhook_events_enqueued"] == 3
     assert Counter((r.subscription, r.event_type) for r in outbox_rows(engine)) == {
-        ("crm", "message.sent"): 1,
-        ("crm", "message.delivered"): 1,  # Telegram: accepted is delivered
+        ("crm", "message.sent"): 1,  # Telegram: accepted, never announced as delivered (no receipts)
         ("crm", "consent.withdrawn"): 1,  # the unreachable address
         ("bounces", "message.send_failed"): 1,  # the transient failure is not final: no event yet
     }

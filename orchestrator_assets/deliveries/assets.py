@@ -85,7 +85,7 @@ def delivery_events(context: dg.AssetExecutionContext, config: InboxRange, opsto
             "dead_lettered": dead,
             "events_appended": len(batch.events),
             "webhook_events_enqueued": webhooks_enqueued,
-            "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "count"], sorted(batch.tally.items()))),
+            "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "count"], sorted(batch.tally.items()), empty="No inbox rows to apply.")),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -94,7 +94,7 @@ def delivery_events(context: dg.AssetExecutionContext, config: InboxRange, opsto
                 metadata={
                     "dead_letters": len(dead_letters),
                     "reasons": dg.MetadataValue.md(
-                        markdown_table(["inbox id", "provider", "attempts", "reason"], [tuple(r) for r in dead_letters[:50]])
+                        markdown_table(["inbox id", "provider", "attempts", "reason"], [tuple(r) for r in dead_letters[:50]], empty="No dead letters.")
                     ),
                 },
             )

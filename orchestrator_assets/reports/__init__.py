@@ -1,7 +1,8 @@
 """Reports: the dbt project over the event warehouse, and a file export of the campaign funnel.
 
-* ``warehouse_reports``: every dbt model as an asset ``["reports", <model>]`` (``dbt build``:
-  models, data tests as asset checks, unit tests), downstream of ``["sends", "campaign_sends"]``.
+* ``warehouse_reports``: every dbt model and seed as an asset ``["reports", <name>]`` (``dbt
+  build``: seeds, models, data tests as asset checks, unit tests), downstream of both writers of
+  the event warehouse, ``["sends", "campaign_sends"]`` and ``["deliveries", "delivery_events"]``.
 * ``campaign_funnel_export``: ``["reports", "campaign_funnel_export"]``, reads the mart and
   writes ``campaign_funnel.csv`` and ``campaign_funnel.html`` into ``settings.reports_dir``.
 
@@ -126,8 +127,9 @@ def write_funnel_files(rows: list[dict[str, Any]], directory: Path, generated_at
     pool=WAREHOUSE_POOL,
     kinds={"csv", "html"},
     description=(
-        "The campaign funnel (distinct sends per stage, per tenant × campaign × channel) as "
-        "campaign_funnel.csv and a readable campaign_funnel.html in the reports directory."
+        "The campaign funnel (distinct sends per stage, per tenant × campaign × channel; delivery "
+        "unknown where the provider sends no receipts) as campaign_funnel.csv and a readable "
+        "campaign_funnel.html in the reports directory."
     ),
 )
 def campaign_funnel_export(warehouse: Warehouse) -> dg.MaterializeResult:
@@ -141,6 +143,7 @@ def campaign_funnel_export(warehouse: Warehouse) -> dg.MaterializeResult:
             "html_path": dg.MetadataValue.path(str(html_path)),
             "dagster/row_count": len(rows),
             "tenants": len({row["tenant"] for row in rows}),
-            "sent": sum(int(row["sent"]) for row in rows),
+            "attempted": sum(int(row["attempted"]) for row in rows),
+            "accepted": sum(int(row["accepted"]) for row in rows),
         }
     )

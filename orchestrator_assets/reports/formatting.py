@@ -1,4 +1,9 @@
-"""Pure rendering of the campaign funnel: Markdown for Dagster metadata, CSV and HTML files."""
+"""Pure rendering of the campaign funnel: Markdown for Dagster metadata, CSV and HTML files.
+
+A null in the mart means unknown (delivery on a provider without delivery receipts, a rate with
+nothing accepted): Markdown and HTML show it as "—" with a note saying why, the CSV as an empty
+field, so no reader mistakes it for 0 % or 100 %.
+"""
 
 from __future__ import annotations
 
@@ -14,41 +19,64 @@ FUNNEL_COLUMNS: tuple[str, ...] = (
     "tenant",
     "campaign",
     "channel",
-    "sent",
+    "attempted",
+    "accepted",
     "delivered",
     "opened",
     "clicked",
-    "failed",
+    "refused",
+    "undelivered",
     "complained",
     "unsubscribed",
     "delivery_rate",
     "click_rate",
 )
 RATE_COLUMNS = ("delivery_rate", "click_rate")
-# Stages drawn as bars, each with its colour.
+UNKNOWN = "—"
+UNKNOWN_STAGE = "n/a (no receipts)"
+# Stages drawn as bars, each with its colour: the funnel, then the two ways a send is lost.
 BAR_STAGES: tuple[tuple[str, str], ...] = (
-    ("sent", "#4c78a8"),
+    ("attempted", "#9ecae9"),
+    ("accepted", "#4c78a8"),
     ("delivered", "#54a24b"),
     ("opened", "#72b7b2"),
     ("clicked", "#f58518"),
-    ("failed", "#e45756"),
+    ("refused", "#e45756"),
+    ("undelivered", "#b279a2"),
 )
 
 FunnelRow = Mapping[str, Any]
 
 
 def _percent(value: Any) -> str:
-    return f"{float(value or 0) * 100:.2f}%"
+    return f"{float(value) * 100:.2f}%"
 
 
 def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return UNKNOWN
     if column in RATE_COLUMNS:
         return _percent(value)
     return str(value)
 
 
+def unknown_notes(rows: Sequence[FunnelRow]) -> list[str]:
+    """Why cells read "—": one sentence per cause present in ``rows`` (none when all is known)."""
+    notes = []
+    blind = sorted({str(row["channel"]) for row in rows if row["delivered"] is None})
+    if blind:
+        notes.append(
+            f"{UNKNOWN} delivery unknown on {', '.join(blind)}: the provider sends no delivery receipts, "
+            "so only acceptance by the provider is known."
+        )
+    if any(not row["accepted"] for row in rows):
+        notes.append(f"{UNKNOWN} rate with nothing accepted: there is nothing to divide by.")
+    return notes
+
+
 def funnel_markdown(rows: Sequence[FunnelRow]) -> str:
-    """A Markdown table of the funnel (rates as percentages); a short note when there are no rows."""
+    """A Markdown table of the funnel (rates as percentages, unknowns explained below it); a short
+    note when there are no rows."""
     if not rows:
         return "_No campaign events in the warehouse yet._"
     header = "| " + " | ".join(c.replace("_", " ") for c in FUNNEL_COLUMNS) + " |"
@@ -58,11 +86,14 @@ def funnel_markdown(rows: Sequence[FunnelRow]) -> str:
         # campaign names are user input: no raw HTML or table breaks in the rendered Markdown
         cells = (html.escape(_cell(c, row[c]), quote=False).replace("|", "\\|") for c in FUNNEL_COLUMNS)
         lines.append("| " + " | ".join(cells) + " |")
+    for note in unknown_notes(rows):
+        lines += ["", f"_{html.escape(note, quote=False)}_"]
     return "\n".join(lines)
 
 
 def funnel_csv(rows: Sequence[FunnelRow]) -> str:
-    """CSV text with a header row; rates are kept as fractions (machine readable)."""
+    """CSV text with a header row; rates are kept as fractions and unknowns as empty fields
+    (machine readable: spreadsheets and pandas read them as missing, not as 0)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(FUNNEL_COLUMNS)
@@ -79,8 +110,9 @@ th, td { border: 1px solid #ddd; padding: .3rem .6rem; }
 th { background: #f4f4f4; text-align: left; } td.n { text-align: right; }
 .chart { margin: .75rem 0 1.25rem; } .chart h3 { font-size: .95rem; margin: .25rem 0; }
 .bar-row { display: flex; align-items: center; margin: 2px 0; font-size: .85rem; }
-.bar-label { width: 6rem; } .bar-track { display: inline-block; width: 24rem; background: #f0f0f0; }
+.bar-label { width: 7rem; } .bar-track { display: inline-block; width: 24rem; background: #f0f0f0; }
 .bar { display: block; height: 1rem; } .bar-value { margin-left: .5rem; }
+.note { font-size: .85rem; color: #555; }
 """.strip()
 
 
@@ -98,17 +130,19 @@ def _table(rows: Sequence[FunnelRow]) -> str:
 
 
 def _chart(row: FunnelRow) -> str:
-    scale = max([int(row[stage] or 0) for stage, _ in BAR_STAGES] + [1])
+    """Bars scaled to the largest stage; an unknown stage gets no bar, and says so."""
+    scale = max([int(row[stage]) for stage, _ in BAR_STAGES if row[stage] is not None] + [1])
     title = html.escape(f"{row['campaign']} · {row['channel']}")
     bars = []
     for stage, colour in BAR_STAGES:
-        count = int(row[stage] or 0)
-        width = round(100 * count / scale, 1)
+        count = row[stage]
+        width = 0.0 if count is None else round(100 * int(count) / scale, 1)
+        value = UNKNOWN_STAGE if count is None else str(int(count))
         bars.append(
             '<div class="bar-row">'
             f'<span class="bar-label">{stage}</span>'
             f'<span class="bar-track"><span class="bar" style="width:{width}%;background:{colour}"></span></span>'
-            f'<span class="bar-value">{count}</span>'
+            f'<span class="bar-value">{value}</span>'
             "</div>"
         )
     return f'<div class="chart"><h3>{title}</h3>{"".join(bars)}</div>'
@@ -127,7 +161,7 @@ def funnel_html(rows: Sequence[FunnelRow], *, generated_at: str = "") -> str:
         "<h1>Campaign funnel</h1>",
     ]
     if generated_at:
-        parts.append(f"<p>Generated {html.escape(generated_at)}. Counts are distinct sends per stage; rates are relative to sent.</p>")
+        parts.append(f"<p>Generated {html.escape(generated_at)}. Counts are distinct sends per stage; rates are relative to accepted.</p>")
     if not rows:
         parts.append("<p>No campaign events in the warehouse yet.</p>")
     ordered = sorted(rows, key=lambda r: (str(r["tenant"]), str(r["campaign"]), str(r["channel"])))
@@ -135,6 +169,7 @@ def funnel_html(rows: Sequence[FunnelRow], *, generated_at: str = "") -> str:
         tenant_rows = list(tenant_rows)
         parts.append(f"<section><h2>Tenant {html.escape(tenant)}</h2>")
         parts.append(_table(tenant_rows))
+        parts.extend(f'<p class="note">{html.escape(note)}</p>' for note in unknown_notes(tenant_rows))
         parts.extend(_chart(row) for row in tenant_rows)
         parts.append("</section>")
     parts.append("</body></html>")

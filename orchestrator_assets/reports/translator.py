@@ -15,13 +15,18 @@ GROUP = KEY_PREFIX = REPORTS
 
 # dbt resources that become assets of @dbt_assets (sources stay upstream dependencies).
 _MODEL_LIKE = ("model", "seed", "snapshot")
+# Source meta naming the assets that write a source table besides its ``dagster.asset_key``.
+_META_NAMESPACE, _OTHER_WRITERS = "algor", "other_writers"
 
 
 class ReportsTranslator(DagsterDbtTranslator):
     """Every dbt model is ``["reports", <model name>]`` in group ``reports``, whatever its folder.
 
     Descriptions come from dbt. Sources keep dagster-dbt's default, i.e. the asset key declared in
-    their ``meta.dagster.asset_key`` (``algor.events`` -> ``["sends", "campaign_sends"]``).
+    their ``meta.dagster.asset_key`` (``algor.events`` -> ``["sends", "campaign_sends"]``). dbt
+    allows one key per source, so a table with several writers lists the others in its
+    ``meta.algor.other_writers``, and every model reading that source depends on all of them:
+    otherwise the graph would hide that the reports read ``["deliveries", "delivery_events"]``.
     """
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
@@ -40,4 +45,17 @@ class ReportsTranslator(DagsterDbtTranslator):
         return spec.replace_attributes(
             key=dg.AssetKey([KEY_PREFIX, props["name"]]),
             group_name=GROUP,
-        )
+        ).merge_attributes(deps=_other_source_writers(manifest, props))
+
+
+def _other_source_writers(manifest: Mapping[str, Any], props: Mapping[str, Any]) -> list[dg.AssetKey]:
+    """The ``meta.algor.other_writers`` of every source ``props`` reads, as asset keys."""
+    writers: list[dg.AssetKey] = []
+    for upstream in props.get("depends_on", {}).get("nodes", []):
+        source = manifest.get("sources", {}).get(upstream)
+        if source is None:
+            continue
+        for path in (source.get("meta") or {}).get(_META_NAMESPACE, {}).get(_OTHER_WRITERS, []):
+            if dg.AssetKey(path) not in writers:
+                writers.append(dg.AssetKey(path))
+    return writers

@@ -97,7 +97,7 @@ def campaign_sends(
             "retried": totals["retries"],
             "abandoned_claims_found": report.abandoned,
             "circuit_opened": report.circuit_opened,
-            "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "messages"], sorted(totals.items()))),
+            "outcomes": dg.MetadataValue.md(markdown_table(["outcome", "messages"], sorted(totals.items()), empty="No messages to send.")),
             "by_campaign": dg.MetadataValue.md(_campaign_table(report)),
             **published,
         },
@@ -139,7 +139,9 @@ def _campaign_table(report: SendReport) -> str:
         rows.append(
             (campaign, channel, counts["sent"], failed or "0", counts["held"] + counts["ambiguous"], counts["suppressed"], counts["already_final"], counts["retries"])
         )
-    return markdown_table(["campaign", "channel", "sent", "failed (by reason)", "ambiguous held", "suppressed", "already final", "retries"], rows)
+    return markdown_table(
+        ["campaign", "channel", "sent", "failed (by reason)", "ambiguous held", "suppressed", "already final", "retries"], rows, empty="No messages to send."
+    )
 
 
 def refuse_before_sending(engine: sa.Engine, tenant: str, by_channel: dict, outgoing: list) -> None:

@@ -78,6 +78,7 @@ def ambiguous_check_metadata(rows: Sequence[sa.Row]) -> dict[str, Any]:
     table = markdown_table(
         ["send id", "campaign", "step", "channel", "provider", "contact", "claimed by run", "why ambiguous"],
         [(r.send_id, r.campaign, r.step, r.channel, r.provider, r.contact_id, r.run_id, r.error or "") for r in rows[:SHOWN_ROWS]],
+        empty="No ambiguous sends: nothing waits for an operator's decision.",
     )
     return {"ambiguous_in_ledger": len(rows), "ambiguous_sends": table}
 

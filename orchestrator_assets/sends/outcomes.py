@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from orchestrator_assets.deliveries.processing import withdraw_consents
-from orchestrator_assets.delivery_status import DELIVERED_ON_ACCEPT, RANKS
+from orchestrator_assets.delivery_status import RANKS
 from orchestrator_assets.sends.ledger import FAILED, RETRYABLE_CLASSES, SENT
 from orchestrator_assets.webhooks.events import WebhookEvent, message_event
 from orchestrator_assets.webhooks.outbox import enqueue
@@ -49,13 +49,10 @@ def publish_send_outcomes(
         if row.status == SENT:
             events.append((tenant, row.send_id, wh.SENT, *base, "", occurred))
             webhook_events.append(message_event(wh.SENT, tenant, row, row.send_id, "", occurred))
-            status, reason = wh.SENT, ""
-            if row.provider in DELIVERED_ON_ACCEPT:
-                status, reason = wh.DELIVERED, "accepted by the provider API (no delivery receipts exist)"
-                events.append((tenant, row.send_id, wh.DELIVERED, *base, reason, occurred))
-                webhook_events.append(message_event(wh.DELIVERED, tenant, row, row.send_id, reason, occurred))
+            # Accepted, not delivered: only a provider's receipt says delivered. Where there are
+            # none (Telegram, VK) the row stays `sent` and the reports show delivery as unknown.
             delivery_rows.append(
-                {"send_id": row.send_id, "tenant": tenant, "status": status, "status_rank": RANKS[status], "reason": reason, "last_event_at": occurred, "updated_at": now}
+                {"send_id": row.send_id, "tenant": tenant, "status": wh.SENT, "status_rank": RANKS[wh.SENT], "reason": "", "last_event_at": occurred, "updated_at": now}
             )
         else:
             events.append((tenant, row.send_id, wh.SEND_FAILED, *base, f"{row.error_class}: {row.error or ''}", occurred))

@@ -92,6 +92,7 @@ def tenant_webhook_deliveries(context: dg.AssetExecutionContext, opstore: Operat
                         "cancelled",
                     ],
                     per_subscription,
+                    empty="The tenant subscribes no webhooks.",
                 )
             ),
         },
@@ -105,6 +106,7 @@ def tenant_webhook_deliveries(context: dg.AssetExecutionContext, opstore: Operat
                         markdown_table(
                             ["delivery id", "subscription", "url", "event", "event id", "attempts", "last error"],
                             [(r.id, r.subscription, urls.get(r.subscription, REMOVED), r.event_type, r.event_id, r.attempts, r.last_error) for r in dead],
+                            empty="No dead webhook deliveries.",
                         )
                     ),
                 },

@@ -144,6 +144,9 @@ class ChannelConnector(Protocol):
     # True when that dedup key is a number the ledger allocates at claim time and stores on the
     # row (``OutboundMessage.dedup_id``: VK random_id), rather than one derived from the send id.
     ledger_dedup_ids: bool
+    # True when the provider reports delivery (a callback saying delivered or undelivered); False
+    # when acceptance is all it ever says (Telegram, VK): then delivery is unknown, never assumed.
+    delivery_receipts: bool
 
     async def send(self, client: HttpClient, message: OutboundMessage) -> SendResult: ...
 

@@ -80,6 +80,7 @@ class D360Connector:
     channel = "whatsapp"
     provider_deduplicates = False  # no idempotency key on /messages
     ledger_dedup_ids = False
+    delivery_receipts = True  # statuses: delivered / failed
 
     def __init__(self, base_url: str, api_key: str):
         self._url = f"{base_url.rstrip('/')}/messages"

@@ -70,6 +70,7 @@ class GreenApiConnector:
     channel = "whatsapp"
     provider_deduplicates = False  # no idempotency key
     ledger_dedup_ids = False
+    delivery_receipts = True  # outgoingMessageStatus: delivered / failed
 
     def __init__(self, base_url: str, id_instance: int | str, api_token: str):
         self._base = f"{base_url.rstrip('/')}/waInstance{id_instance}"

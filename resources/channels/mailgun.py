@@ -81,6 +81,7 @@ class MailgunConnector:
     channel = "email"
     provider_deduplicates = False  # no idempotency key on messages.send
     ledger_dedup_ids = False
+    delivery_receipts = True  # delivered / permanent_fail webhooks
     max_batch = 1000  # Mailgun's limit of recipients per call
 
     def __init__(self, base_url: str, domain: str, api_key: str, sender: str):

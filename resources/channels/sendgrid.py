@@ -94,6 +94,7 @@ class SendGridConnector:
     channel = "email"
     provider_deduplicates = False  # mail/send has no idempotency key
     ledger_dedup_ids = False
+    delivery_receipts = True  # delivered / bounce / dropped events
 
     def __init__(self, base_url: str, api_key: str, sender: str, max_batch: int = MAX_PERSONALIZATIONS):
         if not 1 <= max_batch <= MAX_PERSONALIZATIONS:

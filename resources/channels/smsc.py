@@ -126,6 +126,7 @@ class SmscConnector:
     channel = "sms"
     provider_deduplicates = True  # deterministic id + error 9 on an identical repeat
     ledger_dedup_ids = False
+    delivery_receipts = True  # status callbacks: 1 delivered; 3, 20, 22-25 failed
 
     def __init__(
         self,

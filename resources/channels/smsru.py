@@ -83,6 +83,7 @@ class SmsRuConnector:
     channel = "sms"
     provider_deduplicates = False  # no idempotency key on sms/send
     ledger_dedup_ids = False
+    delivery_receipts = True  # sms_status callbacks: 103 delivered, 104-108/150 failed
 
     def __init__(self, base_url: str, api_id: str, sender: str | None = None, max_segments: int = MAX_SEGMENTS):
         self._url = f"{base_url.rstrip('/')}/sms/send"

@@ -81,6 +81,7 @@ class TelegramConnector:
     channel = "telegram"
     provider_deduplicates = False  # the Bot API has no idempotency key
     ledger_dedup_ids = False
+    delivery_receipts = False  # the Bot API reports no deliveries: acceptance is the last word
 
     def __init__(self, base_url: str, bot_token: str, parse_mode: str | None = None):
         if parse_mode is not None and parse_mode not in PARSE_MODES:

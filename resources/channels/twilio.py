@@ -80,6 +80,7 @@ class TwilioConnector:
     provider = "twilio"
     provider_deduplicates = False  # no idempotency key on Messages create
     ledger_dedup_ids = False
+    delivery_receipts = True  # StatusCallback: delivered / undelivered / failed
 
     def __init__(
         self,

@@ -91,6 +91,7 @@ class VkConnector:
     channel = "vk"
     provider_deduplicates = True  # random_id = the send's dedup_id, the same on every attempt
     ledger_dedup_ids = True  # the ledger allocates that number when it claims the send
+    delivery_receipts = False  # the Callback API reports no deliveries: acceptance is the last word
 
     def __init__(self, base_url: str, group_id: int, access_token: str, api_version: str = API_VERSION):
         self._url = f"{base_url.rstrip('/')}/method/messages.send"
