@@ -1,7 +1,8 @@
 """VK button presses are answered (messages.sendMessageEventAnswer): the gateway answers a press
 once it is stored, by an API call with the community token, in the background; a re-delivered
-press is neither answered nor counted twice. The sandbox takes the answer the way VK does: once
-per press of its own community, error 100 for anything else, and counts it in its stats."""
+press is neither answered nor counted twice, and a failed answer is tried again while the press is
+fresh (a refusal is final). The sandbox takes the answer the way VK does: once per press of its
+own community, error 100 for anything else, and counts it in its stats."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ import json
 import shutil
 import time
 import uuid
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
 from flow import process_inbox
+from test_gateway_providers import TENANT
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.button_answers import ButtonAnswers
 from policies import loader
 from policies.loader import load_tenants
 from resources.channels import OutboundMessage, vk
@@ -220,3 +228,63 @@ def test_only_button_presses_ask_for_an_answer():
     assert vk.press_answer({**press, "type": "message_new"}) is None
     assert vk.press_answer({**press, "object": {"user_id": 5, "peer_id": 5}}) is None
     assert vk.press_answer({**press, "object": {"event_id": "x", "user_id": "5", "peer_id": 5}}) is None
+
+
+# --- the gateway's answerer against a VK API that fails --------------------------------------------
+
+
+class ScriptedVkApi:
+    """A VK API on loopback answering sendMessageEventAnswer calls from a script, then `{"response": 1}`."""
+
+    def __init__(self, *answers: tuple[int, str]):
+        self.calls: list[dict] = []
+        self._answers = list(answers)
+        self.app = Starlette(routes=[Route("/method/{method}", self._handle, methods=["POST"])])
+
+    async def _handle(self, request: Request) -> Response:
+        self.calls.append({"method": request.path_params["method"], **dict(parse_qsl((await request.body()).decode()))})
+        status, body = self._answers.pop(0) if self._answers else (200, '{"response": 1}')
+        return Response(body, status_code=status, media_type="application/json")
+
+
+@pytest.mark.parametrize(
+    ("script", "calls", "outcome"),
+    [
+        pytest.param([(503, "Service Unavailable")], 2, "answered", id="a front-end failure is retried"),
+        pytest.param([(200, '{"error": {"error_code": 10, "error_msg": "Internal server error"}}')] * 3, 3, "failed", id="at most three tries"),
+        pytest.param([(200, '{"error": {"error_code": 100, "error_msg": "One of the parameters specified was missing or invalid"}}')], 1, "refused", id="a refusal is final"),
+    ],
+)
+def test_the_gateway_retries_a_failed_answer_while_the_press_is_fresh(algor_home, monkeypatch, script, calls, outcome):
+    api = ScriptedVkApi(*script)
+    press = {"event_id": "3159dc190b1g", "user_id": "5", "peer_id": "5"}
+    logged = []
+    monkeypatch.setattr("gateway.button_answers.log", _Recorder(logged))
+    monkeypatch.setattr("gateway.button_answers.RETRY_WAIT_S", 0.01)
+    with run_uvicorn_in_thread(api.app) as url:
+        monkeypatch.setenv("ALGOR_SANDBOX_URL", url)
+        answers = ButtonAnswers({"every": TENANT})  # a tenant with a VK community
+
+        async def answer() -> None:
+            assert answers.submit("every", press)
+            while answers.in_flight:
+                await asyncio.sleep(0.01)
+            await answers.aclose()
+
+        asyncio.run(answer())
+    assert len(api.calls) == calls
+    assert {(c["method"], c["event_id"], c["user_id"], c["peer_id"], c["access_token"], c["v"]) for c in api.calls} == {
+        (vk.ANSWER_METHOD, "3159dc190b1g", "5", "5", get_settings().secret("T_VK_TOKEN"), vk.API_VERSION)
+    }
+    [(event, fields)] = logged
+    assert (event, fields["outcome"], fields["attempts"], fields["tenant"]) == ("vk_button_answer", outcome, calls, "every")
+
+
+class _Recorder:
+    """Stands in for the structlog logger: keeps (event, fields) of every line."""
+
+    def __init__(self, lines: list):
+        self.lines = lines
+
+    def __getattr__(self, level: str):
+        return lambda event, **fields: self.lines.append((event, fields))
