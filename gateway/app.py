@@ -5,6 +5,8 @@ inbox (concurrent requests share one short transaction: ``gateway/inbox.py``) an
 answers 2xx; if the store is down it answers 503 so the provider retries. Every request leaves
 one JSON log line with its request id (``gateway/request_log.py``). It never opens the
 warehouse: turning callbacks into state is the inbox sensor's and the delivery-processing run's job.
+Button presses are answered from here, because only here is it soon enough: Telegram's in the
+webhook answer, VK's by an API call in the background once stored (``gateway/button_answers.py``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import gc
 import hashlib
 import html
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from gateway.button_answers import ButtonAnswers
 from gateway.inbox import InboxWriter, already_stored
 from gateway.openapi import HOOKS, refusals
 from gateway.receivers import RECEIVERS, KiB, Refused, read_body
@@ -64,7 +69,15 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
     tenants = tenants if tenants is not None else load_tenants().tenants
     seen_tokens = SeenTokens()
     inbox = InboxWriter(engine)
-    app = FastAPI(title="Algor webhook gateway", version="0.1.0")
+    button_answers = ButtonAnswers(tenants)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await button_answers.aclose()
+
+    app = FastAPI(title="Algor webhook gateway", version="0.1.0", lifespan=lifespan)
+    app.state.button_answers = button_answers
     app.add_middleware(RequestLogMiddleware)
 
     def refuse(status: int, reason: str) -> HTTPException:
@@ -103,7 +116,9 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
                     raise Refused(406, "replayed signature")
         except Refused as refused:
             raise refuse(refused.status, refused.reason) from None
-        await persist(tenant_id, provider, accepted.events)
+        new = await persist(tenant_id, provider, accepted.events)
+        if accepted.press is not None and new:  # a re-delivered press was answered when it was new
+            annotate(button_answer="queued" if button_answers.submit(tenant_id, accepted.press) else "dropped")
         return accepted.answer
 
     def hook_endpoint(provider: str, secret_path: bool):

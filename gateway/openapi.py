@@ -125,7 +125,7 @@ _VK_EVENT = _object(
     event_id=_STRING,
     group_id=_INTEGER,
     secret=_STRING,
-    object=_object((), user_id=_INTEGER, payload=_ANY_OBJECT),
+    object=_object((), user_id=_INTEGER, payload=_ANY_OBJECT, event_id=_STRING, peer_id=_INTEGER),  # event_id, peer_id: a button press
 )
 _D360_VALUE = _object(
     (),
@@ -215,7 +215,8 @@ HOOKS: dict[str, HookDoc] = {
         _JSON_REFUSALS,
     ),
     "vk": HookDoc(
-        "VK Callback API event (secret field; `confirmation` is answered with the community's code)",
+        "VK Callback API event (secret field; `confirmation` is answered with the community's code; "
+        "a button press, `message_event`, is answered afterwards with messages.sendMessageEventAnswer)",
         _json_body(_VK_EVENT),
         _text(vk.OK_ANSWER, f"Stored: `{vk.OK_ANSWER}`; for a `confirmation` event, the confirmation code"),
         _JSON_REFUSALS,

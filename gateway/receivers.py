@@ -50,6 +50,7 @@ class Accepted:
     events: list[tuple[str, dict]] = field(default_factory=list)  # (event key, payload to store)
     answer: Response = field(default_factory=lambda: Response(status_code=200))
     replay_token: str | None = None  # Mailgun: a signature token that must not be used twice
+    press: dict[str, str] | None = None  # VK: a button press to answer once stored (gateway/button_answers.py)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ async def receive_vk(request: Request, tenant: Tenant, settings: Settings, extra
         return Accepted([], PlainTextResponse(code))
     if not vk.verify_webhook(payload, settings.secret(account.callback_secret_env), account.group_id):
         raise Refused(403, "bad secret")
-    return Accepted([(_key(vk.event_key, payload), payload)], PlainTextResponse(vk.OK_ANSWER))
+    # The answer must be `ok`: a button press is answered by an API call once stored (gateway/button_answers.py).
+    return Accepted([(_key(vk.event_key, payload), payload)], PlainTextResponse(vk.OK_ANSWER), press=vk.press_answer(payload))
 
 
 # SMSC documents no size for status callbacks: a form of a dozen short fields (id, phone, status,

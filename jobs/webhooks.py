@@ -1,4 +1,5 @@
-"""Jobs of the webhooks domain: delivery (launched by the delivery sensor) and the operator's manual retry."""
+"""Jobs of the webhooks domain: delivery (launched by the delivery sensor), and the operator's
+manual retry of dead letters and enabling of disabled endpoints."""
 
 import datetime as dt
 
@@ -8,7 +9,9 @@ from pydantic import Field
 from orchestrator_assets import groups
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.tables import markdown_table
+from orchestrator_assets.webhooks.endpoints import EnableRequest, enable
 from orchestrator_assets.webhooks.outbox import requeue_dead
+from policies.loader import load_bundle
 from resources.opstore import OperationalStore
 
 webhook_delivery_job = dg.define_asset_job(
@@ -55,3 +58,55 @@ def requeue_dead_webhooks(context: dg.OpExecutionContext, config: WebhookRetryCo
 @dg.job(description="Manually retry dead-lettered outbound webhooks named in the run config; the delivery sensor then posts them.")
 def retry_webhook_deliveries_job():
     requeue_dead_webhooks()
+
+
+class EnableEndpointsConfig(dg.Config):
+    """Which disabled endpoints to enable again; see the no_disabled_webhook_endpoints check's table.
+
+    For example::
+
+        ops:
+          enable_webhook_endpoints:
+            config:
+              operator: anna@ops.example.ru
+              reason: "CRM fixed their TLS certificate (ticket 4711)"
+              subscriptions: [demo/crm]
+    """
+
+    operator: str = Field(description="Who decides (name or e-mail); recorded with the endpoint_enabled event")
+    reason: str = Field(description="Why the endpoint can take deliveries again")
+    subscriptions: list[str] = Field(description="<tenant>/<subscription>, each in tenants.yaml")
+
+
+@dg.op(description="Enable disabled webhook endpoints (recorded with who and why); their pending deliveries are due at once.")
+def enable_webhook_endpoints(context: dg.OpExecutionContext, config: EnableEndpointsConfig, opstore: OperationalStore) -> int:
+    if not config.operator.strip() or not config.reason.strip():
+        raise dg.Failure("say who enables (operator) and why (reason): both are recorded with the endpoint_enabled event")
+    if not config.subscriptions:
+        raise dg.Failure("name the endpoints to enable: subscriptions (<tenant>/<subscription>)")
+    refs = _subscription_refs(config.subscriptions)
+    tenants = load_bundle().tenants
+    urls = {(tenant_id, s.name): s.url for tenant_id, tenant in tenants.items() for s in tenant.webhooks}
+    unknown = [f"{tenant}/{name}" for tenant, name in refs if (tenant, name) not in urls]
+    if unknown:
+        raise dg.Failure(f"no such subscription in tenants.yaml: {unknown}; nothing was enabled")
+    requests = [EnableRequest(tenant, name, urls[(tenant, name)]) for tenant, name in refs]
+    with opstore.engine().begin() as conn:
+        enabled = enable(conn, requests, config.operator.strip(), config.reason.strip(), context.run.run_id, dt.datetime.now(dt.UTC))
+    not_disabled = sorted({f"{r.tenant}/{r.subscription}" for r in requests} - {f"{r.tenant}/{r.subscription}" for r in enabled})
+    context.log.info(f"{config.operator} enabled {len(enabled)} webhook endpoints; not disabled (ignored): {not_disabled}")
+    context.add_output_metadata(
+        {
+            "enabled": len(enabled),
+            "ignored_not_disabled": dg.MetadataValue.json(not_disabled),
+            "operator": config.operator,
+            "reason": config.reason,
+            "enabled_endpoints": dg.MetadataValue.md(markdown_table(["tenant", "subscription", "url"], [(r.tenant, r.subscription, r.url) for r in enabled])),
+        }
+    )
+    return len(enabled)
+
+
+@dg.job(description="Enable webhook endpoints disabled after too many failures in a row; the delivery sensor then posts what waited.")
+def enable_webhook_endpoints_job():
+    enable_webhook_endpoints()

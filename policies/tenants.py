@@ -29,6 +29,7 @@ class WebhookEventType(StrEnum):
     MESSAGE_CLICKED = "message.clicked"
     CONSENT_GRANTED = "consent.granted"
     CONSENT_WITHDRAWN = "consent.withdrawn"  # opt-outs, complaints, unreachable answers, imports
+    WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled"  # one of the tenant's endpoints failed too often in a row
 
 
 def _webhook_url(value: Any) -> str:
@@ -58,6 +59,9 @@ class WebhookSubscription(StrictModel):
     url: WebhookUrl
     events: list[WebhookEventType] = Field(min_length=1)
     secret_env: EnvVarName
+    # Failed attempts in a row (any row; a 2xx resets) after which the endpoint is disabled until an
+    # operator enables it (enable_webhook_endpoints_job); its pending deliveries wait meanwhile.
+    disable_after_failures: int = Field(default=20, ge=1, le=10_000)
 
     @field_validator("events")
     @classmethod

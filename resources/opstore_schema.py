@@ -198,7 +198,41 @@ webhook_attempts = sa.Table(
     sa.Column("latency_ms", sa.Integer, nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("response_excerpt", sa.Text),  # the first bytes of the answer's body
+    sa.Column("retry_after_s", sa.Integer),  # a 429/503's Retry-After, in seconds from the answer
     sa.Index("ix_webhook_attempts_outbox", "outbox_id"),
+)
+
+# The health of each subscribed endpoint, across its rows: failed attempts in a row (a 2xx resets
+# them), a pause its own Retry-After asked for, and whether it is disabled (too many failures in a
+# row; only an operator enables it again). No row yet: healthy.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("subscription", sa.String(64), primary_key=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("paused_until", UTCDateTime),  # no attempt before (Retry-After, capped)
+    sa.Column("disabled_at", UTCDateTime),  # no attempt at all until enabled
+    sa.Column("disabled_reason", sa.Text),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Endpoints disabled (by a delivery run) and enabled again (by an operator), append-only: when,
+# why, who, in which run. Tenants learn of a disabling from the webhook.endpoint_disabled event.
+webhook_endpoint_events = sa.Table(
+    "webhook_endpoint_events",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("subscription", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),  # endpoint_disabled | endpoint_enabled
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False),  # at the time
+    sa.Column("actor", sa.String(128), nullable=False),  # the operator, or the delivery job
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    sa.Index("ix_webhook_endpoint_events_subscription", "tenant", "subscription"),
 )
 
 # Provider accounts a provider told us to stop using (GreenAPI ``yellowCard``: WhatsApp restricted

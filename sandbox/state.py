@@ -40,6 +40,7 @@ class ProviderStats:
     accepted: int = 0
     refused: int = 0
     limit_violations: int = 0  # calls over the account's rate limit (answered the provider's way)
+    button_answers: int = 0  # button presses answered (Telegram answerCallbackQuery, VK sendMessageEventAnswer)
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def as_json(self) -> dict[str, Any]:
@@ -47,6 +48,7 @@ class ProviderStats:
             "accepted": self.accepted,
             "refused": self.refused,
             "limit_violations": self.limit_violations,
+            "button_answers": self.button_answers,
             "outcomes": dict(self.outcomes),
         }
 

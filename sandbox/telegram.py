@@ -201,6 +201,7 @@ def _answer_callback_query(state: SandboxState, bot: TelegramBot, params: dict[s
     if query is None or query["token"] != bot.token or query["answer"] is not None:
         return _error(400, QUERY_INVALID)
     query["answer"] = {"via": via, "text": params.get("text"), "show_alert": bool(params.get("show_alert"))}
+    state.stats[TELEGRAM].button_answers += 1
     return _ok(True)
 
 

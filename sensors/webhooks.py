@@ -3,7 +3,9 @@
 It reads only the operational store, never the warehouse. The run key fingerprints the tenant's
 due rows (how many, newest id, latest due time, latest expired lease), so a tick evaluated twice
 launches nothing twice, while any change (new events, a retry coming due, the lease of a run that
-died running out) launches a new run. The cursor keeps the last key per tenant to skip repeats.
+died running out, an endpoint's Retry-After pause ending, an operator enabling a disabled endpoint)
+launches a new run. Rows of a paused or disabled endpoint are not due (``outbox.is_due``), so they
+launch nothing meanwhile. The cursor keeps the last key per tenant to skip repeats.
 """
 
 import datetime as dt

@@ -8,7 +8,7 @@ import csv
 
 import pytest
 
-from policies.schema import Channel, Provider
+from policies.channels import Channel, Provider
 from resources.connectors import CONNECTOR_CLASSES, ChannelConnectors, has_delivery_receipts
 from resources.dbt import DBT_PROJECT_DIR
 from test_gateway_providers import TENANT

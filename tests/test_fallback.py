@@ -67,7 +67,7 @@ def test_fallback_plan_over_published_sends_moves_on_only_where_delivery_could_b
 
     from orchestrator_assets.campaigns import fallback_plan
     from orchestrator_assets.sends.outcomes import publish_send_outcomes
-    from policies.schema import Campaign
+    from policies.campaigns import Campaign
     from resources.opstore import OperationalStore
     from resources.opstore_schema import contacts, deliveries, sends
     from resources.warehouse import Warehouse

@@ -217,8 +217,8 @@ def test_stats_messages_and_reset(client):
     client.post(f"/v3/{DOMAIN}/messages", auth=("api", API_KEY), data=mail_form("complain@x.ru", **{"v:send_id": "s-1"}))
     stats = wait_until_settled(client)
     assert {name: stats["providers"][name] for name in ("telegram", "mailgun")} == {
-        "telegram": {"accepted": 1, "refused": 2, "limit_violations": 0, "outcomes": {"blocked": 1, "deliver": 1}},
-        "mailgun": {"accepted": 1, "refused": 0, "limit_violations": 0, "outcomes": {"complain": 1}},
+        "telegram": {"accepted": 1, "refused": 2, "limit_violations": 0, "button_answers": 0, "outcomes": {"blocked": 1, "deliver": 1}},
+        "mailgun": {"accepted": 1, "refused": 0, "limit_violations": 0, "button_answers": 0, "outcomes": {"complain": 1}},
     }
     assert stats["callbacks"] == {"queued": 2, "delivered": 2, "failed": 0, "pending": 0}
     [mail] = client.get("/_sandbox/messages", params={"provider": "mailgun"}).json()["messages"]
@@ -226,7 +226,7 @@ def test_stats_messages_and_reset(client):
     assert len(client.get("/_sandbox/messages", params={"provider": "telegram"}).json()["messages"]) == 2
     client.post("/_sandbox/reset")
     assert client.get("/_sandbox/messages").json() == {"messages": []}
-    assert client.get("/_sandbox/stats").json()["providers"]["mailgun"] == {"accepted": 0, "refused": 0, "limit_violations": 0, "outcomes": {}}
+    assert client.get("/_sandbox/stats").json()["providers"]["mailgun"] == {"accepted": 0, "refused": 0, "limit_violations": 0, "button_answers": 0, "outcomes": {}}
 
 
 def test_fault_rate_answers_provider_shaped_503():

@@ -34,6 +34,7 @@ from definitions import defs
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from orchestrator_assets.sends.outcomes import publish_send_outcomes
+from orchestrator_assets.webhooks.assets import DEAD_LETTER_CHECK
 from orchestrator_assets.webhooks.delivery import deliver_due, endpoints_for
 from orchestrator_assets.webhooks.events import consent_event, message_event
 from orchestrator_assets.webhooks.outbox import CANCELLED, DEAD, DELIVERED, PENDING, enqueue
@@ -69,8 +70,9 @@ class Posted:
 
 
 class Receiver:
-    """Records every POST raw and answers 200, except the first ``count`` POSTs to a path that
-    ``fail_first`` scripted (503 "upstream down"); ``delay_s`` slows every answer."""
+    """Records every POST raw and answers 200, except the POSTs to a path that ``answer_next``
+    scripted (in order, with their headers) and then the first ``count`` that ``fail_first``
+    scripted (503 "upstream down"); ``delay_s`` slows every answer."""
 
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
@@ -78,11 +80,17 @@ class Receiver:
         self._lock = threading.Lock()
         self._posts: list[Posted] = []
         self._failures: Counter[str] = Counter()
+        self._scripted: dict[str, list[tuple[int, dict[str, str]]]] = {}
         self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
 
     def fail_first(self, path: str, count: int) -> None:
         with self._lock:
             self._failures[path] = count
+
+    def answer_next(self, path: str, *answers: tuple[int, dict[str, str]]) -> None:
+        """Answer the next POSTs to ``path`` with these (status, headers), in order."""
+        with self._lock:
+            self._scripted.setdefault(path, []).extend(answers)
 
     def posts(self, path: str | None = None) -> list[Posted]:
         with self._lock:
@@ -94,11 +102,14 @@ class Receiver:
             await asyncio.sleep(self.delay_s)
         path = "/" + request.path_params["path"]
         with self._lock:
-            failing = self._failures[path] > 0
-            self._failures[path] -= failing
-            status = 503 if failing else 200
+            scripted = self._scripted.get(path)
+            status, headers = scripted.pop(0) if scripted else (None, {})
+            if status is None:
+                failing = self._failures[path] > 0
+                self._failures[path] -= failing
+                status = 503 if failing else 200
             self._posts.append(Posted(path, {k.lower(): v for k, v in request.headers.items()}, body, status))
-        return PlainTextResponse("upstream down" if failing else "ok", status_code=status)
+        return PlainTextResponse("upstream down" if status >= 300 else "ok", status_code=status, headers=headers)
 
 
 @pytest.fixture
@@ -241,6 +252,11 @@ def deliver(instance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
     return result
 
 
+def check_of(result: dg.ExecuteInProcessResult, name: str):
+    (check,) = [evaluation for evaluation in result.get_asset_check_evaluations() if evaluation.check_name == name]
+    return check
+
+
 def utc(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
@@ -312,7 +328,7 @@ def test_callbacks_become_signed_webhooks_for_subscribers_only_and_reprocessing_
     metadata_ = results["demo"].get_asset_materialization_events()[0].materialization.metadata
     assert metadata_["delivered"].value == 5
     assert f"| crm | {subscribed.url}/demo/crm | 4 | 0 | 0 | 4 | 0 | 0 | 0 |" in metadata_["by_subscription"].value
-    (check,) = results["demo"].get_asset_check_evaluations()
+    check = check_of(results["demo"], DEAD_LETTER_CHECK)
     assert check.passed
     assert tick(instance, cursor)[0] == []  # nothing due any more
 
@@ -350,7 +366,7 @@ def test_failing_endpoint_is_retried_with_growing_waits_then_dead_lettered_then_
 
     (row,) = outbox_rows(engine)
     assert row.status == DEAD and row.dead_lettered_at is not None and row.last_error == "HTTP 503: upstream down"
-    (check,) = result.get_asset_check_evaluations()
+    check = check_of(result, DEAD_LETTER_CHECK)
     assert not check.passed and check.metadata["dead_letters"].value == 1
     table = check.metadata["dead"].value
     assert f"| {row.id} | crm | {subscribed.url}/demo/crm | consent.withdrawn | {row.event_id} | 4 | HTTP 503: upstream down |" in table
@@ -375,7 +391,7 @@ def test_failing_endpoint_is_retried_with_growing_waits_then_dead_lettered_then_
     result = deliver(instance, request)
     (row,) = outbox_rows(engine)
     assert row.status == DELIVERED and row.attempts == 1
-    (check,) = result.get_asset_check_evaluations()
+    check = check_of(result, DEAD_LETTER_CHECK)
     assert check.passed
     posts = subscribed.posts("/demo/crm")
     assert [p.status for p in posts] == [503, 503, 503, 503, 200]
@@ -540,6 +556,9 @@ def _subscription(**changes) -> dict:
         pytest.param([_subscription(events=[])], "tenants.demo.webhooks[0].events", "at least 1 item", id="no events"),
         pytest.param([_subscription(secret_env="whsec_abc")], "tenants.demo.webhooks[0].secret_env", "NAME of an environment variable", id="secret inline"),
         pytest.param([_subscription(), _subscription()], "tenants.demo.webhooks", "used more than once: ['crm']", id="duplicate name"),
+        pytest.param(
+            [_subscription(disable_after_failures=0)], "tenants.demo.webhooks[0].disable_after_failures", "greater than or equal to 1", id="never failing"
+        ),
         pytest.param([_subscription(secret_env="ALGOR_ACME_MAILGUN_API_KEY")], "tenants", "used by tenants 'demo' and 'acme'", id="another tenant's secret"),
     ],
 )
@@ -604,12 +623,14 @@ def test_two_runs_racing_on_postgres_post_each_row_once(postgres_url, tmp_path, 
         engine.dispose()
 
 
-def test_migrations_create_exactly_the_webhook_tables_of_the_schema(postgres_url):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrations_create_exactly_the_webhook_tables_of_the_schema(backend, request, tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    migrate(postgres_url)
-    engine = sa.create_engine(postgres_url)
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'operational.sqlite3'}"
+    migrate(url)
+    engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             diff = [d for d in compare_metadata(MigrationContext.configure(conn), metadata) if "webhook_" in repr(d)]

@@ -75,3 +75,12 @@ def consent_event(action: str, tenant: str, contact_id: int, channel: str, purpo
     data = {"channel": channel, "purpose": purpose, "source": source, "occurred_at": moment}
     event_id = _event_id(event_type, tenant, contact_id, channel, purpose, source, moment)
     return WebhookEvent(event_type, event_id, occurred_at, data, contact_id)
+
+
+def endpoint_disabled_event(tenant: str, subscription: str, url: str, disabled_at: dt.datetime, reason: str, failures: int) -> WebhookEvent:
+    """One of the tenant's endpoints was disabled after too many failed attempts in a row
+    (``endpoints.record_outcome``); the fact is that endpoint's disabling at that moment."""
+    event_type = WebhookEventType.WEBHOOK_ENDPOINT_DISABLED
+    moment = utc_iso(disabled_at)
+    data = {"subscription": subscription, "url": url, "reason": reason, "consecutive_failures": failures, "occurred_at": moment}
+    return WebhookEvent(event_type, _event_id(event_type, tenant, subscription, moment), disabled_at, data)

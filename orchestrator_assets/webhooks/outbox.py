@@ -3,9 +3,12 @@
 Row life::
 
     enqueue ──▶ pending ──claim (lease)──▶ POST ──2xx──────────────────────▶ delivered
-                   ▲                         └──else, attempts left──▶ pending, next_attempt_at = now + backoff
+                   ▲                         └──else, attempts left──▶ pending, next_attempt_at = now + wait
                    │                         └──else, none left──────▶ dead ──▶ (operator) requeue ──▶ pending
     subscription removed from tenants.yaml ──▶ cancelled
+
+A pending row is not due while its endpoint is paused (its Retry-After) or disabled (too many
+failures in a row, until an operator enables it): ``endpoints.py``.
 
 Why this shape:
 
@@ -13,7 +16,7 @@ Why this shape:
   reports committed (a transactional outbox), and inserts-or-ignores on (tenant, subscription,
   event id), so deriving an event twice enqueues it once.
 - The wait before a retry is stored (``next_attempt_at``), never slept: runs stay short, and a
-  restart loses no schedule.
+  restart loses no schedule. It is the backoff, or longer when the receiver's Retry-After asks.
 - ``claim`` takes a lease with one conditional UPDATE, so of two runs racing for a row exactly one
   posts it; a run that dies mid-POST only delays the row until its lease expires.
 """
@@ -31,7 +34,7 @@ import sqlalchemy as sa
 from orchestrator_assets.webhooks.events import WebhookEvent, utc_iso
 from policies.policy import WebhookDeliveryPolicy
 from policies.tenants import WebhookSubscription
-from resources.opstore_schema import contacts, webhook_attempts, webhook_outbox
+from resources.opstore_schema import contacts, webhook_attempts, webhook_endpoints, webhook_outbox
 from resources.sql import upsert_insert
 
 PENDING, DELIVERED, DEAD, CANCELLED = "pending", "delivered", "dead", "cancelled"
@@ -48,6 +51,11 @@ class Attempt:
     latency_ms: int
     error: str | None
     response_excerpt: str
+    retry_after: dt.timedelta | None = None  # a 429/503's Retry-After, from the answer (uncapped)
+
+    @property
+    def finished_at(self) -> dt.datetime:
+        return self.started_at + dt.timedelta(milliseconds=self.latency_ms)
 
     @property
     def delivered(self) -> bool:
@@ -98,11 +106,18 @@ def _external_ids(conn: sa.Connection, tenant: str, contact_ids: Collection[int]
 
 
 def is_due(now: dt.datetime) -> sa.ColumnElement[bool]:
-    """Pending, past its backoff, and not leased to a delivery in progress."""
+    """Pending, past its backoff, not leased to a delivery in progress, and its endpoint neither
+    disabled nor paused."""
+    endpoint_held = sa.exists().where(
+        webhook_endpoints.c.tenant == webhook_outbox.c.tenant,
+        webhook_endpoints.c.subscription == webhook_outbox.c.subscription,
+        sa.or_(webhook_endpoints.c.disabled_at.is_not(None), webhook_endpoints.c.paused_until > now),
+    )
     return sa.and_(
         webhook_outbox.c.status == PENDING,
         webhook_outbox.c.next_attempt_at <= now,
         sa.or_(webhook_outbox.c.claimed_until.is_(None), webhook_outbox.c.claimed_until < now),
+        ~endpoint_held,
     )
 
 
@@ -116,10 +131,12 @@ def cancel_unsubscribed(conn: sa.Connection, tenant: str, subscriptions: Collect
     return result.rowcount
 
 
-def due_ids(conn: sa.Connection, tenant: str, subscriptions: Collection[str], now: dt.datetime, limit: int) -> list[int]:
-    """Due rows of these subscriptions, longest waiting first."""
-    query = sa.select(webhook_outbox.c.id).where(webhook_outbox.c.tenant == tenant, webhook_outbox.c.subscription.in_(subscriptions), is_due(now))
-    return list(conn.execute(query.order_by(webhook_outbox.c.next_attempt_at, webhook_outbox.c.id).limit(limit)).scalars())
+def due_rows(conn: sa.Connection, tenant: str, subscriptions: Collection[str], now: dt.datetime, limit: int) -> list[tuple[int, str]]:
+    """(id, subscription) of the due rows of these subscriptions, longest waiting first."""
+    query = sa.select(webhook_outbox.c.id, webhook_outbox.c.subscription).where(
+        webhook_outbox.c.tenant == tenant, webhook_outbox.c.subscription.in_(subscriptions), is_due(now)
+    )
+    return [tuple(row) for row in conn.execute(query.order_by(webhook_outbox.c.next_attempt_at, webhook_outbox.c.id).limit(limit))]
 
 
 def claim(conn: sa.Connection, outbox_id: int, run_id: str, now: dt.datetime, lease: dt.timedelta):
@@ -144,10 +161,26 @@ def backoff(attempt: int, policy: WebhookDeliveryPolicy, rng: random.Random) -> 
     return dt.timedelta(seconds=step / 2 + rng.uniform(0, step / 2))
 
 
+def capped_retry_after(attempt: Attempt, policy: WebhookDeliveryPolicy) -> dt.timedelta | None:
+    """The receiver's Retry-After, at most ``max_delay_s`` (the longest wait we ever schedule), so a
+    receiver asking for days cannot park its events beyond the backoff's own cap."""
+    if attempt.retry_after is None:
+        return None
+    return min(attempt.retry_after, dt.timedelta(seconds=policy.max_delay_s))
+
+
+def retry_wait(number: int, attempt: Attempt, policy: WebhookDeliveryPolicy, rng: random.Random) -> dt.timedelta:
+    """The wait after failed attempt ``number``: the backoff, or the receiver's (capped) Retry-After
+    when that is longer. Never shorter than the backoff: a ``Retry-After: 0`` does not make us hammer."""
+    wait = backoff(number, policy, rng)
+    asked = capped_retry_after(attempt, policy)
+    return wait if asked is None else max(wait, asked)
+
+
 def record_attempt(conn: sa.Connection, row, run_id: str, attempt: Attempt, policy: WebhookDeliveryPolicy, rng: random.Random) -> str:
     """Record ``attempt`` of a row this run has leased and move the row on; returns its new status."""
     number = row.attempts + 1
-    finished = attempt.started_at + dt.timedelta(milliseconds=attempt.latency_ms)
+    finished = attempt.finished_at
     conn.execute(
         sa.insert(webhook_attempts).values(
             outbox_id=row.id,
@@ -160,6 +193,7 @@ def record_attempt(conn: sa.Connection, row, run_id: str, attempt: Attempt, poli
             latency_ms=attempt.latency_ms,
             error=attempt.error,
             response_excerpt=attempt.response_excerpt,
+            retry_after_s=None if attempt.retry_after is None else round(attempt.retry_after.total_seconds()),
         )
     )
     if attempt.delivered:
@@ -167,7 +201,7 @@ def record_attempt(conn: sa.Connection, row, run_id: str, attempt: Attempt, poli
     elif number >= policy.max_attempts:
         status, values = DEAD, {"dead_lettered_at": finished, "last_error": attempt.error}
     else:
-        status, values = PENDING, {"next_attempt_at": finished + backoff(number, policy, rng), "last_error": attempt.error}
+        status, values = PENDING, {"next_attempt_at": finished + retry_wait(number, attempt, policy, rng), "last_error": attempt.error}
     conn.execute(
         sa.update(webhook_outbox)
         .where(webhook_outbox.c.id == row.id, webhook_outbox.c.claimed_by == run_id)

@@ -17,6 +17,12 @@ Callback API: JSON envelope `{type, group_id, event_id, v, secret?, object}`. Th
 `secret` field equals the key set in the community settings (`verify_webhook`). Every event must be
 answered with the body `ok`; the one-off `confirmation` event is answered with the confirmation
 code instead (`confirmation_answer`). Events are deduplicated by `event_id`.
+
+Button presses: a callback button sends a `message_event`, and the user's button spins until the
+community answers it with `messages.sendMessageEventAnswer` (`event_id` of the press, `user_id`,
+`peer_id`, optional `event_data` such as a snackbar) within about a minute. The Callback API's own
+answer must stay `ok`, so this is an API call with the community token (`press_answer`,
+`VkConnector.answer_press`), unlike Telegram, which takes the answer in the webhook reply.
 Source: VK API docs, VKCOM/vk-api-schema 5.199 and shared/reference/provider-protocols.md §2.
 """
 
@@ -50,6 +56,7 @@ from resources.channels.base import (
 )
 
 API_VERSION = "5.199"
+ANSWER_METHOD = "messages.sendMessageEventAnswer"  # answers a callback button press
 OK_ANSWER = "ok"  # the body every Callback API event except `confirmation` must be answered with
 MAX_TEXT = 4096  # characters; longer is error 914 "Message is too long"
 MAX_BUTTONS = 6  # one callback button per row; an inline keyboard has at most 6 rows (u)
@@ -95,6 +102,7 @@ class VkConnector:
 
     def __init__(self, base_url: str, group_id: int, access_token: str, api_version: str = API_VERSION):
         self._url = f"{base_url.rstrip('/')}/method/messages.send"
+        self._answer_url = f"{base_url.rstrip('/')}/method/{ANSWER_METHOD}"
         self.group_id = group_id
         self._token = access_token
         self._version = api_version
@@ -146,10 +154,35 @@ class VkConnector:
         random_id, is REJECTED without a request."""
         if (refused := refusal(self.validate, message) or refusal(_require_random_id, message)) is not None:
             return refused
-        response = await post_or_failure(client.post(self._url, data=self.fields(message)))
-        if isinstance(response, SendResult):
-            return response
-        return classify(response.status_code, json_object(response))
+        return await _call(client, self._url, self.fields(message))
+
+    async def answer_press(self, client: HttpClient, press: Mapping[str, str]) -> SendResult:
+        """One messages.sendMessageEventAnswer call for a press (`press_answer`), which stops the
+        spinner on the user's button. The answer reads like messages.send's: `{"response": 1}` or an
+        error (100 for an unknown, expired or already answered press: not worth retrying)."""
+        return await _call(client, self._answer_url, {"access_token": self._token, "v": self._version, **press})
+
+
+async def _call(client: HttpClient, url: str, fields: Mapping[str, str]) -> SendResult:
+    """One VK API method call (form-encoded), its answer classified."""
+    response = await post_or_failure(client.post(url, data=fields))
+    if isinstance(response, SendResult):
+        return response
+    return classify(response.status_code, json_object(response))
+
+
+def press_answer(payload: Mapping[str, Any]) -> dict[str, str] | None:
+    """The messages.sendMessageEventAnswer parameters that answer a `message_event` (a button press),
+    or None for any other event. The press's own `event_id` is in the object, not the envelope's
+    `event_id` (which names the Callback API delivery). No `event_data`: the answer only stops the
+    spinner, as the Telegram answer does."""
+    obj = payload.get("object")
+    if payload.get("type") != "message_event" or not isinstance(obj, Mapping):
+        return None
+    event_id, user_id, peer_id = obj.get("event_id"), obj.get("user_id"), obj.get("peer_id")
+    if not (isinstance(event_id, str) and event_id) or not all(type(number) is int for number in (user_id, peer_id)):
+        return None
+    return {"event_id": event_id, "user_id": str(user_id), "peer_id": str(peer_id)}
 
 
 def keyboard(buttons: tuple[tuple[str, str], ...], send_id: str | None = None) -> dict[str, Any]:
