@@ -83,21 +83,28 @@ def record_outcome(
     disabled = conn.execute(sa.update(webhook_endpoints).where(key, webhook_endpoints.c.disabled_at.is_(None)).values(disabled_at=now, disabled_reason=reason))
     if disabled.rowcount != 1:  # already disabled: an attempt that was in flight when it happened
         return None
+    _record(conn, tenant, subscription.name, ENDPOINT_DISABLED, subscription.url, reason, failures, DELIVERY_ACTOR, run_id, now)
+    enqueue(conn, tenant, subscriptions, [endpoint_disabled_event(tenant, subscription.name, subscription.url, now, reason, failures)], now)
+    return DISABLED
+
+
+def _record(
+    conn: sa.Connection, tenant: str, subscription: str, event: str, url: str, reason: str, failures: int, actor: str, run_id: str, now: dt.datetime
+) -> None:
+    """One ``webhook_endpoint_events`` row: the endpoint's history, who changed it and why."""
     conn.execute(
         sa.insert(webhook_endpoint_events).values(
             tenant=tenant,
-            subscription=subscription.name,
-            event=ENDPOINT_DISABLED,
-            url=subscription.url,
+            subscription=subscription,
+            event=event,
+            url=url,
             reason=reason,
             consecutive_failures=failures,
-            actor=DELIVERY_ACTOR,
+            actor=actor,
             run_id=run_id,
             occurred_at=now,
         )
     )
-    enqueue(conn, tenant, subscriptions, [endpoint_disabled_event(tenant, subscription.name, subscription.url, now, reason, failures)], now)
-    return DISABLED
 
 
 def enable(conn: sa.Connection, requests: Sequence[EnableRequest], operator: str, reason: str, run_id: str, now: dt.datetime) -> list[EnableRequest]:
@@ -115,19 +122,7 @@ def enable(conn: sa.Connection, requests: Sequence[EnableRequest], operator: str
             .where(key)
             .values(disabled_at=None, disabled_reason=None, paused_until=None, consecutive_failures=0, updated_at=now)
         )
-        conn.execute(
-            sa.insert(webhook_endpoint_events).values(
-                tenant=request.tenant,
-                subscription=request.subscription,
-                event=ENDPOINT_ENABLED,
-                url=request.url,
-                reason=reason,
-                consecutive_failures=failures,
-                actor=operator,
-                run_id=run_id,
-                occurred_at=now,
-            )
-        )
+        _record(conn, request.tenant, request.subscription, ENDPOINT_ENABLED, request.url, reason, failures, operator, run_id, now)
         conn.execute(
             sa.update(webhook_outbox)
             .where(
