@@ -3,14 +3,13 @@
 Runs `dagster-webserver` and `dagster-daemon` on the demo's home, the two processes a Dagster
 deployment runs, rather than `dagster dev`, which warns about the repository's own instance
 file and kept its code servers alive for a minute after Ctrl-C. Ctrl-C (or SIGTERM) stops both
-within a few seconds (see demo/services.py).
+within a few seconds (see demo/services.py), and so do SIGTERM and a closed terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -20,15 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from demo.home import NotADemoHome, claim  # noqa: E402
-from demo.services import ServiceError, start, wait_http  # noqa: E402
-
-
-class Stop(Exception):
-    """SIGINT or SIGTERM arrived: stop the services."""
-
-
-def _raise_stop(signum: int, _frame: object) -> None:
-    raise Stop(signal.Signals(signum).name)
+from demo.services import ServiceError, held_signals_on_interrupt, start, stop_on_signals, wait_http  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,10 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     workspace = str(REPO / "workspace.yaml")
     url = f"http://{args.host}:{args.port}"
 
-    signal.signal(signal.SIGINT, _raise_stop)
-    signal.signal(signal.SIGTERM, _raise_stop)
-    with ExitStack() as stack:
-        try:
+    stop_on_signals()
+    try:
+        with ExitStack() as stack, held_signals_on_interrupt():
             daemon = start(stack, "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env)
             webserver = start(
                 stack,
@@ -66,15 +56,12 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
             print("make ui: a Dagster process exited on its own; stopping the other", file=sys.stderr)
             return 1
-        except Stop:
-            # A second Ctrl-C must not cut the orderly stop short and leave a group running.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            print("\nStopping the operator console…", flush=True)
-            return 0
-        except ServiceError as error:
-            print(f"make ui: {error}", file=sys.stderr)
-            return 1
+    except KeyboardInterrupt:
+        print("\nOperator console stopped.", flush=True)
+        return 0
+    except ServiceError as error:
+        print(f"make ui: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

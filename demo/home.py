@@ -16,6 +16,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from demo.services import stop_leftovers
+
 REPO = Path(__file__).resolve().parents[1]
 MARKER = ".algor-demo-home"
 MARKER_TEXT = "This folder is the Algor Orchestrator demo's home: `make demo` resets it on every run.\n"
@@ -52,8 +54,10 @@ def claim(home: Path) -> Path:
 
 
 def reset(home: Path) -> Path:
-    """Claim ``home`` and empty it of everything but the marker (a fresh demo each time)."""
+    """Claim ``home``, stop what a killed earlier run left running on it, and empty it of
+    everything but the marker (a fresh demo each time)."""
     claim(home)
+    stop_leftovers(home)
     for child in home.iterdir():
         if child.name == MARKER:
             continue

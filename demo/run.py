@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from demo.home import NotADemoHome, reset  # noqa: E402
-from demo.services import ServiceError, free_port, start, wait_http  # noqa: E402
+from demo.services import ServiceError, free_port, held_signals_on_interrupt, start, stop_on_signals, wait_http  # noqa: E402
 
 TENANT = "demo"
 SAMPLE_CSV = REPO / "orchestrator_assets" / "imports" / "samples" / "demo_contacts.csv"
@@ -48,6 +48,7 @@ def step(number: int, text: str) -> None:
 def main() -> int:
     from resources.settings import get_settings
 
+    stop_on_signals()
     home = get_settings().home
     try:
         dagster_home = reset(home)
@@ -63,7 +64,7 @@ def main() -> int:
     bin_dir = Path(sys.executable).parent
     instance = create_instance()
 
-    with ExitStack() as stack:
+    with ExitStack() as stack, held_signals_on_interrupt():
         step(1, f"Starting services (logs in {log_dir})")
         gateway = start(stack, "gateway", [sys.executable, "-m", "gateway", "--port", gateway_url.rsplit(":", 1)[1]], env, log_dir)
         wait_http(f"{gateway_url}/ready", "webhook gateway", gateway)
@@ -242,3 +243,6 @@ if __name__ == "__main__":
     except (DemoError, ServiceError) as error:
         print(f"\nDEMO FAILED: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("\nDemo interrupted; its services are stopped. `make demo` starts afresh.", file=sys.stderr)
+        sys.exit(130)

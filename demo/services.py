@@ -14,7 +14,8 @@ import signal
 import socket
 import subprocess
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -22,6 +23,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 GRACE_S = 4.0
+# In the home: the process groups started on it, so a run that was killed outright (SIGKILL, no
+# clean-up) cannot leave services behind for longer than the next reset.
+PIDS_FILE = "services.pids"
 
 
 class ServiceError(RuntimeError):
@@ -34,35 +38,86 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stop_group(process: subprocess.Popen, grace_s: float = GRACE_S) -> None:
-    """SIGTERM the process's whole group, SIGKILL whatever is left after ``grace_s``."""
+def stop_group(pgid: int, reap: subprocess.Popen | None = None, grace_s: float = GRACE_S) -> None:
+    """SIGTERM the process group ``pgid``, SIGKILL whatever is left after ``grace_s``.
+
+    ``reap``: the group leader, when it is our child, so its exit status is collected.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(process.pid, sig)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
-            process.poll()
-            if not _group_alive(process.pid):
+            if reap is not None:
+                reap.poll()
+            if not _group_alive(pgid):
                 return
             time.sleep(0.1)
-    process.wait(5)
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (a zombie waiting to be reaped does not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP (a closed terminal) into KeyboardInterrupt, as Ctrl-C already is, so
+    the services' groups are stopped on the way out: they run in sessions of their own, which no
+    terminal signal reaches."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
+@contextmanager
+def held_signals_on_interrupt() -> Iterator[None]:
+    """Enter it inside the services' ExitStack: after a Ctrl-C it holds further signals while the
+    services are stopped, so a second Ctrl-C cannot cut that short and leave a group running."""
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        yield
+    except KeyboardInterrupt:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise
+
+
+def stop_leftovers(home: Path) -> None:
+    """Stop the groups an earlier run on ``home`` recorded and left running (it was SIGKILLed).
+
+    A recorded pid is only signalled while its process still runs on this home's Dagster
+    instance (its environment says so): pids are reused, and a stranger's group is never touched.
+    """
+    pids = home / PIDS_FILE
+    if not pids.is_file():
+        return
+    marker = f"DAGSTER_HOME={home / 'dagster_home'}".encode()
+    for line in pids.read_text().split():
+        try:
+            environ = Path(f"/proc/{int(line)}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if marker in environ:
+            stop_group(int(line))
+    pids.unlink()
 
 
 def start(stack: ExitStack, name: str, args: list[str], env: dict[str, str], log: Path | IO[str] | None = None) -> subprocess.Popen:
-    """Start ``args`` in its own process group; the stack stops the group on exit.
+    """Start ``args`` in its own process group, recorded in the home; the stack stops the group on exit.
 
-    ``log`` is a directory (output goes to ``<log>/<name>.log``), an open file, or None to share
-    this process's terminal.
+    ``env`` must carry ``DAGSTER_HOME`` (inside the home). ``log`` is a directory (output goes to
+    ``<log>/<name>.log``), an open file, or None to share this process's terminal.
     """
     output: IO[str] | None
     if isinstance(log, Path):
@@ -71,7 +126,9 @@ def start(stack: ExitStack, name: str, args: list[str], env: dict[str, str], log
     else:
         output = log
     process = subprocess.Popen(args, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT if output else None, start_new_session=True)
-    stack.callback(stop_group, process)
+    stack.callback(stop_group, process.pid, process)
+    with open(Path(env["DAGSTER_HOME"]).parent / PIDS_FILE, "a", encoding="utf-8") as pids:
+        pids.write(f"{process.pid}\n")
     return process
 
 

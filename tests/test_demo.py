@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from demo.home import MARKER, NotADemoHome, claim, reset
+from demo.services import PIDS_FILE, start
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +52,25 @@ def test_a_foreign_folder_is_refused_and_left_untouched(tmp_path):
     with pytest.raises(NotADemoHome, match="refusing to reset"):
         reset(home)
     assert (home / "precious.txt").read_text() == "keep me"
+
+
+def test_services_a_killed_run_left_behind_are_stopped_by_the_next_reset_and_strangers_are_not(tmp_path):
+    home = tmp_path / "algor"
+    env = {**os.environ, "DAGSTER_HOME": str(claim(home))}
+    with ExitStack() as stack:
+        left_behind = start(stack, "daemon", ["sleep", "300"], env)
+        stack.pop_all()  # the run is SIGKILLed: nothing stops its services
+    # A recorded pid now belonging to a process that is not on this home (pids are reused).
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    with open(home / PIDS_FILE, "a") as pids:
+        pids.write(f"{stranger.pid}\n")
+    try:
+        reset(home)
+        assert left_behind.wait(timeout=15) is not None
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        left_behind.kill()
 
 
 def test_demo_fails_loudly_with_a_reason(tmp_path):

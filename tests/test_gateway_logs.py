@@ -72,8 +72,10 @@ def test_request_ids_and_refusal_reasons_in_json_logs(gateway_process):
     unknown = httpx.post(f"{gateway}/hooks/demo/smsru/{SMSRU_SECRET_PATH}", data={"data[0]": "sms_status\n1\n103"})
     assert unknown.status_code == 404
 
-    deadline = time.monotonic() + 10
-    while len(lines := request_lines(log_path)) < 4 and time.monotonic() < deadline:
+    # Wait for these four requests' lines, not for any four: the readiness probes log lines too.
+    ids = {"tg-retry-42", generated, insane.headers["x-request-id"], unknown.headers["x-request-id"]}
+    deadline = time.monotonic() + 30
+    while not ids <= (lines := request_lines(log_path)).keys() and time.monotonic() < deadline:
         time.sleep(0.1)
     refused = lines["tg-retry-42"]
     assert refused["level"] == "warning" and refused["status"] == 403
