@@ -82,14 +82,11 @@ def console(demo):
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(1)
-    assert process.poll() is None, log.read_text()[-5000:]
+    deadline = time.monotonic() + 240  # what the operator waits for: the console's own line
+    while "Operator console on" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert process.poll() is None and "Operator console on" in log.read_text(), log.read_text()[-5000:]
+    assert httpx.get(f"{url}/server_info", timeout=10).status_code == 200
     # Dagster's one-time "join the community" dialog (stored in the instance) would cover the pages.
     httpx.post(f"{url}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=30).raise_for_status()
     yield Console(url, process, log)
@@ -154,7 +151,6 @@ def test_the_console_starts_without_alarming_warnings(console):
     """Nothing on the documented path tells the operator their instance file is ignored, or that
     the command is superseded (both came from `dagster dev`)."""
     output = console.log.read_text()
-    assert "Operator console on" in output
     for alarm in ("will not be used", "SupersessionWarning", "Traceback"):
         assert alarm not in output, f"make ui printed {alarm!r}:\n{output[-3000:]}"
 
@@ -188,9 +184,9 @@ def test_demo_runs_are_launched_through_the_code_location(instance):
 
 
 def test_asset_graph_shows_every_asset_group(ui):
-    text = ui.visit("/asset-groups", "Global asset lineage")
-    missing = [group for group in DOMAINS if group not in text]
-    assert not missing, f"asset groups missing from the lineage page: {missing}"
+    ui.visit("/asset-groups", "Global asset lineage")
+    for group in DOMAINS:  # the graph and its sidebar load after the page's frame
+        ui.page.get_by_text(group, exact=True).first.wait_for(timeout=30_000)
     ui.screenshot("asset-graph.png")
 
 
