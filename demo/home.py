@@ -33,17 +33,18 @@ def dagster_home(home: Path) -> Path:
 
 
 def claim(home: Path) -> Path:
-    """Make ``home`` the demo's: create it with the marker if it is missing or empty.
+    """Make ``home`` the demo's: create it with the marker if it is missing or holds no file.
 
     Returns the Dagster home inside it, with the embedded instance settings in place.
     Raises :class:`NotADemoHome` for a non-empty folder without the marker.
     """
     marker = home / MARKER
     if not marker.is_file():
-        if home.exists() and any(home.iterdir()):
+        if home.exists() and _holds_files(home):
             raise NotADemoHome(
                 f"ALGOR_HOME={home} holds files and no {MARKER} marker, so it is not a demo's home; "
-                "refusing to reset it. Point ALGOR_HOME at an empty or new folder."
+                "refusing to reset it. Point ALGOR_HOME at an empty or new folder, or, if it is an "
+                "earlier demo's home from before the marker existed, remove it (`make clean`)."
             )
         home.mkdir(parents=True, exist_ok=True)
         marker.write_text(MARKER_TEXT, encoding="utf-8")
@@ -51,6 +52,12 @@ def claim(home: Path) -> Path:
     instance_dir.mkdir(exist_ok=True)
     shutil.copyfile(INSTANCE_YAML, instance_dir / "dagster.yaml")
     return instance_dir
+
+
+def _holds_files(folder: Path) -> bool:
+    """Any file (or link) anywhere below ``folder``; stops at the first. Empty folders lose nothing
+    (an older `make install` left an empty ``dagster_home`` in the default home)."""
+    return any(not path.is_dir() or path.is_symlink() for path in folder.rglob("*"))
 
 
 def reset(home: Path) -> Path:

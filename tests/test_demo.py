@@ -21,9 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_missing_or_empty_home_is_claimed_with_the_marker_and_the_instance_settings(tmp_path):
-    for home in (tmp_path / "new", tmp_path / "empty"):
-        if home.name == "empty":
+    for home in (tmp_path / "new", tmp_path / "empty", tmp_path / "old-install"):
+        if home.name != "new":
             home.mkdir()
+        if home.name == "old-install":
+            (home / "dagster_home").mkdir()  # what `make install` used to create
         dagster_home = claim(home)
         assert (home / MARKER).is_file()
         assert dagster_home == home / "dagster_home"
