@@ -12,14 +12,13 @@ import argparse
 import os
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from demo.home import NotADemoHome, claim  # noqa: E402
-from demo.services import ServiceError, held_signals_on_interrupt, start, stop_on_signals, wait_http  # noqa: E402
+from demo.services import ServiceError, Services, stop_on_signals, wait_http  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,14 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     stop_on_signals()
     try:
-        with ExitStack() as stack, held_signals_on_interrupt():
-            daemon = start(stack, "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env)
-            webserver = start(
-                stack,
-                "dagster-webserver",
-                [str(bin_dir / "dagster-webserver"), "-w", workspace, "-h", args.host, "-p", str(args.port)],
-                env,
-            )
+        with Services(env) as services:
+            daemon = services.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace])
+            webserver = services.start("dagster-webserver", [str(bin_dir / "dagster-webserver"), "-w", workspace, "-h", args.host, "-p", str(args.port)])
             wait_http(f"{url}/server_info", "dagster-webserver", webserver)
             print(f"\nOperator console on {url} (DAGSTER_HOME={dagster_home}). Ctrl-C stops it.\n", flush=True)
             while daemon.poll() is None and webserver.poll() is None:

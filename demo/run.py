@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from demo.home import NotADemoHome, reset  # noqa: E402
-from demo.services import ServiceError, free_port, held_signals_on_interrupt, start, stop_on_signals, wait_http  # noqa: E402
+from demo.services import ServiceError, Services, free_port, stop_on_signals, wait_http  # noqa: E402
 
 TENANT = "demo"
 SAMPLE_CSV = REPO / "orchestrator_assets" / "imports" / "samples" / "demo_contacts.csv"
@@ -64,9 +63,9 @@ def main() -> int:
     bin_dir = Path(sys.executable).parent
     instance = create_instance()
 
-    with ExitStack() as stack, held_signals_on_interrupt():
+    with Services(env, log_dir) as services:
         step(1, f"Starting services (logs in {log_dir})")
-        gateway = start(stack, "gateway", [sys.executable, "-m", "gateway", "--port", gateway_url.rsplit(":", 1)[1]], env, log_dir)
+        gateway = services.start("gateway", [sys.executable, "-m", "gateway", "--port", gateway_url.rsplit(":", 1)[1]])
         wait_http(f"{gateway_url}/ready", "webhook gateway", gateway)
         print(f"  webhook gateway   {gateway_url}")
 
@@ -75,13 +74,11 @@ def main() -> int:
 
         sandbox_config = home / "sandbox.json"
         sandbox_config.write_text(json.dumps(sandbox_accounts(load_tenants().tenants, gateway_url), indent=2))
-        sandbox = start(
-            stack, "sandbox", [sys.executable, "-m", "sandbox", "--config", str(sandbox_config), "--port", sandbox_url.rsplit(":", 1)[1]], env, log_dir
-        )
+        sandbox = services.start("sandbox", [sys.executable, "-m", "sandbox", "--config", str(sandbox_config), "--port", sandbox_url.rsplit(":", 1)[1]])
         wait_http(f"{sandbox_url}/_sandbox/stats", "provider sandbox", sandbox)
         print(f"  provider sandbox  {sandbox_url}  (every provider's real wire protocol)")
 
-        daemon = start(stack, "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, log_dir)
+        daemon = services.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")])
         print(f"  dagster-daemon    pid {daemon.pid} (runs queued jobs, evaluates the webhook inbox sensor)")
 
         step(2, "Launching campaign_pipeline_job: import → contacts → consents → segments → campaign → send")

@@ -3,8 +3,8 @@
 Each service runs in its own session (process group), so a Ctrl-C in the terminal reaches only the
 script that started it, and that script stops every service as a whole group: Dagster's webserver
 and daemon each start code-server children that outlive their parent if only the parent is told,
-and `dagster dev` left them running for a minute after Ctrl-C. A group gets SIGTERM, then SIGKILL
-after a short grace period, so stopping never hangs.
+and `dagster dev` left them running for a minute after Ctrl-C. All groups get SIGTERM together,
+then SIGKILL after a short grace period, so stopping never hangs.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
@@ -38,21 +37,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stop_group(pgid: int, reap: subprocess.Popen | None = None, grace_s: float = GRACE_S) -> None:
-    """SIGTERM the process group ``pgid``, SIGKILL whatever is left after ``grace_s``.
+def stop_groups(pgids: Iterable[int], reap: Iterable[subprocess.Popen] = (), grace_s: float = GRACE_S) -> None:
+    """SIGTERM every process group in ``pgids`` at once, SIGKILL whatever is left after ``grace_s``.
 
-    ``reap``: the group leader, when it is our child, so its exit status is collected.
+    ``reap``: the group leaders that are our children, so their exit status is collected.
     """
+    pgids, reap = list(pgids), list(reap)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
+        for pgid in pgids:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
-            if reap is not None:
-                reap.poll()
-            if not _group_alive(pgid):
+            for process in reap:
+                process.poll()
+            pgids = [pgid for pgid in pgids if _group_alive(pgid)]
+            if not pgids:
                 return
             time.sleep(0.1)
 
@@ -81,18 +83,6 @@ def stop_on_signals() -> None:
         signal.signal(sig, interrupt)
 
 
-@contextmanager
-def held_signals_on_interrupt() -> Iterator[None]:
-    """Enter it inside the services' ExitStack: after a Ctrl-C it holds further signals while the
-    services are stopped, so a second Ctrl-C cannot cut that short and leave a group running."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        raise
-
-
 def stop_leftovers(home: Path) -> None:
     """Stop the groups an earlier run on ``home`` recorded and left running (it was SIGKILLed).
 
@@ -103,33 +93,58 @@ def stop_leftovers(home: Path) -> None:
     if not pids.is_file():
         return
     marker = f"DAGSTER_HOME={home / 'dagster_home'}".encode()
+    ours = []
     for line in pids.read_text().split():
         try:
             environ = Path(f"/proc/{int(line)}/environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
         if marker in environ:
-            stop_group(int(line))
+            ours.append(int(line))
+    stop_groups(ours)
     pids.unlink()
 
 
-def start(stack: ExitStack, name: str, args: list[str], env: dict[str, str], log: Path | IO[str] | None = None) -> subprocess.Popen:
-    """Start ``args`` in its own process group, recorded in the home; the stack stops the group on exit.
+class Services:
+    """The services one script runs on a home, each in its own process group, recorded in the home.
 
-    ``env`` must carry ``DAGSTER_HOME`` (inside the home). ``log`` is a directory (output goes to
-    ``<log>/<name>.log``), an open file, or None to share this process's terminal.
+    Leaving the block stops every group together, however it is left; after a Ctrl-C further
+    signals are held meanwhile, so a second Ctrl-C cannot cut the stop short and leave a group
+    running. ``env`` must carry ``DAGSTER_HOME`` (inside the home). ``log_dir``: each service's
+    output goes to ``<log_dir>/<name>.log``; None shares this process's terminal.
     """
-    output: IO[str] | None
-    if isinstance(log, Path):
-        output = open(log / f"{name}.log", "w")  # noqa: SIM115 - closed by the stack
-        stack.callback(output.close)
-    else:
-        output = log
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT if output else None, start_new_session=True)
-    stack.callback(stop_group, process.pid, process)
-    with open(Path(env["DAGSTER_HOME"]).parent / PIDS_FILE, "a", encoding="utf-8") as pids:
-        pids.write(f"{process.pid}\n")
-    return process
+
+    def __init__(self, env: dict[str, str], log_dir: Path | None = None) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self._pids_file = Path(env["DAGSTER_HOME"]).parent / PIDS_FILE
+        self._processes: list[subprocess.Popen] = []
+        self._logs: list[IO[str]] = []
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+        stop_groups((process.pid for process in self._processes), reap=self._processes)
+        for log in self._logs:
+            log.close()
+        return False
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        output = None
+        if self.log_dir is not None:
+            output = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed on exit
+            self._logs.append(output)
+        process = subprocess.Popen(
+            args, cwd=REPO, env=self.env, stdout=output, stderr=subprocess.STDOUT if output else None, start_new_session=True
+        )
+        self._processes.append(process)
+        with open(self._pids_file, "a", encoding="utf-8") as pids:
+            pids.write(f"{process.pid}\n")
+        return process
 
 
 def wait_http(url: str, what: str, process: subprocess.Popen, timeout: float = 120) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from demo.home import MARKER, NotADemoHome, claim, reset
-from demo.services import PIDS_FILE, start
+from demo.services import PIDS_FILE, Services
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,9 +58,7 @@ def test_a_foreign_folder_is_refused_and_left_untouched(tmp_path):
 def test_services_a_killed_run_left_behind_are_stopped_by_the_next_reset_and_strangers_are_not(tmp_path):
     home = tmp_path / "algor"
     env = {**os.environ, "DAGSTER_HOME": str(claim(home))}
-    with ExitStack() as stack:
-        left_behind = start(stack, "daemon", ["sleep", "300"], env)
-        stack.pop_all()  # the run is SIGKILLed: nothing stops its services
+    left_behind = Services(env).start("daemon", ["sleep", "300"])  # its run is SIGKILLed: never stopped
     # A recorded pid now belonging to a process that is not on this home (pids are reused).
     stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
     with open(home / PIDS_FILE, "a") as pids:

@@ -67,7 +67,7 @@ def instance(demo):
 @pytest.fixture(scope="module")
 def console(demo):
     """`make ui` on the demo's home, in its own session as a terminal would run it."""
-    from demo.services import free_port, stop_group
+    from demo.services import free_port, stop_leftovers
 
     port = free_port()
     venv = Path(sys.executable).parent.parent
@@ -90,7 +90,10 @@ def console(demo):
     # Dagster's one-time "join the community" dialog (stored in the instance) would cover the pages.
     httpx.post(f"{url}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=30).raise_for_status()
     yield Console(url, process, log)
-    stop_group(process.pid, process)
+    if process.poll() is None:  # the Ctrl-C test did not get to run
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(60)
+    stop_leftovers(demo[0])  # nothing a failed test left behind outlives the module
 
 
 @pytest.fixture(scope="module")
