@@ -101,7 +101,7 @@ def enable_webhook_endpoints(context: dg.OpExecutionContext, config: EnableEndpo
             "ignored_not_disabled": dg.MetadataValue.json(not_disabled),
             "operator": config.operator,
             "reason": config.reason,
-            "enabled_endpoints": dg.MetadataValue.md(markdown_table(["tenant", "subscription", "url"], [(r.tenant, r.subscription, r.url) for r in enabled])),
+            "enabled_endpoints": dg.MetadataValue.md(markdown_table(["tenant", "subscription", "url"], [(r.tenant, r.subscription, r.url) for r in enabled], empty="Nothing enabled: none of them was disabled.")),
         }
     )
     return len(enabled)

@@ -144,6 +144,7 @@ def tenant_webhook_deliveries(context: dg.AssetExecutionContext, opstore: Operat
                         markdown_table(
                             ["subscription", "url", "disabled at", "why", "deliveries waiting"],
                             [(r.subscription, urls.get(r.subscription, REMOVED), utc_iso(r.disabled_at.replace(microsecond=0)), r.disabled_reason, r.pending) for r in disabled],
+                            empty="No endpoint is disabled.",
                         )
                     ),
                 },
