@@ -27,9 +27,11 @@ sys.path.insert(0, str(REPO))
 
 from demo.home import NotADemoHome, reset  # noqa: E402
 from demo.services import ServiceError, Services, free_port, stop_on_signals, wait_http  # noqa: E402
+from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH  # noqa: E402
 
 TENANT = "demo"
-SAMPLE_CSV = REPO / "orchestrator_assets" / "imports" / "samples" / "demo_contacts.csv"
+# The demo, and only the demo, imports the shipped sample: a run without csv_path imports nothing.
+IMPORT_SAMPLE = {"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_PATH)}}}}
 STEPS = 7
 WAIT_CALLBACKS_S = 120
 WAIT_DELIVERY_RUN_S = 240
@@ -82,8 +84,7 @@ def main() -> int:
         print(f"  dagster-daemon    pid {daemon.pid} (runs queued jobs, evaluates the webhook inbox sensor)")
 
         step(2, "Launching campaign_pipeline_job: import → contacts → consents → segments → campaign → send")
-        import_config = {"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_CSV)}}}}
-        run_id = launch(instance, daemon, "campaign_pipeline_job", env, run_config=import_config, partition=TENANT)
+        run_id = launch(instance, daemon, "campaign_pipeline_job", env, run_config=IMPORT_SAMPLE, partition=TENANT)
         print_pipeline_summary(instance, run_id)
 
         step(3, "Waiting for the sandbox to deliver its callbacks to the gateway")

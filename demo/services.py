@@ -14,9 +14,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import httpx
 
@@ -59,16 +59,26 @@ def stop_groups(pgids: Iterable[int], reap: Iterable[subprocess.Popen] = (), gra
             time.sleep(0.1)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs (a zombie waiting to be reaped does not)."""
+class ProcessInfo(NamedTuple):
+    pid: int
+    state: str  # "Z": a zombie, gone but for its exit status
+    ppid: int
+    pgid: int
+
+
+def running_processes() -> Iterator[ProcessInfo]:
+    """Every process now, read from /proc (Linux): what it is and whose it is."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError):
+            state, ppid, pgid = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
             continue
-        if int(group) == pgid and state != "Z":
-            return True
-    return False
+        yield ProcessInfo(int(stat.parent.name), state, int(ppid), int(pgid))
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (a zombie waiting to be reaped does not)."""
+    return any(process.pgid == pgid and process.state != "Z" for process in running_processes())
 
 
 def stop_on_signals() -> None:

@@ -22,12 +22,13 @@ import dagster as dg
 import httpx
 import pytest
 
+from demo.run import IMPORT_SAMPLE
+from demo.services import running_processes
 from orchestrator_assets import groups
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "docs" / "img"
 LOCATION = "algor_orchestrator"
-SAMPLE_CSV = REPO / "orchestrator_assets" / "imports" / "samples" / "demo_contacts.csv"
 DOMAINS = sorted(value for name, value in vars(groups).items() if name.isupper())
 # What the Dagster UI shows when a page or a query fails, and a Markdown table left unrendered.
 ERROR_MARKERS = ("Something went wrong", "Unexpected error", "An error occurred", "PythonError", "could not be found", "Page not found")
@@ -235,7 +236,7 @@ def test_an_external_driver_launches_the_campaign_over_graphql(console, instance
     run_id = client.submit_job_execution(
         "campaign_pipeline_job",
         repository_location_name=LOCATION,
-        run_config={"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_CSV)}}}},
+        run_config=IMPORT_SAMPLE,
         tags={"dagster/partition": "demo"},
     )
     deadline = time.monotonic() + 600
@@ -252,12 +253,8 @@ def test_an_external_driver_launches_the_campaign_over_graphql(console, instance
 
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for process in running_processes():
+        children.setdefault(process.ppid, []).append(process.pid)
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -266,12 +263,8 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+def _alive(pids: set[int]) -> set[int]:
+    return {process.pid for process in running_processes() if process.pid in pids and process.state != "Z"}
 
 
 def test_ctrl_c_stops_the_console_and_everything_it_started_within_seconds(console):
@@ -281,10 +274,10 @@ def test_ctrl_c_stops_the_console_and_everything_it_started_within_seconds(conso
     began = time.monotonic()
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     process.wait(30)
-    while any(_alive(pid) for pid in started) and time.monotonic() - began < 30:
+    while _alive(started) and time.monotonic() - began < 30:
         time.sleep(0.2)
     took = time.monotonic() - began
-    assert not [pid for pid in started if _alive(pid)], "processes left running after Ctrl-C"
+    assert not _alive(started), "processes left running after Ctrl-C"
     assert took < 10, f"make ui took {took:.1f} s to stop"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/server_info", timeout=2)
