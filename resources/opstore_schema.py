@@ -289,3 +289,20 @@ phone_reachability = sa.Table(
     sa.Column("checked_at", UTCDateTime, nullable=False),
     sa.Index("ix_phone_reachability_lookup", "tenant", "lookup_id"),
 )
+
+# What operators and jobs did to tenants' data (imports, rollbacks, merges, erasures, exports, key
+# rotations, consent verifications), append-only: who, what, when, in which run, with which
+# parameters (personal data masked by the writer). Written in the transaction of the change itself,
+# so an action is on record if and only if it took effect.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),  # the operator, or the job/sensor acting
+    sa.Column("action", sa.String(64), nullable=False),  # e.g. import.commit, import.rollback, contact.erase
+    sa.Column("params", sa.Text, nullable=False),  # JSON, masked
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    sa.Index("ix_audit_log_tenant_id", "tenant", "id"),
+)

@@ -19,6 +19,7 @@ run the sandbox against such a setting on purpose name it in ``ALGOR_ALLOW_SANDB
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -37,6 +38,8 @@ EMBEDDED = "embedded"
 PRODUCTION = "production"
 ALLOW_SANDBOX_WITH = "ALGOR_ALLOW_SANDBOX_WITH"
 SANDBOX_KEY_FILE = "sandbox.key"
+MASTER_KEY_FILE = "master.key"  # the embedded default's master key for PII at rest (resources/pii.py)
+MASTER_KEY_VARIABLE = "ALGOR_MASTER_KEY"
 SANDBOX_SECRET_PREFIX = "sbx_"  # marks a value as a sandbox secret wherever it shows up (configs, logs)
 _SANDBOX_KEY_TEXT = re.compile(r"[0-9a-f]{64}\n?")
 
@@ -85,6 +88,27 @@ class Settings:
             return sandbox_secret(self.home, name)
         raise SettingsError(f"secret {name} is not set (required when ALGOR_ENV=production)")
 
+    def master_key(self) -> bytes:
+        """The 32-byte key that wraps every tenant's data keys (envelope encryption of PII at rest).
+
+        ``ALGOR_MASTER_KEY`` (base64 of 32 bytes) when set: production must set it, from a secret
+        store, and never keep it beside the database it protects. The embedded default makes a
+        random one per installation (``<home>/master.key``, mode 0600), so a copied database file
+        alone reads as ciphertext there too.
+        """
+        value = os.environ.get(MASTER_KEY_VARIABLE)
+        if value:
+            try:
+                key = base64.b64decode(value, validate=True)
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                raise SettingsError(f"{MASTER_KEY_VARIABLE} must be the base64 of 32 random bytes (e.g. `openssl rand -base64 32`)")
+            return key
+        if not self.is_embedded:
+            raise SettingsError(f"{MASTER_KEY_VARIABLE} is not set (required when ALGOR_ENV=production)")
+        return installation_key(self.home, MASTER_KEY_FILE)
+
 
 def sandbox_secret(home: Path, name: str) -> str:
     """The sandbox value of the secret held by env var ``name`` in the installation at ``home``.
@@ -97,10 +121,10 @@ def sandbox_secret(home: Path, name: str) -> str:
     return SANDBOX_SECRET_PREFIX + hmac.new(installation_key(home), name.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def installation_key(home: Path) -> bytes:
-    """32 random bytes of the installation at ``home``: ``<home>/sandbox.key`` (mode 0600),
+def installation_key(home: Path, file_name: str = SANDBOX_KEY_FILE) -> bytes:
+    """32 random bytes of the installation at ``home``: ``<home>/<file_name>`` (mode 0600),
     generated on first use. Processes starting at once all end up with the one key that won."""
-    path = home / SANDBOX_KEY_FILE
+    path = home / file_name
     try:
         identity = path.stat()
     except FileNotFoundError:
@@ -131,7 +155,7 @@ def _read_installation_key(path: Path, inode: int, mtime_ns: int) -> bytes:
     text = path.read_text(encoding="ascii", errors="replace")
     if not _SANDBOX_KEY_TEXT.fullmatch(text):
         raise SettingsError(
-            f"{path} is not a sandbox key (64 hex digits expected). Delete it with the gateway, the "
+            f"{path} is not a key file (64 hex digits expected). Delete it with the gateway, the "
             "sandbox and Dagster stopped; the next start generates a new one"
         )
     return bytes.fromhex(text[:64])

@@ -3,6 +3,7 @@ configuration refused in the embedded default unless the operator opts in by nam
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -87,7 +88,7 @@ def test_the_name_derived_secrets_are_never_produced(algor_home, monkeypatch):
 def test_a_key_file_that_is_not_a_key_is_a_clear_error(algor_home):
     algor_home.mkdir(parents=True)
     (algor_home / SANDBOX_KEY_FILE).write_text("not a key\n")
-    with pytest.raises(SettingsError, match=f"{SANDBOX_KEY_FILE} is not a sandbox key"):
+    with pytest.raises(SettingsError, match=f"{SANDBOX_KEY_FILE} is not a key file"):
         get_settings().secret(TELEGRAM_TOKEN_ENV)
 
 
@@ -156,3 +157,29 @@ def test_the_gateway_refuses_to_start_on_a_forgotten_algor_env(algor_home):
     process = subprocess.run([sys.executable, "-m", "gateway", "--port", "0"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert process.returncode != 0
     assert "SettingsError: ALGOR_DATABASE_URL points at a postgresql database" in process.stderr, process.stderr[-2000:]
+
+
+def test_the_master_key_is_random_per_installation_and_kept(algor_home, tmp_path, monkeypatch):
+    first = get_settings().master_key()
+    assert len(first) == 32 and get_settings().master_key() == first  # kept in the home, not re-made
+    assert oct((algor_home / "master.key").stat().st_mode & 0o777) == "0o600"
+    monkeypatch.setenv("ALGOR_HOME", str(tmp_path / "other"))
+    assert get_settings().master_key() != first
+
+
+def test_a_configured_master_key_wins_and_a_malformed_one_is_refused(algor_home, monkeypatch):
+    monkeypatch.setenv("ALGOR_MASTER_KEY", base64.b64encode(bytes(range(32))).decode())
+    assert get_settings().master_key() == bytes(range(32))
+    monkeypatch.setenv("ALGOR_MASTER_KEY", "c2hvcnQ=")
+    with pytest.raises(SettingsError, match="base64 of 32 random bytes"):
+        get_settings().master_key()
+
+
+def test_production_without_a_master_key_refuses(algor_home, monkeypatch):
+    monkeypatch.setenv("ALGOR_ENV", "production")
+    monkeypatch.setenv("ALGOR_DATABASE_URL", "postgresql+psycopg://algor@db.example.ru/algor")
+    monkeypatch.setenv("ALGOR_WAREHOUSE_DSN", "https://ch.example.ru:8443/algor")
+    monkeypatch.delenv("ALGOR_MASTER_KEY", raising=False)
+    with pytest.raises(SettingsError, match="ALGOR_MASTER_KEY is not set"):
+        get_settings().master_key()
+    assert not (algor_home / "master.key").exists()  # never a key file beside a production database
