@@ -6,9 +6,10 @@ import dagster as dg
 
 from jobs import campaign_pipeline_job, delivery_processing_job, phone_reachability_job, reports_job, reports_schedule
 from jobs.ambiguous import resolve_ambiguous_sends_job
+from jobs.imports import contact_import_job, contact_import_rollback_job
 from jobs.redrive import redrive_dead_letters_job
 from jobs.webhooks import enable_webhook_endpoints_job, retry_webhook_deliveries_job, webhook_delivery_job
-from orchestrator_assets import campaigns, consents, contacts, segments
+from orchestrator_assets import campaigns, contacts, segments
 from orchestrator_assets.deliveries import assets as deliveries
 from orchestrator_assets.imports import assets as imports
 from orchestrator_assets.reports import campaign_funnel_export, warehouse_reports
@@ -19,20 +20,21 @@ from resources.dbt import make_dbt_resource
 from resources.opstore import OperationalStore
 from resources.warehouse import Warehouse
 from sensors.campaigns import campaign_schedule_sensor
+from sensors.imports import contact_drop_folder_sensor
 from sensors.inbox import webhook_inbox_sensor
 from sensors.triggers import trigger_campaign_sensor
 from sensors.webhooks import webhook_delivery_sensor
 
 defs = dg.Definitions(
     assets=[
-        *dg.load_assets_from_modules([imports, contacts, consents, segments, campaigns, sends, deliveries, webhooks]),
+        *dg.load_assets_from_modules([imports, contacts, segments, campaigns, sends, deliveries, webhooks]),
         warehouse_reports,
         campaign_funnel_export,
     ],
     jobs=[campaign_pipeline_job, delivery_processing_job, reports_job, redrive_dead_letters_job, webhook_delivery_job, retry_webhook_deliveries_job,
-          enable_webhook_endpoints_job, phone_reachability_job, resolve_ambiguous_sends_job],
+          enable_webhook_endpoints_job, phone_reachability_job, resolve_ambiguous_sends_job, contact_import_job, contact_import_rollback_job],
     schedules=[reports_schedule],
-    sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor],
+    sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor, contact_drop_folder_sensor],
     resources={
         "opstore": OperationalStore(),
         "warehouse": Warehouse(),

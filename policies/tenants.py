@@ -71,12 +71,21 @@ class WebhookSubscription(StrictModel):
         return events
 
 
+class ImportMode(StrEnum):
+    """What a contact import does with a file that has rejected rows (docs/imports.md)."""
+
+    ALL_OR_NOTHING = "all_or_nothing"  # any rejected row: nothing is written, the run fails with the report
+    VALID_ROWS_ONLY = "valid_rows_only"  # the valid rows are committed, the rejected ones reported
+
+
 class Tenant(StrictModel):
     name: NonBlank
     operator_legal_entity: NonBlank  # the personal-data operator named in consent texts
     timezone: str
     accounts: ChannelAccounts
     webhooks: list[WebhookSubscription] = []
+    # The default of the tenant's contact imports; a run's config can override it.
+    import_mode: ImportMode = ImportMode.VALID_ROWS_ONLY
 
     @field_validator("webhooks")
     @classmethod

@@ -306,3 +306,42 @@ audit_log = sa.Table(
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Index("ix_audit_log_tenant_id", "tenant", "id"),
 )
+
+# One row per committed contact import (orchestrator_assets/imports/commit.py): the id that
+# consent evidence, the change history and a rollback name. Written in the import's own transaction,
+# so an import that failed or was refused (all_or_nothing with rejected rows) has no row.
+contact_imports = sa.Table(
+    "contact_imports",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("source_file", sa.String(512), nullable=False),
+    sa.Column("content_sha256", sa.String(64)),  # of the file's bytes; None for rows not read from a file
+    sa.Column("mode", sa.String(32), nullable=False),  # all_or_nothing | valid_rows_only
+    sa.Column("rows_read", sa.Integer, nullable=False),
+    sa.Column("rows_valid", sa.Integer, nullable=False),
+    sa.Column("rows_rejected", sa.Integer, nullable=False),  # by validation and by store duplicates
+    sa.Column("rows_inserted", sa.Integer, nullable=False),
+    sa.Column("rows_updated", sa.Integer, nullable=False),
+    sa.Column("rows_unchanged", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),  # committed | rolled_back
+    sa.Column("committed_at", UTCDateTime, nullable=False),
+    sa.Column("rolled_back_at", UTCDateTime),
+    sa.Index("ix_contact_imports_tenant_id", "tenant", "id"),
+)
+
+# What each import did to each contact it created or changed: the history a rollback restores from.
+# ``previous`` holds the changed fields' former values (personal data: one opaque column, sealed
+# with the contact's key once PII is encrypted at rest); None for a contact the import created.
+# No foreign key to contacts: the history outlives a contact removed by a rollback.
+contact_import_changes = sa.Table(
+    "contact_import_changes",
+    metadata,
+    sa.Column("import_id", sa.BigInteger, sa.ForeignKey("contact_imports.id"), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, primary_key=True),
+    sa.Column("action", sa.String(16), nullable=False),  # created | updated
+    sa.Column("previous", sa.LargeBinary),
+    sa.Column("previous_updated_at", UTCDateTime),
+    sa.Index("ix_contact_import_changes_contact", "contact_id", "import_id"),
+)

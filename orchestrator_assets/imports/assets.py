@@ -1,5 +1,6 @@
 """Dagster assets of the imports domain: a contact CSV, validated."""
 
+import hashlib
 from pathlib import Path
 
 import dagster as dg
@@ -48,10 +49,14 @@ def contact_import_rows(context: dg.AssetExecutionContext, config: ContactImport
         raise dg.Failure(f"contact CSV not found: {path} (config csv_path)")
     raw = read_contacts_csv(path)
     result = validate_contact_rows(raw)
-    result.good.attrs["source_file"] = path.name  # travels with the rows as consent evidence
     report_path = get_settings().home / "import_errors" / tenant / f"{path.stem}.errors.csv"
     write_error_report(result.errors, report_path)
     rejected_rows = int(result.errors["row"].nunique()) if len(result.errors) else 0
+    # What the commit records with the import (imports/commit.py: ImportSource); the file name is consent evidence.
+    result.good.attrs.update(
+        source_file=path.name, source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), rows_read=len(raw),
+        rows_rejected=rejected_rows, error_report=str(report_path),
+    )
     context.log.info(f"{path.name}: {len(raw)} rows read, {len(result.good)} valid, {rejected_rows} rejected")
     yield dg.Output(
         result.good,

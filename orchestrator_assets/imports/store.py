@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -68,13 +68,26 @@ def _batches(items: Sequence[Any], size: int = BATCH_SIZE) -> Iterator[Sequence[
         yield items[start : start + size]
 
 
-def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime) -> dict[str, int]:
+class ContactChange(NamedTuple):
+    """One contact an import wrote: created (``previous`` None) or updated (the changed fields'
+    former values, and the ``updated_at`` they had)."""
+
+    external_id: str
+    contact_id: int | None
+    previous: dict[str, Any] | None
+    previous_updated_at: datetime | None
+
+
+def upsert_contacts(
+    conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime, *, changes: list[ContactChange] | None = None
+) -> dict[str, int]:
     """Insert new contacts and update changed ones, keyed by (tenant, external_id).
 
     An empty cell never erases a stored value: a CRM export without telegram ids must not wipe
     the chat ids our bot collected. Returns ``{"inserted", "updated", "unchanged"}``; a contact
     is ``unchanged`` when every non-empty field equals what is stored, and is then not written
-    at all (its ``updated_at`` stays put).
+    at all (its ``updated_at`` stays put). When the caller passes ``changes``, every contact
+    written is appended to it with what it was before (the history an import rollback restores).
     """
     now = _utc(now)
     records = _records(good_df, ("external_id", *CONTACT_FIELDS))
@@ -87,7 +100,7 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
             "updated_at": insert.excluded.updated_at,
         },
     )
-    stored_columns = [contacts.c.external_id, *(contacts.c[field] for field in CONTACT_FIELDS)]
+    stored_columns = [contacts.c.id, contacts.c.external_id, contacts.c.updated_at, *(contacts.c[field] for field in CONTACT_FIELDS)]
     for batch in _batches(records):
         stored = {
             row.external_id: row._mapping
@@ -97,24 +110,32 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
                 )
             )
         }
-        writes = []
+        writes, batch_changes = [], []
         for record in batch:
             old = stored.get(record["external_id"])
+            changed = {} if old is None else {f: old[f] for f in CONTACT_FIELDS if record[f] is not None and record[f] != old[f]}
             if old is None:
                 counts["inserted"] += 1
-            elif any(record[f] is not None and record[f] != old[f] for f in CONTACT_FIELDS):
+                batch_changes.append(ContactChange(record["external_id"], None, None, None))
+            elif changed:
                 counts["updated"] += 1
+                batch_changes.append(ContactChange(record["external_id"], old["id"], changed, old["updated_at"]))
             else:
                 counts["unchanged"] += 1
                 continue
             writes.append({"tenant": tenant, **record, "created_at": now, "updated_at": now})
         if writes:
             conn.execute(upsert, writes)
+        if changes is not None and batch_changes:
+            created = _contact_ids(conn, tenant, (c.external_id for c in batch_changes if c.contact_id is None))
+            changes.extend(c if c.contact_id is not None else c._replace(contact_id=created[c.external_id]) for c in batch_changes)
     return counts
 
 
 def _contact_ids(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) -> dict[str, int]:
     wanted = set(external_ids)
+    if not wanted:
+        return {}
     found = {
         row.external_id: row.id
         for row in conn.execute(
@@ -129,9 +150,20 @@ def _contact_ids(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) 
     return found
 
 
+def import_evidence(import_id: int | None, file: str | None, row: int) -> str:
+    """The evidence text of a consent decision read from an import's row.
+
+    The import id comes first, so ``imports.history.import_consent_events`` can find an import's
+    events by the text's prefix until the consent ledger gives evidence typed columns.
+    """
+    evidence = {"import": import_id} if import_id is not None else {}
+    evidence |= {"file": file, "row": row} if file else {"row": row}
+    return json.dumps(evidence, ensure_ascii=False, separators=(",", ":"))
+
+
 def record_consents(
     conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime, *, file: str | None = None,
-    webhook_events: list[WebhookEvent] | None = None,
+    webhook_events: list[WebhookEvent] | None = None, import_id: int | None = None,
 ) -> dict[str, int]:
     """Log every consent decision of the import and advance the current consent state.
 
@@ -151,7 +183,8 @@ def record_consents(
     Returns ``{"granted", "withdrawn", "unchanged"}``: newly logged grant and withdraw events,
     and decisions that were already on record. Contacts must exist (``upsert_contacts`` first).
     Each decision that changed the current state is announced in ``webhook_events`` (consent.granted /
-    consent.withdrawn) when the caller passes it.
+    consent.withdrawn) when the caller passes it. ``import_id`` (the ``contact_imports`` row of the
+    commit) goes into every appended event's evidence, so a rollback finds what the import appended.
     """
     now = _utc(now)
     consent_columns = tuple(f"consent_{channel}" for channel in CHANNELS)
@@ -199,7 +232,7 @@ def record_consents(
                 occurred_at = fact_time(action, _utc(occurred_at), now)
             except FutureDatedGrant as exc:  # validation reports these rows; a frame built elsewhere may not
                 raise ValueError(f"row {record['row']}: consent_at: {exc}") from exc
-            evidence = {"file": file, "row": record["row"]} if file else {"row": record["row"]}
+            evidence = import_evidence(import_id, file, record["row"])
             events.append(
                 {
                     "tenant": tenant,
@@ -208,7 +241,7 @@ def record_consents(
                     "purpose": PURPOSE,
                     "action": action,
                     "source": record["consent_source"],
-                    "evidence": json.dumps(evidence, ensure_ascii=False, separators=(",", ":")),
+                    "evidence": evidence,
                     "occurred_at": occurred_at,
                     "recorded_at": now,
                 }

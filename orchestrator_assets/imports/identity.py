@@ -1,0 +1,87 @@
+"""Who an import row is in the store: exact duplicates of stored contacts, rows without an external id.
+
+A row whose normalised phone or e-mail already belongs to a stored contact with another
+``external_id`` would make a second contact of one person, who would then get every campaign
+twice and whose opt-out on one copy would not stop the other. Such a row is not written; it is
+reported (row, column, masked value, and the stored contact's external id, which is the tenant's own
+CRM key and no personal data) like any other rejected row.
+
+A row without an external id (a file without that column, or a blank cell) is matched to the
+stored contact holding its phone, else its e-mail (phone first: a phone is rarely shared, a family
+e-mail often is), and otherwise gets a new id ``auto-<random>``. A random id rather than one derived
+from the address: a hash of a phone number is as good as the number to anyone who can enumerate
+numbers.
+
+``stored_owners`` is the one reader of contacts by address; it is what moves to the blind indexes
+(``contact_pii.find_contact_id``) when personal data is encrypted at rest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+import pandas as pd
+import sqlalchemy as sa
+
+from policies.masking import mask_value
+from resources.opstore_schema import contacts
+
+MATCH_ORDER = ("phone", "email")  # how a row without an external id finds its stored contact
+LOOKUP_BATCH = 500
+
+
+def stored_owners(conn: sa.Connection, tenant: str, column: str, values: Iterable[str]) -> dict[str, str]:
+    """Normalised ``column`` value → external id of the tenant's stored contact that holds it."""
+    wanted = sorted({value for value in values if value})
+    owners: dict[str, str] = {}
+    for start in range(0, len(wanted), LOOKUP_BATCH):
+        query = sa.select(contacts.c[column], contacts.c.external_id).where(
+            contacts.c.tenant == tenant, contacts.c[column].in_(wanted[start : start + LOOKUP_BATCH])
+        )
+        owners.update({value: external_id for value, external_id in conn.execute(query)})
+    return owners
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value)) or not str(value).strip()
+
+
+def resolve_against_store(conn: sa.Connection, tenant: str, good: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """The rows to write (each with its external id) and the rows refused as store duplicates.
+
+    Returns ``(rows, problems)``: ``problems`` are error rows (``row, column, value, reason``, the
+    value masked); a refused row is left out of ``rows`` whole, since writing half of a person is
+    worse than asking the operator to fix the file.
+    """
+    rows = good.copy()
+    if "external_id" not in rows.columns:
+        rows["external_id"] = None
+    owners = {column: stored_owners(conn, tenant, column, rows[column].dropna()) for column in MATCH_ORDER}
+
+    def external_id(record) -> str:
+        if not _blank(record.external_id):
+            return record.external_id
+        for column in MATCH_ORDER:
+            owner = owners[column].get(getattr(record, column))
+            if owner is not None:
+                return owner
+        return f"auto-{uuid.uuid4().hex}"
+
+    rows["external_id"] = [external_id(record) for record in rows.itertuples(index=False)]
+    problems, refused = [], set()
+    for record in rows.itertuples(index=False):
+        for column in MATCH_ORDER:
+            value = getattr(record, column)
+            owner = owners[column].get(value)
+            if owner is not None and owner != record.external_id:
+                refused.add(record.row)
+                problems.append(
+                    {
+                        "row": record.row,
+                        "column": column,
+                        "value": mask_value(column, value),
+                        "reason": f"duplicate of stored contact {owner}: it already has this {column}",
+                    }
+                )
+    return rows[~rows["row"].isin(refused)].reset_index(drop=True), problems

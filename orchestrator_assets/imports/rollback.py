@@ -1,0 +1,189 @@
+"""Roll back one committed contact import, exactly, in the caller's one transaction.
+
+What a rollback undoes:
+
+- **contacts the import created** are removed, with their consent events, consent state and
+  segment membership. A created contact that has since been messaged, triggered a campaign or had
+  its phone looked up is never removed (that history must stay; the erasure job is the tool), so
+  such an import cannot be rolled back.
+- **fields the import changed** get their former values back, and the contact its former
+  ``updated_at``.
+- **consent events the import appended** are deleted, and the consent state of each subject they
+  touched is derived again from the events that remain. Consent events are append-only proof, and
+  a rollback is the one exception: the proof came from the file the operator now says was wrong,
+  and events that an import appended are deleted only while they are the contact's newest (nothing
+  recorded since builds on them).
+
+A rollback refuses, naming the contacts, when something changed them after the import (a later
+import or any other writer: their ``updated_at`` is newer than the import, or a consent event was
+recorded for them afterwards), because restoring the import's "before" would silently undo that
+later change. ``force`` rolls back anyway: fields the import changed get their former values
+over whatever came later, and consent events with later events after them stay on record.
+Consent webhooks already sent to the tenant are not recalled.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from orchestrator_assets.consent_decisions import consent_state_upsert, state_row
+from orchestrator_assets.imports.history import COMMITTED, CREATED, import_consent_events, mark_rolled_back, open_previous
+from resources.audit import record_audit
+from resources.opstore_schema import (
+    consent_events,
+    consents,
+    contact_import_changes,
+    contact_imports,
+    contacts,
+    phone_reachability,
+    segment_members,
+    sends,
+    trigger_events,
+)
+
+# Rows that make a created contact's removal lose history that is not the import's.
+HISTORY_TABLES = {"sends": sends, "trigger_events": trigger_events, "phone_reachability": phone_reachability}
+
+
+class RollbackRefused(Exception):
+    """Nothing was changed; ``problems`` are (contact external id or import, why) pairs."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]], forceable: bool = False):
+        super().__init__(message)
+        self.problems = problems
+        self.forceable = forceable
+
+
+def _later_imports(conn: sa.Connection, import_id: int, contact_ids: list[int]) -> dict[int, list[int]]:
+    query = (
+        sa.select(contact_import_changes.c.contact_id, contact_import_changes.c.import_id)
+        .join(contact_imports, contact_imports.c.id == contact_import_changes.c.import_id)
+        .where(
+            contact_import_changes.c.contact_id.in_(contact_ids),
+            contact_import_changes.c.import_id > import_id,
+            contact_imports.c.status == COMMITTED,
+        )
+        .order_by(contact_import_changes.c.import_id)
+    )
+    later = defaultdict(list)
+    for contact_id, later_id in conn.execute(query):
+        later[contact_id].append(later_id)
+    return later
+
+
+def _load(conn: sa.Connection, import_id: int) -> sa.Row:
+    row = conn.execute(sa.select(contact_imports).where(contact_imports.c.id == import_id)).first()
+    if row is None:
+        raise RollbackRefused(f"there is no contact import {import_id}", [(f"import {import_id}", "not found")])
+    if row.status != COMMITTED:
+        raise RollbackRefused(f"import {import_id} was already rolled back at {row.rolled_back_at}", [(f"import {import_id}", row.status)])
+    return row
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands stored UTC times back naive."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def rollback_import(
+    conn: sa.Connection, import_id: int, *, operator: str, reason: str, force: bool, now: datetime, run_id: str | None = None
+) -> dict[str, int]:
+    """Undo import ``import_id``; returns counts. Raises ``RollbackRefused`` (nothing changed)."""
+    imported = _load(conn, import_id)
+    tenant, committed_at = imported.tenant, _aware(imported.committed_at)
+    changes = conn.execute(sa.select(contact_import_changes).where(contact_import_changes.c.import_id == import_id)).all()
+    ids = [change.contact_id for change in changes]
+    stored = {row.id: row for row in conn.execute(sa.select(contacts.c.id, contacts.c.external_id, contacts.c.updated_at).where(contacts.c.id.in_(ids)))}
+    events = conn.execute(
+        sa.select(consent_events).where(consent_events.c.tenant == tenant, import_consent_events(import_id)).order_by(consent_events.c.id)
+    ).all()
+    last_own_event = {event.contact_id: event.id for event in events}
+    newest_event = dict(
+        conn.execute(
+            sa.select(consent_events.c.contact_id, sa.func.max(consent_events.c.id))
+            .where(consent_events.c.tenant == tenant, consent_events.c.contact_id.in_(list(last_own_event)))
+            .group_by(consent_events.c.contact_id)
+        ).all()
+    )
+    later_events = {contact_id for contact_id, own in last_own_event.items() if newest_event[contact_id] > own}
+    created = [change.contact_id for change in changes if change.action == CREATED and change.contact_id in stored]
+    name = {contact_id: row.external_id for contact_id, row in stored.items()}
+    for event in events:  # contacts touched only by consents have no change row
+        name.setdefault(event.contact_id, None)
+    missing = [c for c, n in name.items() if n is None]
+    if missing:
+        name.update(dict(conn.execute(sa.select(contacts.c.id, contacts.c.external_id).where(contacts.c.id.in_(missing))).all()))
+
+    used = []
+    for table_name, table in HISTORY_TABLES.items():
+        for (contact_id,) in conn.execute(sa.select(table.c.contact_id).where(table.c.contact_id.in_(created)).distinct()):
+            used.append((name[contact_id], f"created by this import and in {table_name} since: erase it instead"))
+    if used:
+        raise RollbackRefused(f"import {import_id} cannot be rolled back: {len(used)} contact(s) it created have a history", sorted(used))
+
+    later_imports = _later_imports(conn, import_id, ids)
+    changed_since = {c for c, row in stored.items() if _aware(row.updated_at) > committed_at} | set(later_imports)
+    conflicts = []
+    for contact_id in sorted(changed_since | later_events, key=lambda c: name[c]):
+        why = []
+        if contact_id in changed_since:
+            by = later_imports.get(contact_id)
+            why.append(f"changed since by import {', '.join(map(str, by))}" if by else "changed since by another writer")
+        if contact_id in later_events:
+            why.append("consent events recorded since")
+        conflicts.append((name[contact_id], "; ".join(why)))
+    if conflicts and not force:
+        raise RollbackRefused(
+            f"import {import_id}: {len(conflicts)} contact(s) changed since the import; force to roll back anyway", conflicts, forceable=True
+        )
+
+    # Created contacts go whole; their rows in the tables of derived and consent state with them.
+    for table in (segment_members, consents, consent_events):
+        conn.execute(sa.delete(table).where(table.c.contact_id.in_(created)))
+    conn.execute(sa.delete(contacts).where(contacts.c.id.in_(created)))
+
+    restored = 0
+    for change in changes:
+        if change.action == CREATED or change.contact_id not in stored:
+            continue
+        updated_at = now if change.contact_id in changed_since else change.previous_updated_at
+        conn.execute(sa.update(contacts).where(contacts.c.id == change.contact_id).values(**open_previous(change.previous), updated_at=updated_at))
+        restored += 1
+
+    removable = [e for e in events if e.contact_id not in created and e.contact_id not in later_events]
+    conn.execute(sa.delete(consent_events).where(consent_events.c.id.in_([e.id for e in removable])))
+    subjects = {(e.contact_id, e.channel, e.purpose) for e in removable}
+    _derive_state_again(conn, tenant, subjects)
+
+    mark_rolled_back(conn, import_id, now)
+    counts = {
+        "contacts_removed": len(created),
+        "contacts_restored": restored,
+        "consent_events_removed": len(removable) + sum(e.contact_id in created for e in events),
+        "consent_events_kept": sum(e.contact_id in later_events and e.contact_id not in created for e in events),
+        "conflicts_overridden": len(conflicts),
+    }
+    record_audit(
+        conn, tenant=tenant, actor=operator, action="import.rollback", run_id=run_id, now=now,
+        params={"import_id": import_id, "reason": reason, "force": force, "overridden": [c for c, _ in conflicts], **counts},
+    )
+    return counts
+
+
+def _derive_state_again(conn: sa.Connection, tenant: str, subjects: set[tuple[int, str, str]]) -> None:
+    """Consent state of each subject as its remaining events make it: the same fold, in recording
+    order, that produced it when they were logged."""
+    upsert = consent_state_upsert(conn)
+    for contact_id, channel, purpose in sorted(subjects):
+        subject = [consents.c.tenant == tenant, consents.c.contact_id == contact_id, consents.c.channel == channel, consents.c.purpose == purpose]
+        conn.execute(sa.delete(consents).where(*subject))
+        remaining = conn.execute(
+            sa.select(consent_events)
+            .where(consent_events.c.tenant == tenant, consent_events.c.contact_id == contact_id, consent_events.c.channel == channel, consent_events.c.purpose == purpose)
+            .order_by(consent_events.c.id)
+        ).all()
+        for event in remaining:
+            conn.execute(upsert, state_row(event._asdict()))
