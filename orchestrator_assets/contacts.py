@@ -3,6 +3,7 @@ the import commit that writes it together with the consents the file gives."""
 
 import asyncio
 import datetime as dt
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -31,9 +32,9 @@ COMMIT_OP = "commit_contact_import"  # the op's name in run config: ops: {commit
 
 
 class ContactCommitConfig(dg.Config):
-    import_mode: ImportMode | None = Field(
-        default=None,
-        description="all_or_nothing (any rejected row: nothing written, the run fails) or valid_rows_only; empty = the tenant's import_mode",
+    import_mode: Literal["tenant_default", "all_or_nothing", "valid_rows_only"] = Field(
+        default="tenant_default",
+        description="all_or_nothing (any rejected row: nothing written, the run fails) or valid_rows_only; tenant_default = the tenant's import_mode (tenants.yaml)",
     )
 
 
@@ -63,7 +64,7 @@ def commit_contact_import(context: dg.AssetExecutionContext, config: ContactComm
     anywhere leaves neither, and an all-or-nothing import with rejected rows writes nothing."""
     tenant, now = context.partition_key, dt.datetime.now(dt.UTC)
     settings = load_tenants().tenants[tenant]
-    mode = config.import_mode or settings.import_mode
+    mode = settings.import_mode if config.import_mode == "tenant_default" else ImportMode(config.import_mode)
     source = ImportSource.of(rows)
     webhook_events = []
     try:
