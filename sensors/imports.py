@@ -3,7 +3,7 @@
 ``<inbox>`` is ``$ALGOR_HOME/imports/inbox`` unless ``ALGOR_IMPORT_INBOX`` says otherwise
 (``resources.settings``). A file is taken only when two ticks in a row found it with the same size
 and modification time, so one still being copied or saved waits. Then it is moved, under the
-SHA-256 of its content, to ``<tenant>/processed/<sha256>--<name>`` (the inbox shows what is still to
+SHA-256 of its content, to ``<tenant>/processed/<sha256>/<name>`` (the inbox shows what is still to
 come, and the run reads a file nobody is writing to) and one ``contact_import_job`` run is requested
 with ``run_key = import:<tenant>:<sha256>``: Dagster launches one run per key, so the same content
 dropped again, under any name, is never imported twice. Folders of unknown tenants are left alone.
@@ -31,7 +31,6 @@ from resources.settings import get_settings
 IMPORT_OP = f"{IMPORTS}__contact_import_rows"
 PROCESSED = "processed"
 RETRY_WINDOW = dt.timedelta(minutes=10)
-SEPARATOR = "--"
 
 
 def _sha256(path: Path) -> str:
@@ -47,7 +46,7 @@ def _request(tenant: str, sha256: str, path: Path) -> dg.RunRequest:
         run_key=f"import:{tenant}:{sha256}",
         partition_key=tenant,
         run_config={"ops": {IMPORT_OP: {"config": {"csv_path": str(path)}}}},
-        tags={"algor/import_file": path.name.split(SEPARATOR, 1)[-1][:200]},
+        tags={"algor/import_file": path.name[:200]},
     )
 
 
@@ -61,23 +60,22 @@ def drop_folder_requests(inbox: Path, tenants: set[str], seen: dict[str, list[in
         folder = inbox / tenant
         if not folder.is_dir():
             continue
-        for path in sorted(folder.glob("*.csv")):
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv"):  # Windows saves CRM.CSV
             stat = path.stat()
             key, observed = f"{tenant}/{path.name}", [stat.st_size, stat.st_mtime_ns]
             if seen.get(key) != observed:
                 still_waiting[key] = observed  # new or changed since the last tick: wait for the next
                 continue
             sha256 = _sha256(path)
-            target = folder / PROCESSED / f"{sha256}{SEPARATOR}{path.name}"
-            target.parent.mkdir(exist_ok=True)
+            target = folder / PROCESSED / sha256 / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
             os.utime(target)  # the retry window counts from the move
             requests.setdefault(f"{tenant}:{sha256}", _request(tenant, sha256, target))
-        for path in sorted((folder / PROCESSED).glob(f"*{SEPARATOR}*.csv")):
+        for path in sorted((folder / PROCESSED).glob("*/*")):
             moved_at = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
             if now - moved_at <= RETRY_WINDOW:
-                sha256 = path.name.split(SEPARATOR, 1)[0]
-                requests.setdefault(f"{tenant}:{sha256}", _request(tenant, sha256, path))
+                requests.setdefault(f"{tenant}:{path.parent.name}", _request(tenant, path.parent.name, path))
     return list(requests.values()), still_waiting
 
 
