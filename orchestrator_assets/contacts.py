@@ -20,13 +20,12 @@ from orchestrator_assets.reachability import (
 )
 from orchestrator_assets.tables import markdown_table
 from orchestrator_assets.webhooks.outbox import enqueue
+from policies.channels import Channel, Provider
 from policies.loader import load_tenants
 from policies.tenants import ImportMode
-from policies.channels import Channel, Provider
 from resources.channels.smsc import ReachabilityResult
 from resources.connectors import ChannelConnectors
 from resources.opstore import OperationalStore
-
 
 COMMIT_OP = "commit_contact_import"  # the op's name in run config: ops: {commit_contact_import: {config: …}}
 

@@ -345,3 +345,10 @@ contact_import_changes = sa.Table(
     sa.Column("previous_updated_at", UTCDateTime),
     sa.Index("ix_contact_import_changes_contact", "contact_id", "import_id"),
 )
+
+# Every foreign key to contacts gets an index on contact_id: PostgreSQL checks each removed contact
+# (import rollback, merge, erasure) against each referencing table, and without one that is a scan of
+# the table per contact (a 20,000-contact rollback took 76 s instead of 4 s). phone_reachability's
+# primary key is contact_id already; segment_members' starts with tenant and segment.
+for _table in (consents, consent_events, segment_members, sends, trigger_events):
+    sa.Index(f"ix_{_table.name}_contact", _table.c.contact_id)

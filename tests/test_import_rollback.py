@@ -121,3 +121,12 @@ def test_the_rollback_job_refuses_an_unknown_import_and_rolls_back_a_known_one(a
     assert run(imported.import_id).success
     with store.engine().connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(contacts)).scalar_one() == 0
+
+
+def test_a_large_import_rolls_back_whole(engine):
+    many = rows(*({**ANNA, "external_id": f"c-{n:04d}", "email": f"p{n}@example.ru"} for n in range(1200)))
+    imported = commit(engine, many)
+
+    assert _rollback(engine, imported.import_id)["consent_events_removed"] == 1200
+
+    assert snapshot(engine) == {"contacts": [], "consents": [], "consent_events": []}

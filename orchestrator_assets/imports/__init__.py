@@ -1,6 +1,7 @@
-"""Contact import: sample data, validation and the operational-store writes.
+"""Contact import: sample data, validation, the operational-store writes, and the import lifecycle
+(one-transaction commit, duplicates of stored contacts, import ids and history, rollback).
 
 Pure building blocks; the Dagster assets that call them live elsewhere. Import from the
-submodules (``validation``, ``store``, ``sample_contacts``) so that using one does not pay for
-importing the others.
+submodules (``validation``, ``store``, ``commit``, ``identity``, ``history``, ``rollback``,
+``sample_contacts``) so that using one does not pay for importing the others.
 """

@@ -27,15 +27,10 @@ from policies.tenants import ImportMode
 from resources.audit import record_audit
 from resources.opstore_schema import contact_imports
 
-ATTR_SHA256 = "source_sha256"  # DataFrame.attrs the reading step sets on its rows (with "source_file")
-ATTR_ROWS_READ = "rows_read"
-ATTR_ROWS_REJECTED = "rows_rejected"
-ATTR_ERROR_REPORT = "error_report"
-
-
 @dataclass(frozen=True)
 class ImportSource:
-    """What the reading step knew about the file: carried on the rows frame's ``attrs``."""
+    """What the reading step knew about the file, carried on the rows frame's ``attrs`` (set by
+    ``imports.assets.contact_import_rows``; a frame built elsewhere counts as all rows read, none rejected)."""
 
     file: str | None
     sha256: str | None
@@ -48,10 +43,10 @@ class ImportSource:
         attrs = rows.attrs
         return cls(
             file=attrs.get("source_file"),
-            sha256=attrs.get(ATTR_SHA256),
-            rows_read=int(attrs.get(ATTR_ROWS_READ, len(rows))),
-            rows_rejected=int(attrs.get(ATTR_ROWS_REJECTED, 0)),
-            error_report=attrs.get(ATTR_ERROR_REPORT),
+            sha256=attrs.get("source_sha256"),
+            rows_read=int(attrs.get("rows_read", len(rows))),
+            rows_rejected=int(attrs.get("rows_rejected", 0)),
+            error_report=attrs.get("error_report"),
         )
 
 

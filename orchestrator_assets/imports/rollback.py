@@ -25,6 +25,7 @@ Consent webhooks already sent to the tenant are not recalled.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -46,6 +47,7 @@ from resources.opstore_schema import (
 
 # Rows that make a created contact's removal lose history that is not the import's.
 HISTORY_TABLES = {"sends": sends, "trigger_events": trigger_events, "phone_reachability": phone_reachability}
+CHUNK = 500  # ids per IN (...) list: SQLite caps the parameters of one statement
 
 
 class RollbackRefused(Exception):
@@ -57,21 +59,20 @@ class RollbackRefused(Exception):
         self.forceable = forceable
 
 
-def _later_imports(conn: sa.Connection, import_id: int, contact_ids: list[int]) -> dict[int, list[int]]:
-    query = (
-        sa.select(contact_import_changes.c.contact_id, contact_import_changes.c.import_id)
-        .join(contact_imports, contact_imports.c.id == contact_import_changes.c.import_id)
-        .where(
-            contact_import_changes.c.contact_id.in_(contact_ids),
-            contact_import_changes.c.import_id > import_id,
-            contact_imports.c.status == COMMITTED,
-        )
-        .order_by(contact_import_changes.c.import_id)
-    )
-    later = defaultdict(list)
-    for contact_id, later_id in conn.execute(query):
-        later[contact_id].append(later_id)
-    return later
+def _chunks(ids: Iterable[int]) -> Iterator[list[int]]:
+    ids = sorted(set(ids))
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
+
+
+def _rows(conn: sa.Connection, statement: Callable[[list[int]], sa.Executable], ids: Iterable[int]) -> list[sa.Row]:
+    """``statement(chunk)`` run for each chunk of ``ids``, the rows of all of them."""
+    return [row for chunk in _chunks(ids) for row in conn.execute(statement(chunk))]
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands stored UTC times back naive."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _load(conn: sa.Connection, import_id: int) -> sa.Row:
@@ -83,91 +84,101 @@ def _load(conn: sa.Connection, import_id: int) -> sa.Row:
     return row
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands stored UTC times back naive."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+class _Plan:
+    """What the import touched, read before anything is changed, and what stands in the way."""
+
+    def __init__(self, conn: sa.Connection, imported: sa.Row):
+        self.tenant, import_id = imported.tenant, imported.id
+        self.changes = conn.execute(sa.select(contact_import_changes).where(contact_import_changes.c.import_id == import_id)).all()
+        self.events = conn.execute(
+            sa.select(consent_events).where(consent_events.c.tenant == self.tenant, import_consent_events(import_id)).order_by(consent_events.c.id)
+        ).all()
+        touched = {change.contact_id for change in self.changes} | {event.contact_id for event in self.events}
+        stored = _rows(conn, lambda ids: sa.select(contacts.c.id, contacts.c.external_id, contacts.c.updated_at).where(contacts.c.id.in_(ids)), touched)
+        self.name = {row.id: row.external_id for row in stored}
+        self.created = {change.contact_id for change in self.changes if change.action == CREATED and change.contact_id in self.name}
+        own_last = {event.contact_id: event.id for event in self.events}
+        newest = _rows(
+            conn,
+            lambda ids: sa.select(consent_events.c.contact_id, sa.func.max(consent_events.c.id)).where(consent_events.c.contact_id.in_(ids)).group_by(consent_events.c.contact_id),
+            own_last,
+        )
+        self.later_events = {contact_id for contact_id, newest_id in newest if newest_id > own_last[contact_id]}
+        self.later_imports: dict[int, list[int]] = defaultdict(list)
+        def later(ids: list[int]) -> sa.Select:
+            return (
+                sa.select(contact_import_changes.c.contact_id, contact_import_changes.c.import_id)
+                .join(contact_imports, contact_imports.c.id == contact_import_changes.c.import_id)
+                .where(contact_import_changes.c.contact_id.in_(ids), contact_import_changes.c.import_id > import_id, contact_imports.c.status == COMMITTED)
+                .order_by(contact_import_changes.c.import_id)
+            )
+
+        for contact_id, later_id in _rows(conn, later, self.name):
+            self.later_imports[contact_id].append(later_id)
+        committed_at = _aware(imported.committed_at)
+        written = {change.contact_id for change in self.changes}
+        changed = {row.id for row in stored if row.id in written and _aware(row.updated_at) > committed_at}
+        self.changed_since = changed | set(self.later_imports)
+        self.history = sorted(
+            (self.name[contact_id], f"created by this import and in {table_name} since: erase it instead")
+            for table_name, table in HISTORY_TABLES.items()
+            for (contact_id,) in _rows(conn, lambda ids, t=table: sa.select(t.c.contact_id).where(t.c.contact_id.in_(ids)).distinct(), self.created)
+        )
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        """(external id, why) of each contact something changed after the import."""
+        conflicts = []
+        for contact_id in sorted(self.changed_since | self.later_events, key=lambda c: self.name[c]):
+            why = []
+            if contact_id in self.changed_since:
+                by = self.later_imports.get(contact_id)
+                why.append(f"changed since by import {', '.join(map(str, by))}" if by else "changed since by another writer")
+            if contact_id in self.later_events:
+                why.append("consent events recorded since")
+            conflicts.append((self.name[contact_id], "; ".join(why)))
+        return conflicts
 
 
 def rollback_import(
     conn: sa.Connection, import_id: int, *, operator: str, reason: str, force: bool, now: datetime, run_id: str | None = None
 ) -> dict[str, int]:
     """Undo import ``import_id``; returns counts. Raises ``RollbackRefused`` (nothing changed)."""
-    imported = _load(conn, import_id)
-    tenant, committed_at = imported.tenant, _aware(imported.committed_at)
-    changes = conn.execute(sa.select(contact_import_changes).where(contact_import_changes.c.import_id == import_id)).all()
-    ids = [change.contact_id for change in changes]
-    stored = {row.id: row for row in conn.execute(sa.select(contacts.c.id, contacts.c.external_id, contacts.c.updated_at).where(contacts.c.id.in_(ids)))}
-    events = conn.execute(
-        sa.select(consent_events).where(consent_events.c.tenant == tenant, import_consent_events(import_id)).order_by(consent_events.c.id)
-    ).all()
-    last_own_event = {event.contact_id: event.id for event in events}
-    newest_event = dict(
-        conn.execute(
-            sa.select(consent_events.c.contact_id, sa.func.max(consent_events.c.id))
-            .where(consent_events.c.tenant == tenant, consent_events.c.contact_id.in_(list(last_own_event)))
-            .group_by(consent_events.c.contact_id)
-        ).all()
-    )
-    later_events = {contact_id for contact_id, own in last_own_event.items() if newest_event[contact_id] > own}
-    created = [change.contact_id for change in changes if change.action == CREATED and change.contact_id in stored]
-    name = {contact_id: row.external_id for contact_id, row in stored.items()}
-    for event in events:  # contacts touched only by consents have no change row
-        name.setdefault(event.contact_id, None)
-    missing = [c for c, n in name.items() if n is None]
-    if missing:
-        name.update(dict(conn.execute(sa.select(contacts.c.id, contacts.c.external_id).where(contacts.c.id.in_(missing))).all()))
-
-    used = []
-    for table_name, table in HISTORY_TABLES.items():
-        for (contact_id,) in conn.execute(sa.select(table.c.contact_id).where(table.c.contact_id.in_(created)).distinct()):
-            used.append((name[contact_id], f"created by this import and in {table_name} since: erase it instead"))
-    if used:
-        raise RollbackRefused(f"import {import_id} cannot be rolled back: {len(used)} contact(s) it created have a history", sorted(used))
-
-    later_imports = _later_imports(conn, import_id, ids)
-    changed_since = {c for c, row in stored.items() if _aware(row.updated_at) > committed_at} | set(later_imports)
-    conflicts = []
-    for contact_id in sorted(changed_since | later_events, key=lambda c: name[c]):
-        why = []
-        if contact_id in changed_since:
-            by = later_imports.get(contact_id)
-            why.append(f"changed since by import {', '.join(map(str, by))}" if by else "changed since by another writer")
-        if contact_id in later_events:
-            why.append("consent events recorded since")
-        conflicts.append((name[contact_id], "; ".join(why)))
+    plan = _Plan(conn, _load(conn, import_id))
+    if plan.history:
+        contacts_with_history = len({contact for contact, _ in plan.history})
+        raise RollbackRefused(f"import {import_id} cannot be rolled back: {contacts_with_history} contact(s) it created have a history", plan.history)
+    conflicts = plan.conflicts()
     if conflicts and not force:
         raise RollbackRefused(
             f"import {import_id}: {len(conflicts)} contact(s) changed since the import; force to roll back anyway", conflicts, forceable=True
         )
 
-    # Created contacts go whole; their rows in the tables of derived and consent state with them.
-    for table in (segment_members, consents, consent_events):
-        conn.execute(sa.delete(table).where(table.c.contact_id.in_(created)))
-    conn.execute(sa.delete(contacts).where(contacts.c.id.in_(created)))
+    # Created contacts go whole, with their rows in the tables of consent and derived state.
+    for chunk in _chunks(plan.created):
+        for table in (segment_members, consents, consent_events):
+            conn.execute(sa.delete(table).where(table.c.contact_id.in_(chunk)))
+        conn.execute(sa.delete(contacts).where(contacts.c.id.in_(chunk)))
 
-    restored = 0
-    for change in changes:
-        if change.action == CREATED or change.contact_id not in stored:
-            continue
-        updated_at = now if change.contact_id in changed_since else change.previous_updated_at
+    restored = [change for change in plan.changes if change.action != CREATED and change.contact_id in plan.name]
+    for change in restored:
+        updated_at = now if change.contact_id in plan.changed_since else change.previous_updated_at
         conn.execute(sa.update(contacts).where(contacts.c.id == change.contact_id).values(**open_previous(change.previous), updated_at=updated_at))
-        restored += 1
 
-    removable = [e for e in events if e.contact_id not in created and e.contact_id not in later_events]
-    conn.execute(sa.delete(consent_events).where(consent_events.c.id.in_([e.id for e in removable])))
-    subjects = {(e.contact_id, e.channel, e.purpose) for e in removable}
-    _derive_state_again(conn, tenant, subjects)
+    removable = [e for e in plan.events if e.contact_id not in plan.created and e.contact_id not in plan.later_events]
+    for chunk in _chunks(e.id for e in removable):
+        conn.execute(sa.delete(consent_events).where(consent_events.c.id.in_(chunk)))
+    _derive_state_again(conn, plan.tenant, {(e.contact_id, e.channel, e.purpose) for e in removable})
 
     mark_rolled_back(conn, import_id, now)
     counts = {
-        "contacts_removed": len(created),
-        "contacts_restored": restored,
-        "consent_events_removed": len(removable) + sum(e.contact_id in created for e in events),
-        "consent_events_kept": sum(e.contact_id in later_events and e.contact_id not in created for e in events),
+        "contacts_removed": len(plan.created),
+        "contacts_restored": len(restored),
+        "consent_events_removed": len(removable) + sum(e.contact_id in plan.created for e in plan.events),
+        "consent_events_kept": sum(e.contact_id in plan.later_events and e.contact_id not in plan.created for e in plan.events),
         "conflicts_overridden": len(conflicts),
     }
     record_audit(
-        conn, tenant=tenant, actor=operator, action="import.rollback", run_id=run_id, now=now,
+        conn, tenant=plan.tenant, actor=operator, action="import.rollback", run_id=run_id, now=now,
         params={"import_id": import_id, "reason": reason, "force": force, "overridden": [c for c, _ in conflicts], **counts},
     )
     return counts

@@ -1,4 +1,5 @@
-"""contact_imports and contact_import_changes: import ids and the history a rollback restores from
+"""contact_imports and contact_import_changes: import ids and the history a rollback restores from;
+an index on contact_id of every table referencing contacts, so removing contacts does not scan them
 
 Revision ID: 0012
 Revises: 0009
@@ -13,6 +14,7 @@ branch_labels = None
 depends_on = None
 
 BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+REFERENCING_CONTACTS = ("consents", "consent_events", "segment_members", "sends", "trigger_events")
 
 
 def upgrade() -> None:
@@ -44,9 +46,13 @@ def upgrade() -> None:
         sa.Column("previous_updated_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_contact_import_changes_contact", "contact_import_changes", ["contact_id", "import_id"])
+    for table in REFERENCING_CONTACTS:
+        op.create_index(f"ix_{table}_contact", table, ["contact_id"])
 
 
 def downgrade() -> None:
+    for table in REFERENCING_CONTACTS:
+        op.drop_index(f"ix_{table}_contact", table_name=table)
     op.drop_index("ix_contact_import_changes_contact", table_name="contact_import_changes")
     op.drop_table("contact_import_changes")
     op.drop_index("ix_contact_imports_tenant_id", table_name="contact_imports")
