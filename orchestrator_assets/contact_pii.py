@@ -4,7 +4,7 @@ Every writer builds the columns of a contact with ``contact_columns`` (the seale
 indexes and derived columns, always together so they never disagree); every reader opens contacts
 in bulk with ``read_contacts``; a provider's address (an e-mail, a phone, a chat id) is matched to a
 contact with ``find_contact_id`` through its blind index. Send addresses are sealed with the
-contact's key (``seal_address``/``open_address``), so erasing the contact shreds them too.
+contact's key (``ContactKeys``), so erasing the contact shreds them too.
 
 Blind indexes are computed over one canonical spelling per kind (``canonical``): e-mails lowercased,
 phones as ``+`` and digits, chat/user ids as decimal integers, so a provider that reports
@@ -20,7 +20,7 @@ import phonenumbers
 import sqlalchemy as sa
 
 from resources.opstore_schema import contacts
-from resources.pii import TenantCipher
+from resources.pii import PiiKeyError, TenantCipher
 
 # What ``contacts.pii`` holds, sealed.
 PII_FIELDS = ("first_name", "last_name", "email", "phone", "phone_ext", "telegram_chat_id", "vk_user_id")
@@ -104,11 +104,40 @@ def find_contact_id(conn: sa.Connection, cipher: TenantCipher, kind: str, value:
     return conn.execute(query).scalar()
 
 
-def seal_address(cipher: TenantCipher, wrapped_key: bytes, address: str) -> bytes:
-    """A send's address (``sends.address``) sealed with its contact's key."""
-    return cipher.seal(wrapped_key, {"address": address})
+class ContactKeys:
+    """Unwrapped keys of the contacts one step handles, for sealing and opening their send
+    addresses (``sends.address``) in bulk: one query for the wrapped keys, one unwrap per contact."""
 
+    def __init__(self, cipher: TenantCipher, wrapped: Mapping[int, bytes | None]) -> None:
+        self.cipher = cipher
+        self._wrapped = dict(wrapped)
+        self._keys: dict[int, bytes] = {}
 
-def open_address(cipher: TenantCipher, wrapped_key: bytes | None, sealed: bytes | None) -> str | None:
-    """The address ``seal_address`` sealed; None once the contact is erased."""
-    return cipher.open(wrapped_key, sealed).get("address")
+    @classmethod
+    def load(cls, conn: sa.Connection, cipher: TenantCipher, ids: Iterable[int]) -> ContactKeys:
+        wanted = sorted(set(ids))
+        wrapped: dict[int, bytes | None] = {}
+        for start in range(0, len(wanted), READ_BATCH):
+            query = sa.select(contacts.c.id, contacts.c.data_key).where(
+                contacts.c.tenant == cipher.tenant, contacts.c.id.in_(wanted[start : start + READ_BATCH])
+            )
+            wrapped.update((row.id, row.data_key) for row in conn.execute(query))
+        return cls(cipher, wrapped)
+
+    def _key(self, contact_id: int) -> bytes | None:
+        key = self._keys.get(contact_id)
+        if key is None and (wrapped := self._wrapped.get(contact_id)) is not None:
+            key = self._keys[contact_id] = self.cipher.contact_key(wrapped)
+        return key
+
+    def seal_address(self, contact_id: int, address: str) -> bytes:
+        """``address`` sealed with the contact's key; ``PiiKeyError`` for an erased or unknown contact."""
+        key = self._key(contact_id)
+        if key is None:
+            raise PiiKeyError(f"contact {contact_id} has no key (erased, or not a contact of tenant {self.cipher.tenant!r})")
+        return self.cipher.seal_with(key, {"address": address})
+
+    def open_address(self, contact_id: int, sealed: bytes | None) -> str | None:
+        """The address ``seal_address`` sealed; None once the contact is erased."""
+        key = self._key(contact_id)
+        return None if key is None else self.cipher.open_with(key, sealed).get("address")

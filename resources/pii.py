@@ -114,8 +114,12 @@ class TenantCipher:
 
     def seal(self, wrapped_contact_key: bytes, values: dict[str, Any]) -> bytes:
         """AES-GCM of ``values`` as canonical JSON under the contact's key."""
+        return self.seal_with(self.contact_key(wrapped_contact_key), values)
+
+    def seal_with(self, contact_key: bytes, values: dict[str, Any]) -> bytes:
+        """``seal`` with an already unwrapped contact key: many values of one contact, one unwrap."""
         plaintext = json.dumps(values, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-        return bytes([FORMAT]) + _encrypt(AESGCM(self.contact_key(wrapped_contact_key)), plaintext, self._pii_aad)
+        return bytes([FORMAT]) + _encrypt(AESGCM(contact_key), plaintext, self._pii_aad)
 
     def open(self, wrapped_contact_key: bytes | None, blob: bytes | None) -> dict[str, Any]:
         """What ``seal`` sealed; ``{}`` when there is nothing or the contact key was shredded (erasure)."""

@@ -10,7 +10,7 @@ import os
 import pytest
 import sqlalchemy as sa
 
-from orchestrator_assets.contact_pii import contact_columns, find_contact_id, open_address, read_contacts, seal_address
+from orchestrator_assets.contact_pii import ContactKeys, contact_columns, find_contact_id, read_contacts
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
 from orchestrator_assets.imports.validation import read_contacts_csv, validate_contact_rows
@@ -63,14 +63,15 @@ def test_shredded_contact_key_leaves_nothing_readable(engine):
     with engine.begin() as conn:
         anna = _insert(conn, "acme", "c-1", ANNA)
         cipher = tenant_cipher(conn, "acme")
-        key = conn.execute(sa.select(contacts.c.data_key).where(contacts.c.id == anna)).scalar_one()
-        address = seal_address(cipher, key, ANNA["email"])
-        assert open_address(cipher, key, address) == ANNA["email"]
+        address = ContactKeys.load(conn, cipher, [anna]).seal_address(anna, ANNA["email"])
+        assert ContactKeys.load(conn, cipher, [anna]).open_address(anna, address) == ANNA["email"]
 
         conn.execute(sa.update(contacts).where(contacts.c.id == anna).values(data_key=None))
 
         assert read_contacts(conn, cipher, [anna]) == {anna: {}}
-        assert open_address(cipher, None, address) is None
+        assert ContactKeys.load(conn, cipher, [anna]).open_address(anna, address) is None
+        with pytest.raises(PiiKeyError, match="no key"):
+            ContactKeys.load(conn, cipher, [anna]).seal_address(anna, ANNA["email"])
 
 
 def test_blind_indexes_find_a_contact_by_any_spelling_of_its_address(engine):
