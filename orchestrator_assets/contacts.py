@@ -26,6 +26,7 @@ from policies.tenants import ImportMode
 from resources.channels.smsc import ReachabilityResult
 from resources.connectors import ChannelConnectors
 from resources.opstore import OperationalStore
+from resources.pii import tenant_cipher
 
 COMMIT_OP = "commit_contact_import"  # the op's name in run config: ops: {commit_contact_import: {config: …}}
 
@@ -140,13 +141,14 @@ def phone_reachability(context: dg.AssetExecutionContext, config: PhoneReachabil
         return
     engine = opstore.engine()
     now = dt.datetime.now(dt.UTC)
-    with engine.connect() as conn:
-        due = due_numbers(conn, tenant_id, now, dt.timedelta(days=config.recheck_after_days))
+    with engine.begin() as conn:
+        cipher = tenant_cipher(conn, tenant_id)
+        due = due_numbers(conn, cipher, now, dt.timedelta(days=config.recheck_after_days))
     batch = due[: config.max_lookups]
 
     def record(number: DueNumber, result: ReachabilityResult) -> int:
         with engine.begin() as conn:  # one small transaction per answer: a crash keeps what was paid for
-            return record_result(conn, tenant_id, number.contact_id, number.phone, result, dt.datetime.now(dt.UTC))
+            return record_result(conn, cipher, number.contact_id, number.phone, result, dt.datetime.now(dt.UTC))
 
     connector = connectors.for_provider(tenant, Provider.SMSC, Channel.SMS, tenant_id)
     lookups = asyncio.run(look_up(connector, batch, config.lookups_per_second, record))

@@ -22,12 +22,12 @@ from orchestrator_assets.contacts import COMMIT_OP, commit_contact_import
 from orchestrator_assets.imports import store
 from orchestrator_assets.imports.commit import ImportRefused
 from orchestrator_assets.imports.assets import contact_import_rows
-from orchestrator_assets.imports.history import open_previous
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.validation import CSV_COLUMNS
 from policies import loader
 from policies.tenants import ImportMode
 from resources.opstore import OperationalStore
+from resources.pii import tenant_cipher
 from resources.opstore_schema import audit_log, consent_events, contact_import_changes, contact_imports, contacts, metadata
 
 IMPORT_OP = "imports__contact_import_rows"
@@ -51,11 +51,14 @@ def test_an_import_gets_an_id_its_counts_history_consent_evidence_and_an_audit_r
             row.action: row for row in conn.execute(sa.select(contact_import_changes).where(contact_import_changes.c.import_id == 2))
         }
         evidence = conn.execute(sa.select(consent_events.c.evidence)).scalar_one()
+        anna_key = conn.execute(sa.select(contacts.c.data_key).where(contacts.c.external_id == "c-1")).scalar_one()
+        previous = tenant_cipher(conn, "acme").open(anna_key, changes["updated"].previous)
         audit = conn.execute(sa.select(audit_log.c.action, audit_log.c.params).order_by(audit_log.c.id)).all()
     assert (imported.source_file, imported.mode, imported.status, imported.run_id) == ("crm.csv", "valid_rows_only", "committed", "run-1")
     counts = ("rows_read", "rows_valid", "rows_rejected", "rows_inserted", "rows_updated", "rows_unchanged")
     assert tuple(imported._mapping[c] for c in counts) == (3, 2, 1, 1, 1, 0)
-    assert open_previous(changes["updated"].previous) == {"first_name": "Анна", "city": None}
+    assert previous == {"first_name": "Анна", "city": None}  # sealed with Anna's own key
+    assert "Анна".encode() not in changes["updated"].previous
     assert changes["created"].previous is None
     assert json.loads(evidence) == {"import": 2, "file": "crm.csv", "row": 3}
     assert [action for action, _ in audit] == ["import.commit", "import.commit"]

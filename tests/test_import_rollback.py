@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from import_commit_support import NOW, commit, engine, rows, snapshot  # noqa: F401 - engine is a fixture
+from sealed import personal, sealed_address
 
 from jobs.imports import contact_import_rollback_job
 from orchestrator_assets.consent_decisions import record_decision
@@ -82,7 +83,7 @@ def test_a_consent_recorded_since_the_import_blocks_its_rollback_and_a_forced_on
 
     assert (counts["contacts_restored"], counts["consent_events_kept"]) == (1, 1)
     with engine.connect() as conn:
-        assert conn.execute(sa.select(contacts.c.first_name)).scalar_one() == "Борис"
+        assert personal(conn, "acme", conn.execute(sa.select(contacts.c.id)).scalar_one())["first_name"] == "Борис"
 
 
 def test_a_created_contact_that_was_messaged_since_is_never_removed(engine):
@@ -91,7 +92,7 @@ def test_a_created_contact_that_was_messaged_since_is_never_removed(engine):
         contact_id = conn.execute(sa.select(contacts.c.id)).scalar_one()
         conn.execute(sa.insert(sends).values(
             send_id="s-1", tenant="acme", campaign="promo", step="main", contact_id=contact_id, channel="email", provider="mailgun",
-            address="anna@example.ru", status="sent", run_id="r", claimed_at=LATER,
+            address=sealed_address(conn, "acme", contact_id, "anna@example.ru"), status="sent", run_id="r", claimed_at=LATER,
         ))
     before = snapshot(engine)
 

@@ -26,6 +26,7 @@ from orchestrator_assets.webhooks.events import WebhookEvent
 from policies.tenants import ImportMode
 from resources.audit import record_audit
 from resources.opstore_schema import contact_imports
+from resources.pii import tenant_cipher
 
 @dataclass(frozen=True)
 class ImportSource:
@@ -105,7 +106,7 @@ def commit_import(
     contact_counts = upsert_contacts(conn, tenant, good, now, changes=changes)
     consent_counts = record_consents(conn, tenant, good, now, file=source.file, webhook_events=webhook_events, import_id=import_id)
     if import_id is not None:
-        record_changes(conn, import_id, changes)
+        record_changes(conn, tenant_cipher(conn, tenant), import_id, changes)
         conn.execute(
             sa.update(contact_imports)
             .where(contact_imports.c.id == import_id)

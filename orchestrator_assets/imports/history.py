@@ -1,34 +1,22 @@
 """The record of what each contact import did: its ``contact_imports`` row, the contacts it created
 or changed (with their former values), and how to find the consent events it appended.
 
-The former values are personal data. They are kept in one opaque column, and only
-``seal_previous``/``open_previous`` turn them into bytes and back: when PII is encrypted at rest that
-pair becomes ``TenantCipher.seal``/``open`` with the contact's key, so an erased contact's history is
-shredded with the contact.
+The former values are personal data: they are sealed with the contact's own key
+(``resources.pii``), so erasing the contact shreds its import history with everything else.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
-
 import sqlalchemy as sa
 
 from orchestrator_assets.imports.store import ContactChange
 from resources.opstore_schema import consent_events, contact_import_changes, contact_imports
+from resources.pii import TenantCipher
 
 COMMITTED, ROLLED_BACK = "committed", "rolled_back"
 CREATED, UPDATED = "created", "updated"
-
-
-def seal_previous(values: dict[str, Any]) -> bytes:
-    return json.dumps(values, ensure_ascii=False, sort_keys=True).encode()
-
-
-def open_previous(blob: bytes) -> dict[str, Any]:
-    return json.loads(blob)
 
 
 def open_import(conn: sa.Connection, row: dict[str, Any]) -> int:
@@ -36,13 +24,13 @@ def open_import(conn: sa.Connection, row: dict[str, Any]) -> int:
     return conn.execute(sa.insert(contact_imports).values(status=COMMITTED, **row).returning(contact_imports.c.id)).scalar_one()
 
 
-def record_changes(conn: sa.Connection, import_id: int, changes: Sequence[ContactChange]) -> None:
+def record_changes(conn: sa.Connection, cipher: TenantCipher, import_id: int, changes: Sequence[ContactChange]) -> None:
     rows = [
         {
             "import_id": import_id,
             "contact_id": change.contact_id,
             "action": CREATED if change.previous is None else UPDATED,
-            "previous": None if change.previous is None else seal_previous(change.previous),
+            "previous": None if change.previous is None else cipher.seal(change.data_key, change.previous),
             "previous_updated_at": change.previous_updated_at,
         }
         for change in changes

@@ -12,8 +12,8 @@ e-mail often is), and otherwise gets a new id ``auto-<random>``. A random id rat
 from the address: a hash of a phone number is as good as the number to anyone who can enumerate
 numbers.
 
-``stored_owners`` is the one reader of contacts by address; it is what moves to the blind indexes
-(``contact_pii.find_contact_id``) when personal data is encrypted at rest.
+``stored_owners`` finds stored contacts by address through their blind indexes
+(``contact_pii``): equality on a keyed hash, never the plaintext.
 """
 
 from __future__ import annotations
@@ -24,22 +24,28 @@ from collections.abc import Iterable
 import pandas as pd
 import sqlalchemy as sa
 
+from orchestrator_assets.contact_pii import INDEX_COLUMNS, INDEXED, blind_index
 from policies.masking import mask_value
 from resources.opstore_schema import contacts
+from resources.pii import TenantCipher, tenant_cipher
 
 MATCH_ORDER = ("phone", "email")  # how a row without an external id finds its stored contact
 LOOKUP_BATCH = 500
 
 
-def stored_owners(conn: sa.Connection, tenant: str, column: str, values: Iterable[str]) -> dict[str, str]:
-    """Normalised ``column`` value → external id of the tenant's stored contact that holds it."""
-    wanted = sorted({value for value in values if value})
+def stored_owners(conn: sa.Connection, cipher: TenantCipher, column: str, values: Iterable[str]) -> dict[str, str]:
+    """Normalised ``column`` (phone | email) value → external id of the tenant's stored contact that holds it."""
+    kind = INDEXED[column]
+    by_index = {blind_index(cipher, kind, value): value for value in set(values) if value}
+    wanted = sorted(index for index in by_index if index is not None)
     owners: dict[str, str] = {}
     for start in range(0, len(wanted), LOOKUP_BATCH):
-        query = sa.select(contacts.c[column], contacts.c.external_id).where(
-            contacts.c.tenant == tenant, contacts.c[column].in_(wanted[start : start + LOOKUP_BATCH])
+        query = (
+            sa.select(INDEX_COLUMNS[kind], contacts.c.external_id)
+            .where(contacts.c.tenant == cipher.tenant, INDEX_COLUMNS[kind].in_(wanted[start : start + LOOKUP_BATCH]))
+            .order_by(contacts.c.id.desc())  # the oldest contact wins, as in contact_pii.find_contact_id
         )
-        owners.update({value: external_id for value, external_id in conn.execute(query)})
+        owners.update({by_index[index]: external_id for index, external_id in conn.execute(query)})
     return owners
 
 
@@ -57,7 +63,8 @@ def resolve_against_store(conn: sa.Connection, tenant: str, good: pd.DataFrame) 
     rows = good.copy()
     if "external_id" not in rows.columns:
         rows["external_id"] = None
-    owners = {column: stored_owners(conn, tenant, column, rows[column].dropna()) for column in MATCH_ORDER}
+    cipher = tenant_cipher(conn, tenant)
+    owners = {column: stored_owners(conn, cipher, column, rows[column].dropna()) for column in MATCH_ORDER}
 
     def external_id(record) -> str:
         if not _blank(record.external_id):

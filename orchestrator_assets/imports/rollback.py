@@ -6,8 +6,9 @@ What a rollback undoes:
   segment membership. A created contact that has since been messaged, triggered a campaign or had
   its phone looked up is never removed (that history must stay; the erasure job is the tool), so
   such an import cannot be rolled back.
-- **fields the import changed** get their former values back, and the contact its former
-  ``updated_at``.
+- **fields the import changed** get their former values back (sealed again under the contact's
+  key, blind indexes recomputed), and the contact its former ``updated_at``. A contact erased since
+  stays erased: its history was sealed with the key the erasure destroyed.
 - **consent events the import appended** are deleted, and the consent state of each subject they
   touched is derived again from the events that remain. Consent events are append-only proof, and
   a rollback is the one exception: the proof came from the file the operator now says was wrong,
@@ -31,8 +32,11 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from orchestrator_assets.consent_decisions import consent_state_upsert, state_row
-from orchestrator_assets.imports.history import COMMITTED, CREATED, import_consent_events, mark_rolled_back, open_previous
+from orchestrator_assets.contact_pii import contact_columns
+from orchestrator_assets.imports.history import COMMITTED, CREATED, import_consent_events, mark_rolled_back
+from orchestrator_assets.imports.store import PLAIN_FIELDS
 from resources.audit import record_audit
+from resources.pii import TenantCipher, tenant_cipher
 from resources.opstore_schema import (
     consent_events,
     consents,
@@ -94,7 +98,8 @@ class _Plan:
             sa.select(consent_events).where(consent_events.c.tenant == self.tenant, import_consent_events(import_id)).order_by(consent_events.c.id)
         ).all()
         touched = {change.contact_id for change in self.changes} | {event.contact_id for event in self.events}
-        stored = _rows(conn, lambda ids: sa.select(contacts.c.id, contacts.c.external_id, contacts.c.updated_at).where(contacts.c.id.in_(ids)), touched)
+        stored = _rows(conn, lambda ids: sa.select(contacts).where(contacts.c.id.in_(ids)), touched)
+        self.stored = {row.id: row for row in stored}
         self.name = {row.id: row.external_id for row in stored}
         self.created = {change.contact_id for change in self.changes if change.action == CREATED and change.contact_id in self.name}
         own_last = {event.contact_id: event.id for event in self.events}
@@ -159,10 +164,14 @@ def rollback_import(
             conn.execute(sa.delete(table).where(table.c.contact_id.in_(chunk)))
         conn.execute(sa.delete(contacts).where(contacts.c.id.in_(chunk)))
 
-    restored = [change for change in plan.changes if change.action != CREATED and change.contact_id in plan.name]
-    for change in restored:
-        updated_at = now if change.contact_id in plan.changed_since else change.previous_updated_at
-        conn.execute(sa.update(contacts).where(contacts.c.id == change.contact_id).values(**open_previous(change.previous), updated_at=updated_at))
+    cipher = tenant_cipher(conn, plan.tenant)
+    restored = [
+        change
+        for change in plan.changes
+        if change.action != CREATED
+        and change.contact_id in plan.stored
+        and _restore(conn, cipher, plan.stored[change.contact_id], change, now if change.contact_id in plan.changed_since else change.previous_updated_at)
+    ]
 
     removable = [e for e in plan.events if e.contact_id not in plan.created and e.contact_id not in plan.later_events]
     for chunk in _chunks(e.id for e in removable):
@@ -182,6 +191,18 @@ def rollback_import(
         params={"import_id": import_id, "reason": reason, "force": force, "overridden": [c for c, _ in conflicts], **counts},
     )
     return counts
+
+
+def _restore(conn: sa.Connection, cipher: TenantCipher, contact: sa.Row, change: sa.Row, updated_at: datetime) -> bool:
+    """Put the fields ``change`` recorded back on ``contact``, sealed again; False when the contact
+    has been erased since (its key, and with it the history, is gone)."""
+    previous = cipher.open(contact.data_key, change.previous)
+    if not previous:
+        return False
+    fields = {**cipher.open(contact.data_key, contact.pii), **{f: contact._mapping[f] for f in PLAIN_FIELDS}, **previous}
+    columns = {**contact_columns(cipher, contact.data_key, fields), **{f: fields.get(f) for f in PLAIN_FIELDS}}
+    conn.execute(sa.update(contacts).where(contacts.c.id == contact.id).values(**columns, updated_at=updated_at))
+    return True
 
 
 def _derive_state_again(conn: sa.Connection, tenant: str, subjects: set[tuple[int, str, str]]) -> None:
