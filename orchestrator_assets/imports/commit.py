@@ -67,7 +67,6 @@ class CommitResult:
     consents: dict[str, int]
     rows_rejected: int
     store_duplicates: list[dict] = field(default_factory=list)
-    changes: list[ContactChange] = field(default_factory=list)
 
 
 def commit_import(
@@ -119,4 +118,4 @@ def commit_import(
                 "rows_rejected": rejected, **contact_counts, **{f"consents_{k}": v for k, v in consent_counts.items()},
             },
         )
-    return CommitResult(import_id, contact_counts, consent_counts, rejected, duplicates, changes)
+    return CommitResult(import_id, contact_counts, consent_counts, rejected, duplicates)

@@ -110,6 +110,7 @@ class _Plan:
         )
         self.later_events = {contact_id for contact_id, newest_id in newest if newest_id > own_last[contact_id]}
         self.later_imports: dict[int, list[int]] = defaultdict(list)
+
         def later(ids: list[int]) -> sa.Select:
             return (
                 sa.select(contact_import_changes.c.contact_id, contact_import_changes.c.import_id)
