@@ -75,7 +75,7 @@ def due_numbers(conn: sa.Connection, tenant: str, now: dt.datetime, recheck_afte
     query = (
         sa.select(contacts.c.id, contacts.c.phone)
         .select_from(contacts.outerjoin(last, sa.and_(last.c.tenant == contacts.c.tenant, last.c.contact_id == contacts.c.id)))
-        .where(contacts.c.tenant == tenant, contacts.c.phone.is_not(None), granted_sms, stale)
+        .where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None), contacts.c.phone.is_not(None), granted_sms, stale)
         .order_by(last.c.checked_at.asc().nulls_first(), contacts.c.id)
     )
     return [DueNumber(row.id, row.phone) for row in conn.execute(query)]

@@ -77,7 +77,9 @@ def _find_contact_id(conn: sa.Connection, tenant: str, channel: str, event: Call
     value: str | int | None = _bigint(event.address) if channel in INTEGER_ADDRESSES else event.address
     if value is None:
         return None
-    return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, column == value)).scalar()
+    # A merged contact's tombstone keeps its addresses, which the survivor may share: the live contact first.
+    query = sa.select(contacts.c.id).where(contacts.c.tenant == tenant, column == value).order_by(contacts.c.merged_into.is_not(None), contacts.c.id)
+    return conn.execute(query.limit(1)).scalar()
 
 
 def _bigint(text: str) -> int | None:
