@@ -65,10 +65,11 @@ def test_gmail_dots_and_plus_tags_are_the_same_mailbox():
     assert found[(5, 6)] == "e-mail one edit apart"
 
 
-def test_ivan_petrov_and_petrov_ivan_are_a_candidate_scored_below_an_address_match():
-    (candidate,) = find_candidates([Person(1, "Ivan", "Petrov"), Person(2, "Petrov", "Ivan")])
+def test_ivan_petrov_and_petrov_ivan_of_one_city_are_a_candidate_scored_below_an_address_match():
+    (candidate,) = find_candidates([Person(1, "Ivan", "Petrov", city="Москва"), Person(2, "Petrov", "Ivan", city="москва ")])
     assert (candidate.contact_id, candidate.other_id) == (1, 2)
-    assert candidate.reason == "names match (100), nothing else" and candidate.score == 60
+    assert candidate.reason == "names match (100) in one city, nothing else" and candidate.score == 60
+    assert find_candidates([Person(1, "Ivan", "Petrov", city="Москва"), Person(2, "Petrov", "Ivan", city="Казань")]) == []  # namesakes
     (with_phone,) = find_candidates([Person(1, "Ivan", "Petrov", phone="+79161234567"), Person(2, "Petrov", "Ivan", phone="+79161234568")])
     assert with_phone.score > candidate.score
 
@@ -271,3 +272,14 @@ def test_migrations_create_exactly_the_merge_tables_of_the_schema(backend, reque
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE alembic_version"))
         engine.dispose()
+
+
+def test_a_tombstone_joins_no_segment_when_segments_are_rebuilt(store, people):
+    from orchestrator_assets.segments import segment_members as segment_asset
+
+    _run("contact_merge_job", {"operator": "ops", "reason": "dup", "pairs": [{"keep": "crm-1", "merge": "crm-2"}]})
+    dg.materialize([segment_asset], partition_key=TENANT, resources={"opstore": OperationalStore()})
+    with store.connect() as conn:
+        members = set(conn.execute(sa.select(segment_members.c.segment, segment_members.c.contact_id)).all())
+    # The tombstone still has its e-mail, but the person is the survivor, which has it now too.
+    assert members == {("everyone_with_email", people["keep"]), ("everyone_with_email", people["anna"]), ("moscow_spb_ru", people["keep"])}

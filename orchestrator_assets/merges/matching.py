@@ -10,30 +10,29 @@ Evidence comes from three places, each found by blocking rather than by comparin
 - **E-mails** equal once normalised (case; ``+tags`` everywhere; dots in the local part for
   gmail.com/googlemail.com, which ignore them) or one edit apart. Blocked the same way: the
   normalised address and its one-deletion variants.
-- **Names** (first + last, any order) by rapidfuzz's ``token_sort_ratio``, blocked by the sorted
-  initials of the name's words, so "Ivan Petrov" and "Petrov Ivan" meet; within a block
-  ``process.cdist`` compares in C.
-
-An address match is the strong evidence; names raise or lower it (a one-digit-apart phone of
-someone with a different name is a neighbour's number, not a typo). A name alone is shown with a
-low score: namesakes are common, so it only merges at a threshold an operator chose on purpose.
+- **Names** (first + last, any order) by rapidfuzz's ``token_sort_ratio``. An address match is
+  the strong evidence; names raise or lower it (a one-digit-apart phone of someone with a
+  different name is a neighbour's number, not a typo). A name alone says little: at 100k contacts
+  namesakes make tens of thousands of pairs. So a name is a candidate on its own only within one
+  city, found by a *sorted neighbourhood* (contacts sorted by city and by the name's words in
+  order, each compared with its next ``NAME_WINDOW``), so "Ivan Petrov" and "Petrov Ivan" of one
+  city meet, and it scores low: it merges only at a threshold an operator chose on purpose.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import combinations
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
 MIN_SCORE = 50  # pairs scoring less are not worth an operator's look
 NAME_MATCH = 90  # token_sort_ratio at which two names count as the same
 NAME_DIFFERENT = 60  # ... and below which they count as different people
 NAME_ONLY_WEIGHT = 0.6  # a name alone: at most 60
+NAME_WINDOW = 5  # sorted-neighbourhood window of name-only matching
 MAX_BLOCK = 200  # a blocking key shared by more contacts is a placeholder (000…), not a person
 GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 _NOT_DIGITS = re.compile(r"\D")
@@ -56,6 +55,7 @@ class Person:
     last_name: str | None = None
     email: str | None = None
     phone: str | None = None
+    city: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,21 +79,18 @@ def phone_digits(value: str) -> str:
     return _NOT_DIGITS.sub("", value)
 
 
-def _deletions(text: str) -> Iterator[str]:
-    """The text with one character left out, each position once (the deletion neighbourhood)."""
-    return (text[:i] + text[i + 1:] for i in range(len(text)))
-
-
-def _blocked_pairs(keys_by_id: Iterable[tuple[int, Iterable[str]]]) -> set[tuple[int, int]]:
-    """Pairs of ids sharing at least one key, ignoring keys shared by more than ``MAX_BLOCK`` ids."""
-    blocks: dict[str, list[int]] = defaultdict(list)
-    for person_id, keys in keys_by_id:
-        for key in set(keys):
-            blocks[key].append(person_id)
+def _deletion_neighbour_pairs(ids: list[int], texts: list[str]) -> set[tuple[int, int]]:
+    """Pairs of ids whose texts are equal or share a one-character deletion (the deletion
+    neighbourhood: one substitution, insertion, deletion or adjacent swap apart), ignoring keys
+    shared by more than ``MAX_BLOCK`` ids."""
+    blocks: dict[str, list[int]] = {}
+    for person_id, text in zip(ids, texts, strict=True):
+        for key in {text, *[text[:i] + text[i + 1 :] for i in range(len(text))]}:
+            blocks.setdefault(key, []).append(person_id)
     pairs: set[tuple[int, int]] = set()
-    for ids in blocks.values():
-        if 1 < len(ids) <= MAX_BLOCK:
-            pairs.update(combinations(sorted(ids), 2))
+    for members in blocks.values():
+        if 1 < len(members) <= MAX_BLOCK:
+            pairs.update(combinations(sorted(members), 2))
     return pairs
 
 
@@ -125,25 +122,20 @@ def full_name(person: Person) -> str:
     return " ".join(part.strip().lower() for part in (person.first_name, person.last_name) if part and part.strip())
 
 
-def _initials(name: str) -> str:
-    return "".join(sorted(word[0] for word in name.split()))
+def _city(person: Person) -> str:
+    return (person.city or "").strip().lower()
 
 
 def _name_pairs(people: list[Person]) -> set[tuple[int, int]]:
-    """Pairs whose names match (token_sort_ratio ≥ NAME_MATCH), compared within initials blocks."""
-    blocks: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for person in people:
-        if name := full_name(person):
-            blocks[_initials(name)].append((person.id, name))
+    """Pairs of one city whose names match (token_sort_ratio ≥ NAME_MATCH), by sorted neighbourhood."""
+    keyed = sorted((_city(p), " ".join(sorted(full_name(p).split())), p.id) for p in people if _city(p) and full_name(p))
     pairs: set[tuple[int, int]] = set()
-    for members in blocks.values():
-        if len(members) < 2:
-            continue
-        names = [name for _, name in members]
-        scores = process.cdist(names, names, scorer=fuzz.token_sort_ratio, score_cutoff=NAME_MATCH, dtype="uint8")
-        for i, j in zip(*scores.nonzero(), strict=True):
-            if i < j:
-                pairs.add(tuple(sorted((members[i][0], members[j][0]))))
+    for i, (city, name, person_id) in enumerate(keyed):
+        for other_city, other_name, other_id in keyed[i + 1 : i + 1 + NAME_WINDOW]:
+            if other_city != city:
+                break
+            if fuzz.ratio(name, other_name, score_cutoff=NAME_MATCH):  # of the sorted words: token_sort_ratio
+                pairs.add((min(person_id, other_id), max(person_id, other_id)))
     return pairs
 
 
@@ -158,9 +150,9 @@ def score_pair(a: Person, b: Person) -> tuple[int, str] | None:
     name_a, name_b = full_name(a), full_name(b)
     names = round(fuzz.token_sort_ratio(name_a, name_b)) if name_a and name_b else None
     if not evidence:
-        if names is None or names < NAME_MATCH:
+        if names is None or names < NAME_MATCH or not _city(a) or _city(a) != _city(b):
             return None
-        return round(names * NAME_ONLY_WEIGHT), f"names match ({names}), nothing else"
+        return round(names * NAME_ONLY_WEIGHT), f"names match ({names}) in one city, nothing else"
     score = evidence[0][0] + 5 * (len(evidence) - 1)
     reasons = [reason for _, reason in evidence]
     if names is not None and names >= NAME_MATCH:
@@ -173,8 +165,12 @@ def score_pair(a: Person, b: Person) -> tuple[int, str] | None:
 def find_candidates(people: list[Person], min_score: int = MIN_SCORE) -> list[Candidate]:
     """Pairs scoring at least ``min_score``, best first (ties by ids)."""
     by_id = {person.id: person for person in people}
-    pairs = _blocked_pairs((p.id, _deletions(phone_digits(p.phone))) for p in people if p.phone and len(phone_digits(p.phone)) >= 7)
-    pairs |= _blocked_pairs((p.id, [normalise_email(p.email), *_deletions(normalise_email(p.email))]) for p in people if p.email)
+    phones = [(p.id, digits) for p in people if p.phone and len(digits := phone_digits(p.phone)) >= 7]
+    emails = [(p.id, normalise_email(p.email)) for p in people if p.email]
+    pairs = set()
+    for found in (phones, emails):
+        if found:
+            pairs |= _deletion_neighbour_pairs(*map(list, zip(*found, strict=True)))
     pairs |= _name_pairs(people)
     found = []
     for a, b in pairs:

@@ -21,8 +21,8 @@ SHOWN = ("first_name", "last_name", "phone", "email")
 
 def live_people(conn: sa.Connection, tenant: str) -> list[Person]:
     """The tenant's contacts that are not tombstones, with what matching compares."""
-    query = sa.select(contacts.c.id, *(contacts.c[f] for f in SHOWN)).where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None))
-    return [Person(row.id, row.first_name, row.last_name, row.email, row.phone) for row in conn.execute(query)]
+    query = sa.select(contacts.c.id, contacts.c.city, *(contacts.c[f] for f in SHOWN)).where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None))
+    return [Person(row.id, row.first_name, row.last_name, row.email, row.phone, row.city) for row in conn.execute(query)]
 
 
 def masked_people(conn: sa.Connection, tenant: str, ids: list[int]) -> dict[int, str]:
