@@ -55,8 +55,10 @@ def _survivor(conn: sa.Connection, contact_id: int) -> int:
 
 def _explicit_pairs(conn: sa.Connection, tenant: str, pairs: list[MergePair]) -> list[tuple[int, int, None]]:
     named = {p.keep for p in pairs} | {p.merge for p in pairs}
-    found = dict(conn.execute(sa.select(contacts.c.external_id, contacts.c.id).where(contacts.c.tenant == tenant, contacts.c.external_id.in_(named))).all())
+    rows = conn.execute(sa.select(contacts.c.external_id, contacts.c.id, contacts.c.merged_into).where(contacts.c.tenant == tenant, contacts.c.external_id.in_(named))).all()
+    found = {row.external_id: row.id for row in rows}
     problems = [(name, "no such contact") for name in sorted(named - found.keys())]
+    problems += [(row.external_id, f"merged into contact {row.merged_into} already") for row in rows if row.merged_into is not None]
     merged = [p.merge for p in pairs]
     problems += [(name, "merged twice in this run") for name in sorted({m for m in merged if merged.count(m) > 1})]
     problems += [(p.keep, "kept here but merged by another pair") for p in pairs if p.keep in merged]

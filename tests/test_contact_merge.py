@@ -251,6 +251,10 @@ def test_a_bad_pair_merges_nothing(store, people):
     before = _snapshot(store)
     result = _run("contact_merge_job", {"operator": "ops", "reason": "x", "pairs": [{"keep": "crm-1", "merge": "crm-2"}, {"keep": "crm-3", "merge": "crm-404"}]})
     assert not result.success and _snapshot(store) == before
+    assert _run("contact_merge_job", {"operator": "ops", "reason": "x", "pairs": [{"keep": "crm-1", "merge": "crm-2"}]}).success
+    merged = _snapshot(store)
+    again = _run("contact_merge_job", {"operator": "ops", "reason": "x", "pairs": [{"keep": "crm-3", "merge": "crm-1"}, {"keep": "crm-3", "merge": "crm-2"}]})
+    assert not again.success and _snapshot(store) == merged  # crm-2 is a tombstone now: not even crm-1 is merged
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -57,7 +57,9 @@ class Actor:
 
 
 def _live(conn: sa.Connection, tenant: str, contact_id: int) -> sa.RowMapping:
-    row = conn.execute(sa.select(contacts.c.merged_into, contacts.c.updated_at).where(contacts.c.tenant == tenant, contacts.c.id == contact_id)).first()
+    # Locked till the merge commits: two merges of one contact in parallel runs cannot both see it live.
+    query = sa.select(contacts.c.merged_into, contacts.c.updated_at).where(contacts.c.tenant == tenant, contacts.c.id == contact_id)
+    row = conn.execute(query.with_for_update()).first()
     if row is None:
         raise MergeError(f"contact {contact_id} is not a contact of tenant {tenant!r}")
     if row.merged_into is not None:
@@ -99,36 +101,13 @@ def merge_contacts(
     ).scalar_one()
     moves = _Moves(conn, tenant, merge_id)
 
-    filled = people.fill_empty_fields(conn, survivor_id, merged_id)
-    if filled:
-        conn.execute(sa.update(contacts).where(contacts.c.id == survivor_id).values(updated_at=now))
-        moves.add("contacts", filled, FILLED, {"updated_at": survivor_updated_at.isoformat()})
-    conn.execute(sa.update(contacts).where(contacts.c.id == merged_id).values(merged_into=survivor_id))
-    moves.add("contacts", [merged_id], TOMBSTONE)
-
-    taken = {tuple(row) for row in conn.execute(sa.select(*(sends.c[k] for k in LEDGER_KEY)).where(sends.c.tenant == tenant, sends.c.contact_id == survivor_id))}
-    theirs = conn.execute(sa.select(sends.c.send_id, *(sends.c[k] for k in LEDGER_KEY)).where(sends.c.tenant == tenant, sends.c.contact_id == merged_id)).all()
-    movable = [row.send_id for row in theirs if tuple(row)[1:] not in taken]
-    _repoint(conn, sends, sends.c.send_id, movable, survivor_id)
-    moves.add("sends", movable, MOVED)
-    moves.add("sends", [row.send_id for row in theirs if tuple(row)[1:] in taken], KEPT)
-
+    filled = _merge_fields(conn, survivor_id, merged_id, survivor_updated_at, now, moves)
+    _merge_sends(conn, tenant, survivor_id, merged_id, moves)
     events = conn.execute(sa.select(trigger_events.c.id).where(trigger_events.c.tenant == tenant, trigger_events.c.contact_id == merged_id)).scalars().all()
     _repoint(conn, trigger_events, trigger_events.c.id, events, survivor_id)
     moves.add("trigger_events", events, MOVED)
-
     _merge_segments(conn, tenant, survivor_id, merged_id, moves)
-
-    reach = {row.contact_id for row in conn.execute(sa.select(phone_reachability.c.contact_id).where(
-        phone_reachability.c.tenant == tenant, phone_reachability.c.contact_id.in_([survivor_id, merged_id])))}
-    if merged_id in reach:
-        if survivor_id in reach:
-            moves.add("phone_reachability", [merged_id], KEPT)
-        else:
-            conn.execute(sa.update(phone_reachability).where(phone_reachability.c.tenant == tenant, phone_reachability.c.contact_id == merged_id)
-                         .values(contact_id=survivor_id))
-            moves.add("phone_reachability", [merged_id], MOVED)
-
+    _merge_reachability(conn, tenant, survivor_id, merged_id, moves)
     for channel, purpose, action in consent.merge_consents(conn, tenant, survivor_id, merged_id, merge_id, now):
         moves.add("consents", [f"{channel}/{purpose}"], APPENDED, {"action": action})
 
@@ -137,6 +116,41 @@ def merge_contacts(
         "changes": dict(moves.counts), "fields_filled": filled,
     })
     return MergeOutcome(merge_id, survivor_id, merged_id, moves.counts)
+
+
+def _merge_fields(conn: sa.Connection, survivor_id: int, merged_id: int, updated_at: dt.datetime, now: dt.datetime, moves: _Moves) -> list[str]:
+    filled = people.fill_empty_fields(conn, survivor_id, merged_id)
+    if filled:
+        conn.execute(sa.update(contacts).where(contacts.c.id == survivor_id).values(updated_at=now))
+        moves.add("contacts", filled, FILLED, {"updated_at": updated_at.isoformat()})
+    conn.execute(sa.update(contacts).where(contacts.c.id == merged_id).values(merged_into=survivor_id))
+    moves.add("contacts", [merged_id], TOMBSTONE)
+    return filled
+
+
+def _merge_sends(conn: sa.Connection, tenant: str, survivor_id: int, merged_id: int, moves: _Moves) -> None:
+    def ledger(contact_id: int) -> list[sa.Row]:
+        return conn.execute(sa.select(sends.c.send_id, *(sends.c[k] for k in LEDGER_KEY)).where(sends.c.tenant == tenant, sends.c.contact_id == contact_id)).all()
+
+    taken = {tuple(row)[1:] for row in ledger(survivor_id)}
+    theirs = ledger(merged_id)
+    movable = [row.send_id for row in theirs if tuple(row)[1:] not in taken]
+    _repoint(conn, sends, sends.c.send_id, movable, survivor_id)
+    moves.add("sends", movable, MOVED)
+    moves.add("sends", [row.send_id for row in theirs if tuple(row)[1:] in taken], KEPT)
+
+
+def _merge_reachability(conn: sa.Connection, tenant: str, survivor_id: int, merged_id: int, moves: _Moves) -> None:
+    checked = set(conn.execute(sa.select(phone_reachability.c.contact_id).where(
+        phone_reachability.c.tenant == tenant, phone_reachability.c.contact_id.in_([survivor_id, merged_id]))).scalars())
+    if merged_id not in checked:
+        return
+    if survivor_id in checked:
+        moves.add("phone_reachability", [merged_id], KEPT)
+        return
+    theirs = [phone_reachability.c.tenant == tenant, phone_reachability.c.contact_id == merged_id]
+    conn.execute(sa.update(phone_reachability).where(*theirs).values(contact_id=survivor_id))
+    moves.add("phone_reachability", [merged_id], MOVED)
 
 
 def _materialized_at(move) -> dt.datetime:
