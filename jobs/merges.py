@@ -26,6 +26,7 @@ from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.tables import markdown_table
 from resources.opstore import OperationalStore
 from resources.opstore_schema import contact_duplicate_candidates as candidates, contacts
+from resources.pii import tenant_cipher
 
 
 class MergePair(dg.Config):
@@ -81,7 +82,7 @@ def _scored_pairs(conn: sa.Connection, tenant: str, min_score: int) -> list[tupl
 
 
 def _outcomes_table(conn: sa.Connection, tenant: str, outcomes: list[MergeOutcome]) -> str:
-    shown = masked_people(conn, tenant, [i for o in outcomes for i in (o.survivor_id, o.merged_id)])
+    shown = masked_people(conn, tenant_cipher(conn, tenant), [i for o in outcomes for i in (o.survivor_id, o.merged_id)])
     rows = [
         (o.merge_id, o.survivor_id, shown.get(o.survivor_id, ""), o.merged_id, shown.get(o.merged_id, ""),
          ", ".join(f"{k}: {v}" for k, v in sorted(o.counts.items())) or "—")

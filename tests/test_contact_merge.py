@@ -10,9 +10,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from pg import create_database, drop_database
+from sealed import add_contact, personal, sealed_address, send_address
 
 from definitions import defs
 from orchestrator_assets.consent_decisions import GRANT, WITHDRAW, record_decision
+from orchestrator_assets.contact_pii import blind_index
 from orchestrator_assets.merges.assets import contact_duplicate_candidates
 from orchestrator_assets.merges.matching import Person, find_candidates
 from resources.opstore import OperationalStore
@@ -21,6 +23,7 @@ from resources.opstore_schema import (
     consent_events,
     consents,
     contact_duplicate_candidates as candidates_table,
+    contact_merge_moves,
     contact_merges,
     contacts,
     deliveries,
@@ -30,6 +33,7 @@ from resources.opstore_schema import (
     sends,
     trigger_events,
 )
+from resources.pii import tenant_cipher
 
 TENANT = "demo"
 T0 = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC)
@@ -104,14 +108,13 @@ def store(request, algor_home, monkeypatch):
 
 
 def _contact(conn, external_id, **fields):
-    values = {"tenant": TENANT, "external_id": external_id, "created_at": T0, "updated_at": T0, **fields}
-    return conn.execute(sa.insert(contacts).values(values).returning(contacts.c.id)).scalar_one()
+    return add_contact(conn, TENANT, external_id, T0, **fields)
 
 
 def _send(conn, send_id, contact_id, campaign, channel, address):
     conn.execute(sa.insert(sends).values(
         send_id=send_id, tenant=TENANT, campaign=campaign, step="main", contact_id=contact_id, channel=channel, provider=channel,
-        address=address, status="sent", run_id="r0", claimed_at=T0, finished_at=T0,
+        address=sealed_address(conn, TENANT, contact_id, address), status="sent", run_id="r0", claimed_at=T0, finished_at=T0,
     ))
     conn.execute(sa.insert(deliveries).values(send_id=send_id, tenant=TENANT, status="delivered", status_rank=3, last_event_at=T0, updated_at=T0))
 
@@ -142,7 +145,8 @@ def people(store):
             {"tenant": TENANT, "segment": "moscow_spb_ru", "contact_id": dup, "materialized_at": T0},
             {"tenant": TENANT, "segment": "everyone_with_email", "contact_id": dup, "materialized_at": T0},
         ])
-        conn.execute(sa.insert(phone_reachability).values(tenant=TENANT, contact_id=dup, phone="+79161234576", reachable=True, reason="ok", checked_at=T0))
+        phone = blind_index(tenant_cipher(conn, TENANT), "phone", "+79161234576")
+        conn.execute(sa.insert(phone_reachability).values(tenant=TENANT, contact_id=dup, phone_bidx=phone, reachable=True, reason="ok", checked_at=T0))
     return {"keep": keep, "dup": dup, "anna": anna}
 
 
@@ -187,16 +191,21 @@ def test_merge_then_unmerge_restores_every_row(store, people):
     keep, dup = people["keep"], people["dup"]
     with store.connect() as conn:
         owners = dict(conn.execute(sa.select(sends.c.send_id, sends.c.contact_id)).all())
-        survivor = conn.execute(sa.select(contacts).where(contacts.c.id == keep)).one()
-        tombstone = conn.execute(sa.select(contacts).where(contacts.c.id == dup)).one()
+        addresses = {row.send_id: send_address(conn, row) for row in conn.execute(sa.select(sends))}
+        survivor, tombstone = personal(conn, TENANT, keep), personal(conn, TENANT, dup)
+        city, merged_into = conn.execute(sa.select(contacts.c.city).where(contacts.c.id == keep)).scalar(), conn.execute(sa.select(contacts.c.merged_into).where(contacts.c.id == dup)).scalar()
+        moves = " ".join(str(tuple(row)) for row in conn.execute(sa.select(contact_merge_moves)))
         members = set(conn.execute(sa.select(segment_members.c.segment, segment_members.c.contact_id)).all())
         moved_event = conn.execute(sa.select(trigger_events.c.contact_id)).scalar_one()
         merge_id = conn.execute(sa.select(contact_merges.c.id)).scalar_one()
     # Every send row kept; the colliding one stays with the tombstone, the other follows the person.
     assert owners == {"s-keep-tg": keep, "s-dup-tg": dup, "s-dup-mail": keep}
-    assert tombstone.merged_into == keep and tombstone.email == "ivan.petrov@gmail.com"  # not deleted, nothing taken away
-    assert (survivor.email, survivor.telegram_chat_id, survivor.city) == ("ivan.petrov@gmail.com", 555001, "Москва")
-    assert survivor.phone == "+79161234567"  # the survivor's own value stays
+    assert addresses == {"s-keep-tg": "111", "s-dup-tg": "555001", "s-dup-mail": "ivan.petrov@gmail.com"}  # sealed for their new contact
+    assert merged_into == keep and tombstone["email"] == "ivan.petrov@gmail.com"  # not deleted, nothing taken away
+    assert (survivor["email"], int(survivor["telegram_chat_id"]), city) == ("ivan.petrov@gmail.com", 555001, "Москва")
+    assert survivor["phone"] == "+79161234567"  # the survivor's own value stays
+    for plaintext in ("ivan.petrov", "Petrov", "7916", "555001"):
+        assert plaintext not in moves  # what the undo needs is kept sealed
     assert members == {("moscow_spb_ru", keep), ("everyone_with_email", keep)}
     assert moved_event == keep
 

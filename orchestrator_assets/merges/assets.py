@@ -13,6 +13,7 @@ from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.tables import markdown_table
 from resources.opstore import OperationalStore
 from resources.opstore_schema import contact_duplicate_candidates as candidates
+from resources.pii import tenant_cipher
 
 SHOWN_PAIRS = 50
 
@@ -34,7 +35,8 @@ def contact_duplicate_candidates(context: dg.AssetExecutionContext, opstore: Ope
     """
     tenant, now = context.partition_key, dt.datetime.now(dt.UTC)
     with opstore.engine().begin() as conn:
-        people = live_people(conn, tenant)
+        cipher = tenant_cipher(conn, tenant)
+        people = live_people(conn, cipher)
         started = time.perf_counter()
         found = find_candidates(people)
         seconds = time.perf_counter() - started
@@ -43,7 +45,7 @@ def contact_duplicate_candidates(context: dg.AssetExecutionContext, opstore: Ope
             rows = [{"tenant": tenant, "contact_id": c.contact_id, "other_id": c.other_id, "score": c.score, "reason": c.reason, "found_at": now} for c in found]
             conn.execute(sa.insert(candidates), rows)
         top = found[:SHOWN_PAIRS]
-        shown = masked_people(conn, tenant, sorted({i for c in top for i in (c.contact_id, c.other_id)}))
+        shown = masked_people(conn, cipher, sorted({i for c in top for i in (c.contact_id, c.other_id)}))
     context.log.info(f"{len(found)} duplicate candidates among {len(people)} contacts of {tenant} in {seconds:.2f} s")
     table = markdown_table(
         ["score", "reason", "contact", "", "other", ""],

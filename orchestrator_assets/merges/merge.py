@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from orchestrator_assets.merges import consent, people
 from resources.audit import record_audit
+from resources.pii import TenantCipher, tenant_cipher
 from resources.sql import upsert_insert
 from resources.opstore_schema import contact_merge_moves, contact_merges, contacts, phone_reachability, segment_members, sends, trigger_events
 
@@ -58,10 +59,12 @@ class Actor:
 
 def _live(conn: sa.Connection, tenant: str, contact_id: int) -> sa.RowMapping:
     # Locked till the merge commits: two merges of one contact in parallel runs cannot both see it live.
-    query = sa.select(contacts.c.merged_into, contacts.c.updated_at).where(contacts.c.tenant == tenant, contacts.c.id == contact_id)
+    query = sa.select(contacts.c.merged_into, contacts.c.erased_at).where(contacts.c.tenant == tenant, contacts.c.id == contact_id)
     row = conn.execute(query.with_for_update()).first()
     if row is None:
         raise MergeError(f"contact {contact_id} is not a contact of tenant {tenant!r}")
+    if row.erased_at is not None:
+        raise MergeError(f"contact {contact_id} was erased: nothing of it is left to merge")
     if row.merged_into is not None:
         raise MergeError(f"contact {contact_id} was merged into contact {row.merged_into} already")
     return row._mapping
@@ -92,7 +95,8 @@ def merge_contacts(
     if survivor_id == merged_id:
         raise MergeError(f"contact {survivor_id} cannot be merged into itself")
     _live(conn, tenant, merged_id)
-    survivor_updated_at = _live(conn, tenant, survivor_id)["updated_at"]
+    _live(conn, tenant, survivor_id)
+    cipher = tenant_cipher(conn, tenant)
     merge_id = conn.execute(
         sa.insert(contact_merges)
         .values(tenant=tenant, survivor_id=survivor_id, merged_id=merged_id, score=score, operator=actor.operator, reason=actor.reason,
@@ -101,10 +105,11 @@ def merge_contacts(
     ).scalar_one()
     moves = _Moves(conn, tenant, merge_id)
 
-    filled = _merge_fields(conn, survivor_id, merged_id, survivor_updated_at, now, moves)
-    _merge_sends(conn, tenant, survivor_id, merged_id, moves)
+    filled = _merge_fields(conn, cipher, survivor_id, merged_id, now, moves)
+    _merge_sends(conn, cipher, survivor_id, merged_id, moves)
     events = conn.execute(sa.select(trigger_events.c.id).where(trigger_events.c.tenant == tenant, trigger_events.c.contact_id == merged_id)).scalars().all()
-    _repoint(conn, trigger_events, trigger_events.c.id, events, survivor_id)
+    if events:
+        conn.execute(sa.update(trigger_events).where(trigger_events.c.id.in_(events)).values(contact_id=survivor_id))
     moves.add("trigger_events", events, MOVED)
     _merge_segments(conn, tenant, survivor_id, merged_id, moves)
     _merge_reachability(conn, tenant, survivor_id, merged_id, moves)
@@ -118,25 +123,24 @@ def merge_contacts(
     return MergeOutcome(merge_id, survivor_id, merged_id, moves.counts)
 
 
-def _merge_fields(conn: sa.Connection, survivor_id: int, merged_id: int, updated_at: dt.datetime, now: dt.datetime, moves: _Moves) -> list[str]:
-    filled = people.fill_empty_fields(conn, survivor_id, merged_id)
+def _merge_fields(conn: sa.Connection, cipher: TenantCipher, survivor_id: int, merged_id: int, now: dt.datetime, moves: _Moves) -> list[str]:
+    filled, before = people.fill_empty_fields(conn, cipher, survivor_id, merged_id, now)
     if filled:
-        conn.execute(sa.update(contacts).where(contacts.c.id == survivor_id).values(updated_at=now))
-        moves.add("contacts", filled, FILLED, {"updated_at": updated_at.isoformat()})
+        moves.add("contacts", [survivor_id], FILLED, {"fields": filled, **before})
     conn.execute(sa.update(contacts).where(contacts.c.id == merged_id).values(merged_into=survivor_id))
     moves.add("contacts", [merged_id], TOMBSTONE)
     return filled
 
 
-def _merge_sends(conn: sa.Connection, tenant: str, survivor_id: int, merged_id: int, moves: _Moves) -> None:
+def _merge_sends(conn: sa.Connection, cipher: TenantCipher, survivor_id: int, merged_id: int, moves: _Moves) -> None:
     def ledger(contact_id: int) -> list[sa.Row]:
-        return conn.execute(sa.select(sends.c.send_id, *(sends.c[k] for k in LEDGER_KEY)).where(sends.c.tenant == tenant, sends.c.contact_id == contact_id)).all()
+        return conn.execute(sa.select(sends.c.send_id, *(sends.c[k] for k in LEDGER_KEY)).where(sends.c.tenant == cipher.tenant, sends.c.contact_id == contact_id)).all()
 
     taken = {tuple(row)[1:] for row in ledger(survivor_id)}
     theirs = ledger(merged_id)
     movable = [row.send_id for row in theirs if tuple(row)[1:] not in taken]
-    _repoint(conn, sends, sends.c.send_id, movable, survivor_id)
-    moves.add("sends", movable, MOVED)
+    for send_id, sealed in people.reseal_send_addresses(conn, cipher, movable, merged_id, survivor_id).items():
+        moves.add("sends", [send_id], MOVED, {"address": sealed})
     moves.add("sends", [row.send_id for row in theirs if tuple(row)[1:] in taken], KEPT)
 
 
@@ -155,11 +159,6 @@ def _merge_reachability(conn: sa.Connection, tenant: str, survivor_id: int, merg
 
 def _materialized_at(move) -> dt.datetime:
     return dt.datetime.fromisoformat(json.loads(move.before)["materialized_at"])
-
-
-def _repoint(conn: sa.Connection, table: sa.Table, key: sa.Column, keys: list, contact_id: int) -> None:
-    if keys:
-        conn.execute(sa.update(table).where(key.in_(keys)).values(contact_id=contact_id))
 
 
 def _merge_segments(conn: sa.Connection, tenant: str, survivor_id: int, merged_id: int, moves: _Moves) -> None:
@@ -195,11 +194,11 @@ def unmerge(conn: sa.Connection, tenant: str, merge_id: int, actor: Actor, now: 
         outcome.counts[f"{table} restored"] += done
         outcome.counts["not_restored"] += of - done
 
-    for table, key in ((sends, sends.c.send_id), (trigger_events, trigger_events.c.id)):
-        keys = [m.row_key if table is sends else int(m.row_key) for m in by_kind.get((table.name, MOVED), [])]
-        if keys:
-            done = conn.execute(sa.update(table).where(key.in_(keys), table.c.contact_id == survivor).values(contact_id=merged)).rowcount
-            restored(table.name, done, len(keys))
+    for move in by_kind.get(("sends", MOVED), []):
+        restored("sends", people.restore_send(conn, move.row_key, survivor, merged, json.loads(move.before)["address"]), 1)
+    if events := [int(m.row_key) for m in by_kind.get(("trigger_events", MOVED), [])]:
+        done = conn.execute(sa.update(trigger_events).where(trigger_events.c.id.in_(events), trigger_events.c.contact_id == survivor).values(contact_id=merged)).rowcount
+        restored("trigger_events", done, len(events))
     for move in by_kind.get(("segment_members", MOVED), []):
         # A segment rebuilt since the merge has rows of its own time: the survivor's stays.
         where = [segment_members.c.tenant == tenant, segment_members.c.segment == move.row_key, segment_members.c.contact_id == survivor,
@@ -216,13 +215,10 @@ def unmerge(conn: sa.Connection, tenant: str, merge_id: int, actor: Actor, now: 
     consent.void_merge_consents(conn, tenant, survivor, merge_id, subjects)
     restored("consents", len(subjects), len(subjects))
 
-    filled = by_kind.get(("contacts", FILLED), [])
-    if filled:
-        changed = people.empty_filled_fields(conn, survivor, merged, [m.row_key for m in filled])
-        if not changed:
-            updated_at = dt.datetime.fromisoformat(json.loads(filled[0].before)["updated_at"])
-            conn.execute(sa.update(contacts).where(contacts.c.id == survivor).values(updated_at=updated_at))
-        restored("contacts", len(filled) - len(changed), len(filled))
+    for move in by_kind.get(("contacts", FILLED), []):
+        before = json.loads(move.before)
+        changed = people.empty_filled_fields(conn, tenant_cipher(conn, tenant), survivor, merged, before["fields"], before)
+        restored("contacts", len(before["fields"]) - len(changed), len(before["fields"]))
     conn.execute(sa.update(contacts).where(contacts.c.id == merged).values(merged_into=None))
     conn.execute(sa.update(contact_merges).where(contact_merges.c.id == merge_id).values(undone_at=now, undone_by=actor.operator, undo_run_id=actor.run_id))
     record_audit(conn, tenant=tenant, actor=actor.operator, action="contact.unmerge", run_id=actor.run_id, now=now, params={
