@@ -296,3 +296,14 @@ def test_a_tombstone_joins_no_segment_when_segments_are_rebuilt(store, people):
         members = set(conn.execute(sa.select(segment_members.c.segment, segment_members.c.contact_id)).all())
     # The tombstone still has its e-mail, but the person is the survivor, which has it now too.
     assert members == {("everyone_with_email", people["keep"]), ("everyone_with_email", people["anna"]), ("moscow_spb_ru", people["keep"])}
+
+
+def test_an_address_the_survivor_took_over_finds_the_survivor_not_the_older_tombstone(store, people):
+    from sealed import contact_id_with
+
+    with store.begin() as conn:
+        newer = _contact(conn, "crm-4", first_name="Ivan", last_name="Petrov", city="Москва")
+    assert _run("contact_merge_job", {"operator": "ops", "reason": "dup", "pairs": [{"keep": "crm-4", "merge": "crm-2"}]}).success
+    with store.connect() as conn:
+        assert contact_id_with(conn, TENANT, "email", "ivan.petrov@gmail.com") == newer  # e.g. an unsubscribe callback
+        assert contact_id_with(conn, TENANT, "telegram", 555001) == newer
