@@ -31,8 +31,10 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import WITHDRAW, record_decision
+from orchestrator_assets.consent_decisions import WITHDRAW, record_decisions
+from orchestrator_assets.consent_ledger import ConsentFact, consent_state
 from orchestrator_assets.sends.limits import RateLimiter
+from policies.consent_purposes import Purpose, SourceKind
 from policies.policy import RateLimit
 from resources.channels.smsc import (
     ReachabilityResult,
@@ -40,7 +42,7 @@ from resources.channels.smsc import (
     phone_digits,
     reachability,
 )
-from resources.opstore_schema import consents, contacts, phone_reachability
+from resources.opstore_schema import contacts, phone_reachability
 from resources.sql import upsert_insert
 
 SMS = "sms"
@@ -67,9 +69,8 @@ class Lookups:
 def due_numbers(conn: sa.Connection, tenant: str, now: dt.datetime, recheck_after: dt.timedelta) -> list[DueNumber]:
     """Contacts whose phone needs a lookup: granted SMS consent, and never checked, checked before
     ``now - recheck_after``, or checked under another number. Never-checked first, then oldest."""
-    granted_sms = sa.exists().where(
-        consents.c.tenant == tenant, consents.c.contact_id == contacts.c.id, consents.c.channel == SMS, consents.c.status == "granted"
-    )
+    state = consent_state(now).c
+    granted_sms = sa.exists().where(state.tenant == tenant, state.contact_id == contacts.c.id, state.channel == SMS, state.granted)
     last = phone_reachability
     stale = sa.or_(last.c.contact_id.is_(None), last.c.checked_at < now - recheck_after, last.c.phone != contacts.c.phone)
     query = (
@@ -82,8 +83,8 @@ def due_numbers(conn: sa.Connection, tenant: str, now: dt.datetime, recheck_afte
 
 
 def record_result(conn: sa.Connection, tenant: str, contact_id: int, phone: str, result: ReachabilityResult, now: dt.datetime) -> int:
-    """Store the contact's latest lookup; a dead number withdraws its SMS consent. Returns the
-    number of consents withdrawn (0 or 1)."""
+    """Store the contact's latest lookup; a dead number withdraws its SMS consents (advertising and
+    transactional: nothing reaches it). Returns 1 when that ended an advertising consent, else 0."""
     values = {
         "phone": phone,
         "reachable": result.reachable,
@@ -96,11 +97,13 @@ def record_result(conn: sa.Connection, tenant: str, contact_id: int, phone: str,
     conn.execute(statement.on_conflict_do_update(index_elements=[phone_reachability.c.tenant, phone_reachability.c.contact_id], set_=values))
     if result.reachable is not False:
         return 0
-    evidence = json.dumps(
-        {"lookup_id": result.lookup_id, "phone": phone_digits(phone), "status": result.status, "err": result.err, "reason": result.reason},
-        ensure_ascii=False,
-    )
-    return int(record_decision(conn, tenant, contact_id, SMS, WITHDRAW, SOURCE, evidence, now, now))
+    detail = json.dumps({"status": result.status, "err": result.err, "reason": result.reason}, ensure_ascii=False)
+    facts = [
+        ConsentFact(contact_id, SMS, purpose, WITHDRAW, SourceKind.PROVIDER_WEBHOOK, f"hlr:{result.lookup_id}", now, origin=SOURCE,
+                    identity={"phone": phone_digits(phone)}, detail=detail)
+        for purpose in (Purpose.ADVERTISING, Purpose.TRANSACTIONAL)
+    ]  # fmt: skip
+    return sum(record_decisions(conn, tenant, facts, now)[1][:1])
 
 
 async def look_up(
