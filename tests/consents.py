@@ -6,7 +6,8 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_ledger import consent_state
+from orchestrator_assets.consent_ledger import ConsentFact, append, consent_state
+from policies.consent_purposes import Purpose, SourceKind
 
 STATUS = {"grant": "granted", "withdraw": "withdrawn"}
 
@@ -26,3 +27,9 @@ def granted_rows(now: dt.datetime | None = None) -> sa.Subquery:
     """The granted subjects of every tenant (tenant, contact_id, channel, purpose), for joins in tests."""
     state = consent_state(now or dt.datetime.now(dt.UTC))
     return sa.select(state.c.tenant, state.c.contact_id, state.c.channel, state.c.purpose).where(state.c.granted).subquery()
+
+
+def record(conn: sa.Connection, tenant: str, contact_id: int, channel: str, action: str, at: dt.datetime, purpose: str = "advertising") -> None:
+    """A decision on record as a web form would have left it, through the ledger's one writer."""
+    fact = ConsentFact(contact_id, channel, Purpose(purpose), action, SourceKind.WEB_FORM, f"test:{contact_id}:{channel}:{action}", at, origin="form")
+    append(conn, tenant, [fact], at)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from flow import process_inbox
 
 from definitions import defs
+from orchestrator_assets.consent_ledger import consent_state
 from gateway.app import create_app
 from policies.loader import load_tenants
 from resources.channels import smsc
@@ -25,7 +26,6 @@ from resources.connectors import sandbox_accounts
 from resources.opstore import OperationalStore
 from resources.opstore_schema import (
     consent_events,
-    consents,
     contacts,
     phone_reachability,
     webhook_inbox,
@@ -34,6 +34,7 @@ from resources.settings import get_settings
 from sandbox.config import SandboxConfig
 from sandbox.outcomes import outcome_for
 from sandbox.server import run_uvicorn_in_thread, running_sandbox
+from tests.consents import record
 
 OP = "contacts__phone_reachability"
 SANDBOX_LIMIT_PER_S = 2
@@ -84,24 +85,8 @@ def engine(stack):
         rows.append({"id": 100, "tenant": "demo", "external_id": "d1", "phone": phone_with("undeliverable", skip=1), "created_at": now, "updated_at": now})
         conn.execute(sa.insert(contacts), rows)
         granted = [(cid, status) for cid, (_, status) in PEOPLE.items() if status] + [(100, "granted")]
-        conn.execute(
-            sa.insert(consents),
-            [
-                {
-                    "tenant": "demo" if cid == 100 else "acme",
-                    "contact_id": cid,
-                    "channel": "sms",
-                    "purpose": "marketing",
-                    "status": status,
-                    "source": "form",
-                    "evidence": None,
-                    "granted_at": now - dt.timedelta(days=1),
-                    "withdrawn_at": None,
-                    "updated_at": now,
-                }
-                for cid, status in granted
-            ],
-        )
+        for cid, status in granted:
+            record(conn, "demo" if cid == 100 else "acme", cid, "sms", "grant" if status == "granted" else "withdraw", now - dt.timedelta(days=1))
     return engine
 
 
@@ -126,8 +111,16 @@ def reachability(engine) -> dict[int, sa.Row]:
 
 
 def sms_consents(engine) -> dict[int, sa.Row]:
+    """Per contact, the SMS advertising decision in force: status and the event it rests on."""
+    state = consent_state(dt.datetime.now(dt.UTC))
+    status = sa.case((state.c.action == "grant", "granted"), else_="withdrawn").label("status")
+    query = (
+        sa.select(state.c.contact_id, status, consent_events.c.origin, consent_events.c.detail, consent_events.c.source_ref)
+        .join(consent_events, consent_events.c.id == state.c.event_id)
+        .where(state.c.channel == "sms", state.c.purpose == "advertising")
+    )
     with engine.connect() as conn:
-        return {row.contact_id: row for row in conn.execute(sa.select(consents).where(consents.c.channel == "sms"))}
+        return {row.contact_id: row for row in conn.execute(query)}
 
 
 def test_hlr_lookups_record_reachability_suppress_dead_numbers_and_skip_recent_ones(engine, stack, instance):
@@ -157,12 +150,12 @@ def test_hlr_lookups_record_reachability_suppress_dead_numbers_and_skip_recent_o
     # "unreachable" send answer; live and offline ones keep it; other tenants are untouched.
     after = sms_consents(engine)
     assert {cid for cid, row in after.items() if row.status == "withdrawn"} == {2, 4, 5, 7}
-    assert {after[cid].source for cid in (2, 4, 5)} == {"smsc:hlr"}
-    assert json.loads(after[2].evidence)["reason"] == rows[2].reason
+    assert {after[cid].origin for cid in (2, 4, 5)} == {"smsc:hlr"}
+    assert json.loads(after[2].detail)["reason"] == rows[2].reason and after[2].source_ref == f"hlr:{rows[2].lookup_id}"
     assert after[100].status == "granted"
     with engine.connect() as conn:
-        facts = conn.execute(sa.select(consent_events.c.contact_id).where(consent_events.c.source == "smsc:hlr")).scalars().all()
-    assert sorted(facts) == [2, 4, 5]
+        facts = conn.execute(sa.select(consent_events.c.contact_id, consent_events.c.purpose).where(consent_events.c.origin == "smsc:hlr")).all()
+    assert sorted(facts) == [(cid, purpose) for cid in (2, 4, 5) for purpose in ("advertising", "transactional")]  # nothing reaches a dead number
 
     # SMSC also posts each lookup's result as a status callback: the gateway stores it and delivery
     # processing recognises it as an HLR result (not a status of an unknown message to retry).
@@ -220,4 +213,4 @@ def test_a_status_callback_settles_a_lookup_that_polling_left_pending(engine, st
     row = reachability(engine)[1]
     assert (row.reachable, row.reason) == (False, "status 20 (cannot deliver), err 1 (subscriber does not exist)")
     consent = sms_consents(engine)[1]
-    assert (consent.status, consent.source, json.loads(consent.evidence)["lookup_id"]) == ("withdrawn", "smsc:hlr", f"9001:{digits}")
+    assert (consent.status, consent.origin, consent.source_ref) == ("withdrawn", "smsc:hlr", f"hlr:9001:{digits}")
