@@ -81,15 +81,26 @@ def _key(values: dict[str, Any]) -> tuple:
     return (values["contact_id"], *(utc(values[n]) if n == "occurred_at" else str(values[n]) for n in FACT_KEY))
 
 
+def _lock_contacts(conn: sa.Connection, tenant: str, ids: list[int]) -> set[int]:
+    """Hold the contacts' chains for this transaction before their heads are read; returns the ids found.
+
+    PostgreSQL: ``SELECT … FOR UPDATE`` in id order (no deadlock between two writers). SQLite reads
+    outside a transaction until the first write, so a no-op ``UPDATE`` takes the database's one
+    write lock first (a second writer waits out the busy timeout).
+    """
+    where = sa.and_(contacts.c.tenant == tenant, contacts.c.id.in_(ids))
+    if conn.dialect.name == "sqlite":
+        conn.execute(sa.update(contacts).where(where).values(id=contacts.c.id))
+    return set(conn.execute(sa.select(contacts.c.id).where(where).order_by(contacts.c.id).with_for_update()).scalars())
+
+
 def append(conn: sa.Connection, tenant: str, facts: Sequence[ConsentFact], now: dt.datetime) -> list[bool]:
     """Append ``facts`` to their contacts' chains in the caller's transaction; for each fact, True
     when it was appended and False when that very fact (``FACT_KEY``) is already on record."""
     if not facts:
         return []
     ids = sorted({fact.contact_id for fact in facts})
-    # Lock the contacts (in id order: no deadlock between two writers) before reading their heads.
-    locked = set(conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, contacts.c.id.in_(ids)).order_by(contacts.c.id).with_for_update()).scalars())
-    if missing := set(ids) - locked:
+    if missing := set(ids) - _lock_contacts(conn, tenant, ids):
         raise ValueError(f"consent facts for contacts the tenant {tenant!r} does not have: {sorted(missing)[:5]}")
     heads: dict[int, str] = {}
     on_record: set[tuple] = set()
