@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -17,8 +18,10 @@ from pypdf import PdfReader
 
 from definitions import defs
 from orchestrator_assets.campaigns import audience_query
-from orchestrator_assets.consent_ledger import ConsentFact, append, consent_state
+from orchestrator_assets.consent_ledger import ConsentFact, append
 from orchestrator_assets.consent_verify import verify_chains
+from orchestrator_assets.imports.store import record_consents, upsert_contacts
+from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from policies.campaigns import Campaign
 from policies.consent_chain import GENESIS, event_hash
 from policies.consent_purposes import ANY_CHANNEL, CampaignPurpose, Purpose, SourceKind
@@ -177,6 +180,40 @@ def test_purposes_and_channels_are_separate_subjects(engine):
     assert consent_status(engine, anna, ANY_CHANNEL, "processing", NOW) == "granted"
     assert consent_status(engine, anna, "email", "advertising", NOW) is None
     assert consent_status(engine, anna, "sms", "advertising", NOW) == "withdrawn"
+
+
+# --- purposes from the import ---------------------------------------------------------------------
+
+
+def _imported(engine, **cells: str) -> None:
+    row = {**dict.fromkeys(CSV_COLUMNS, ""), "external_id": "c-1", "email": "anna@example.ru", "language": "ru", "consent_source": "form:x", **cells}
+    good = validate_contact_rows(pd.DataFrame([row])).good
+    with engine.begin() as conn:
+        upsert_contacts(conn, "demo", good, NOW)
+        record_consents(conn, "demo", good, NOW, file="crm.csv")
+
+
+def test_the_import_records_each_purpose_with_the_text_it_names_or_the_current_one(engine):
+    texts = load_consent_texts()
+    processing_text = texts.current("demo", Purpose.PROCESSING, "ru")
+    _imported(engine, consent_email="yes", consent_processing="да", consent_email_transactional="yes", consent_text_version=processing_text)
+    got = {(e.purpose, e.channel): (e.action, e.text_version, e.source_ref) for e in events(engine)}
+    assert got == {
+        ("advertising", "email"): ("grant", processing_text, "crm.csv:row 2"),  # the row names one text for all its decisions
+        ("processing", ANY_CHANNEL): ("grant", processing_text, "crm.csv:row 2"),
+        ("transactional", "email"): ("grant", processing_text, "crm.csv:row 2"),
+    }
+    with engine.begin() as conn:
+        conn.execute(sa.delete(consent_events))
+    _imported(engine, consent_email="no", consent_email_transactional="yes")
+    got = {e.purpose: e.text_version for e in events(engine)}
+    assert got == {"advertising": texts.current("demo", Purpose.ADVERTISING, "ru"), "transactional": texts.current("demo", Purpose.TRANSACTIONAL, "ru")}
+
+
+def test_an_unknown_consent_text_version_is_refused_naming_the_row(engine):
+    with pytest.raises(ValueError, match=r"row 2: consent_text_version '0{64}' is not one of tenant 'demo'"):
+        _imported(engine, consent_email="yes", consent_text_version="0" * 64)
+    assert events(engine) == []
 
 
 # --- purposes on the send path --------------------------------------------------------------------
