@@ -21,13 +21,14 @@ from fpdf import FPDF
 
 from orchestrator_assets.consent_ledger import open_identity
 from orchestrator_assets.consent_verify import verify_chains
+from orchestrator_assets.contact_pii import read_contacts
 from policies.consent_chain import canonical_value
 from policies.consent_texts import ConsentTextsFile
 from policies.masking import mask_value
 from resources.opstore_schema import consent_events, contacts
+from resources.pii import tenant_cipher
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-IDENTITY_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "vk_user_id")
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,10 @@ class Certificate:
     chain_intact: bool
 
 
-def _contact_identity(conn: sa.Connection, tenant: str, external_id: str) -> dict | None:
-    """The contact's id and identifying fields, or None when the tenant has no such contact.
-    The one place the certificate reads contact PII (to become ``contact_pii.read_contacts``)."""
-    query = sa.select(contacts.c.id, *(contacts.c[name] for name in IDENTITY_FIELDS)).where(contacts.c.tenant == tenant, contacts.c.external_id == external_id)
-    row = conn.execute(query).mappings().first()
-    return dict(row) if row else None
+def _contact(conn: sa.Connection, tenant: str, external_id: str) -> sa.Row | None:
+    """The contact's id and wrapped key, or None when the tenant has no such contact."""
+    query = sa.select(contacts.c.id, contacts.c.data_key).where(contacts.c.tenant == tenant, contacts.c.external_id == external_id)
+    return conn.execute(query).first()
 
 
 def _masked(values: dict) -> str:
@@ -77,10 +76,11 @@ def write_certificate(
 ) -> Certificate:
     """Write ``<out_dir>/contact-<id>.pdf`` for one contact (named by id: an external id may hold a chat id,
     and paths reach run metadata); ``LookupError`` when the tenant has no such contact."""
-    identity = _contact_identity(conn, tenant, external_id)
-    if identity is None:
+    contact = _contact(conn, tenant, external_id)
+    if contact is None:
         raise LookupError(f"tenant {tenant!r} has no contact with external_id {external_id!r}")
-    contact_id = identity.pop("id")
+    contact_id, cipher = contact.id, tenant_cipher(conn, tenant)
+    identity = read_contacts(conn, cipher, [contact_id]).get(contact_id, {})  # {} once erased
     events = conn.execute(
         sa.select(consent_events).where(consent_events.c.tenant == tenant, consent_events.c.contact_id == contact_id).order_by(consent_events.c.id)
     ).mappings().all()
@@ -102,7 +102,7 @@ def write_certificate(
         pdf.heading(f"Event {event['id']}: {event['action']} {event['purpose']} on {event['channel']}", 10)
         for name in ("occurred_at", "recorded_at", "source_kind", "source_ref", "origin", "text_version", "valid_until", "withdrawal_channel", "detail"):
             pdf.line(name, canonical_value(event[name]))
-        pdf.line("identifying evidence (masked)", _masked(open_identity(event["evidence_identity"])))
+        pdf.line("identifying evidence (masked)", _masked(open_identity(cipher, contact.data_key, event["evidence_identity"])))
         pdf.line("prev_hash", event["prev_hash"])
         pdf.line("hash", event["hash"])
     versions = sorted({event["text_version"] for event in events if event["text_version"]})

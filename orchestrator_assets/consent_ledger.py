@@ -23,7 +23,6 @@ can never fork a chain: the second waits for, or fails against, the first.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ import sqlalchemy as sa
 from policies.consent_chain import GENESIS, event_hash
 from policies.consent_purposes import Purpose, SourceKind
 from resources.opstore_schema import consent_events, contacts
+from resources.pii import TenantCipher, tenant_cipher
 
 GRANT, WITHDRAW = "grant", "withdraw"
 # The fields of an event that make it the same decision from the same source (the unique key):
@@ -66,23 +66,27 @@ def utc(moment: dt.datetime | None) -> dt.datetime | None:
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
-def seal_identity(identity: dict[str, Any]) -> bytes | None:
-    """The identifying evidence as stored. Until ``resources.pii`` lands this is its canonical JSON;
-    then it becomes ``cipher.seal(contact_key, identity)`` here, and only here."""
-    return json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() if identity else None
+def seal_identity(cipher: TenantCipher | None, wrapped_contact_key: bytes | None, identity: dict[str, Any]) -> bytes | None:
+    """The identifying evidence as stored: sealed with the contact's key, so erasing the contact
+    (shredding the key) makes it unreadable while the chain, which hashes the sealed bytes, still
+    verifies. A contact already erased keeps none."""
+    if not identity or cipher is None or wrapped_contact_key is None:
+        return None
+    return cipher.seal(wrapped_contact_key, identity)
 
 
-def open_identity(sealed: bytes | None) -> dict[str, Any]:
-    """The inverse of ``seal_identity``: {} when there is none (or, later, when the key is shredded)."""
-    return json.loads(bytes(sealed)) if sealed else {}
+def open_identity(cipher: TenantCipher, wrapped_contact_key: bytes | None, sealed: bytes | None) -> dict[str, Any]:
+    """What ``seal_identity`` sealed; {} when there is none or the contact's key was shredded."""
+    return cipher.open(wrapped_contact_key, sealed)
 
 
 def _key(values: dict[str, Any]) -> tuple:
     return (values["contact_id"], *(utc(values[n]) if n == "occurred_at" else str(values[n]) for n in FACT_KEY))
 
 
-def _lock_contacts(conn: sa.Connection, tenant: str, ids: list[int]) -> set[int]:
-    """Hold the contacts' chains for this transaction before their heads are read; returns the ids found.
+def _lock_contacts(conn: sa.Connection, tenant: str, ids: list[int]) -> dict[int, bytes | None]:
+    """Hold the contacts' chains for this transaction before their heads are read; returns the
+    wrapped key of each contact found (None once erased).
 
     PostgreSQL: ``SELECT … FOR UPDATE`` in id order (no deadlock between two writers). SQLite reads
     outside a transaction until the first write, so a no-op ``UPDATE`` takes the database's one
@@ -91,7 +95,7 @@ def _lock_contacts(conn: sa.Connection, tenant: str, ids: list[int]) -> set[int]
     where = sa.and_(contacts.c.tenant == tenant, contacts.c.id.in_(ids))
     if conn.dialect.name == "sqlite":
         conn.execute(sa.update(contacts).where(where).values(id=contacts.c.id))
-    return set(conn.execute(sa.select(contacts.c.id).where(where).order_by(contacts.c.id).with_for_update()).scalars())
+    return {row.id: row.data_key for row in conn.execute(sa.select(contacts.c.id, contacts.c.data_key).where(where).order_by(contacts.c.id).with_for_update())}
 
 
 def append(conn: sa.Connection, tenant: str, facts: Sequence[ConsentFact], now: dt.datetime) -> list[bool]:
@@ -100,8 +104,10 @@ def append(conn: sa.Connection, tenant: str, facts: Sequence[ConsentFact], now: 
     if not facts:
         return []
     ids = sorted({fact.contact_id for fact in facts})
-    if missing := set(ids) - _lock_contacts(conn, tenant, ids):
+    keys = _lock_contacts(conn, tenant, ids)
+    if missing := set(ids) - keys.keys():
         raise ValueError(f"consent facts for contacts the tenant {tenant!r} does not have: {sorted(missing)[:5]}")
+    cipher = tenant_cipher(conn, tenant) if any(fact.identity for fact in facts) else None
     heads: dict[int, str] = {}
     on_record: set[tuple] = set()
     stored = sa.select(consent_events).where(consent_events.c.tenant == tenant, consent_events.c.contact_id.in_(ids)).order_by(consent_events.c.id)
@@ -124,7 +130,7 @@ def append(conn: sa.Connection, tenant: str, facts: Sequence[ConsentFact], now: 
             "text_version": fact.text_version,
             "valid_until": utc(fact.valid_until),
             "withdrawal_channel": fact.withdrawal_channel,
-            "evidence_identity": seal_identity(fact.identity),
+            "evidence_identity": seal_identity(cipher, keys[fact.contact_id], fact.identity),
             "detail": fact.detail,
         }
         if fact.action not in (GRANT, WITHDRAW):

@@ -13,6 +13,7 @@ import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
+import sealed
 from flow import metadata, process_inbox, running_stack
 
 from definitions import defs
@@ -71,9 +72,10 @@ def test_telegram_start_grants_consent_and_sends_the_welcome_exactly_once(algor_
         _, inbox_cursor = process_inbox(instance)
 
         with engine.connect() as conn:
-            (contact,) = conn.execute(sa.select(contacts).where(contacts.c.telegram_chat_id == chat)).all()
+            (contact,) = sealed.contacts_with(conn, "demo", "telegram_chat_id", chat)
+            newcomer = sealed.newcomer_external_id(conn, "demo", "telegram", chat)
             (fact,) = conn.execute(sa.select(consent_events).where(consent_events.c.contact_id == contact.id)).all()
-        assert contact.external_id == f"telegram:{chat}"
+        assert contact.external_id == newcomer
         assert consent_status(engine, contact.id, "telegram") == "granted"
         assert (fact.action, fact.channel, fact.purpose, fact.source_kind) == ("grant", "telegram", "advertising", "bot_command")
         assert json.loads(fact.detail)["reason"] == "command:/start"
