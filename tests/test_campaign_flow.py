@@ -15,7 +15,7 @@ from resources.channels.mailgun import sign
 from resources.opstore import OperationalStore
 from resources.opstore_schema import contacts, deliveries, segment_members, sends, webhook_inbox
 from resources.pii import tenant_cipher
-from tests.consents import granted_rows
+from consents import granted_rows
 from resources.settings import get_settings
 
 

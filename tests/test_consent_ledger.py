@@ -18,7 +18,7 @@ from pypdf import PdfReader
 
 from definitions import defs
 from orchestrator_assets.campaigns import audience_query
-from orchestrator_assets.consent_ledger import ConsentFact, append
+from orchestrator_assets.consent_ledger import ConsentFact, append, open_identity
 from orchestrator_assets.consent_verify import verify_chains
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
@@ -29,7 +29,9 @@ from policies.consent_texts import text_version
 from policies.loader import load_consent_texts
 from resources.opstore import MIGRATIONS_DIR, OperationalStore, engine_for, migrate
 from resources.opstore_schema import audit_log, consent_events, contacts, metadata, segment_members
-from tests.consents import consent_status
+from resources.pii import tenant_cipher
+import sealed
+from consents import consent_status
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -54,8 +56,7 @@ def _drop(engine: sa.Engine, backend: str) -> None:
 
 def add_contact(engine, external_id: str, tenant: str = "demo", **fields) -> int:
     with engine.begin() as conn:
-        values = {"tenant": tenant, "external_id": external_id, "created_at": NOW, "updated_at": NOW, **fields}
-        return conn.execute(sa.insert(contacts).values(values).returning(contacts.c.id)).scalar_one()
+        return sealed.add_contact(conn, tenant, external_id, NOW, **fields)
 
 
 def fact(contact_id: int, action: str = "grant", at: dt.datetime = NOW, channel: str = "email", purpose: Purpose = Purpose.ADVERTISING, **extra) -> ConsentFact:
@@ -85,8 +86,17 @@ def test_each_event_hashes_its_predecessor_and_a_repeated_fact_is_not_appended(e
     first, other, second = events(engine)
     assert (first.prev_hash, other.prev_hash, second.prev_hash) == (GENESIS, GENESIS, first.hash)  # one chain per contact
     assert first.hash == event_hash(GENESIS, first._mapping) and second.hash == event_hash(first.hash, second._mapping)
-    assert b"203.0.113.7" in first.evidence_identity and "203.0.113.7" not in (first.detail or "")  # identity kept in its one column
     assert (first.text_version, second.withdrawal_channel) == ("a" * 64, "email")
+    # Identifying evidence is sealed with the contact's key: readable with it, and gone with it
+    # (erasure shreds the key) while the chain, which hashes the sealed bytes, still verifies.
+    assert b"203.0.113.7" not in first.evidence_identity and "203.0.113.7" not in (first.detail or "")
+    with engine.begin() as conn:
+        cipher = tenant_cipher(conn, "demo")
+        key = conn.execute(sa.select(contacts.c.data_key).where(contacts.c.id == anna)).scalar_one()
+        assert open_identity(cipher, key, first.evidence_identity) == identity
+        conn.execute(sa.update(contacts).where(contacts.c.id == anna).values(data_key=None))
+        assert open_identity(cipher, None, first.evidence_identity) == {}
+        assert verify_chains(conn, "demo").broken == []
 
 
 def test_a_second_successor_of_one_event_is_refused_so_the_chain_cannot_fork(engine):
@@ -242,7 +252,7 @@ def test_the_audience_holds_only_contacts_with_every_consent_the_campaign_needs(
     write(engine, *(fact(anna, purpose=p, channel=ANY_CHANNEL if p == Purpose.PROCESSING else "email") for p in granted))
     with engine.begin() as conn:
         conn.execute(sa.insert(segment_members).values(tenant="demo", segment="everyone", contact_id=anna, materialized_at=NOW))
-        audience = conn.execute(audience_query("demo", _campaign(purpose), "email", NOW, require_processing)).all()
+        audience = conn.execute(audience_query(tenant_cipher(conn, "demo"), _campaign(purpose), "email", NOW, require_processing)).all()
     assert [row.id for row in audience] == ([anna] if reached else [])
 
 
@@ -255,11 +265,11 @@ def test_the_migration_carries_earlier_events_over_chained(backend, request, alg
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine_for(url)
-    command.upgrade(config, "0009")
+    command.upgrade(config, "0010")  # the revision before the ledger
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            contact = conn.execute(sa.text("INSERT INTO contacts (tenant, external_id, created_at, updated_at) VALUES ('demo', 'old', :t, :t) RETURNING id"), {"t": NOW}).scalar_one()
+            contact = sealed.add_contact(conn, "demo", "old", NOW)
             for action, evidence in (("grant", '{"file":"crm.csv","row":7}'), ("withdraw", '{"inbox_id":41,"provider":"mailgun"}')):
                 conn.execute(
                     sa.text(

@@ -13,7 +13,7 @@ import sealed
 from orchestrator_assets.deliveries.processing import process_rows
 from resources.opstore import OperationalStore
 from resources.opstore_schema import blocked_senders, consent_events, deliveries, sends, webhook_inbox
-from tests.consents import granted_rows, record
+from consents import granted_rows, record
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 

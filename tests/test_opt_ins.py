@@ -17,7 +17,7 @@ from resources.opstore import migrate
 from orchestrator_assets.consent_ledger import ConsentFact, append
 from policies.consent_purposes import Purpose, SourceKind
 from resources.opstore_schema import consent_events, contacts, metadata, trigger_events, webhook_inbox
-from tests.consents import consent_status
+from consents import consent_status
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 T0 = int(dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC).timestamp())

@@ -37,7 +37,7 @@ from resources.settings import get_settings
 from sandbox.config import SandboxConfig
 from sandbox.outcomes import outcome_for
 from sandbox.server import run_uvicorn_in_thread, running_sandbox
-from tests.consents import record
+from consents import record
 
 OP = "contacts__phone_reachability"
 SANDBOX_LIMIT_PER_S = 2

@@ -20,7 +20,7 @@ from definitions import defs
 from policies.loader import load_bundle, load_tenants
 from resources.opstore import OperationalStore
 from resources.opstore_schema import consent_events, contacts, deliveries, sends, trigger_events
-from tests.consents import consent_status
+from consents import consent_status
 from resources.settings import get_settings
 from sandbox.outcomes import outcome_for
 from sensors.campaigns import CAMPAIGN_OP

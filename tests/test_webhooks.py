@@ -46,7 +46,7 @@ from policies.policy import WebhookDeliveryPolicy
 from policies.tenants import WebhookEventType, WebhookSubscription
 from resources.opstore import OperationalStore, migrate
 from resources.opstore_schema import contacts, metadata, sends, webhook_attempts, webhook_inbox, webhook_outbox
-from tests.consents import record
+from consents import record
 from resources.settings import SettingsError
 from resources.warehouse import Warehouse
 from sandbox.server import run_uvicorn_in_thread

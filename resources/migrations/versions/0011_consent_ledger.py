@@ -7,7 +7,7 @@ the old free-text ``evidence`` becomes ``detail``, and each contact's events (in
 chained with the same rule the ledger writes with.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 """
 
 import json
@@ -18,7 +18,7 @@ from alembic import op
 from policies.consent_chain import GENESIS, event_hash
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
