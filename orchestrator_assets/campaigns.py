@@ -77,6 +77,7 @@ def audience_query(
         .join(consents, sa.and_(consents.c.contact_id == contacts.c.id, consents.c.tenant == tenant))
         .where(
             contacts.c.tenant == tenant,
+            contacts.c.merged_into.is_(None),  # a merged contact's tombstone: the survivor is messaged
             consents.c.channel == channel,
             consents.c.purpose == campaign.purpose,
             consents.c.status == "granted",

@@ -81,7 +81,7 @@ def due_numbers(conn: sa.Connection, cipher: TenantCipher, now: dt.datetime, rec
     query = (
         sa.select(contacts.c.id, contacts.c.data_key, contacts.c.pii)
         .select_from(contacts.outerjoin(last, sa.and_(last.c.tenant == contacts.c.tenant, last.c.contact_id == contacts.c.id)))
-        .where(contacts.c.tenant == tenant, contacts.c.phone_bidx.is_not(None), granted_sms, stale)
+        .where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None), contacts.c.phone_bidx.is_not(None), granted_sms, stale)
         .order_by(last.c.checked_at.asc().nulls_first(), contacts.c.id)
     )
     return [DueNumber(row.id, cipher.open(row.data_key, row.pii)["phone"]) for row in conn.execute(query)]

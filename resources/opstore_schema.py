@@ -43,6 +43,9 @@ contacts = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("erased_at", UTCDateTime),
+    # Set when the contact was merged into another (contact_merges): a tombstone, kept so that rows
+    # left pointing at it (warehouse events, colliding sends, its consent history) still add up.
+    sa.Column("merged_into", sa.BigInteger),
     sa.UniqueConstraint("tenant", "external_id", name="uq_contacts_tenant_external_id"),
     sa.Index("ix_contacts_email_bidx", "tenant", "email_bidx"),
     sa.Index("ix_contacts_phone_bidx", "tenant", "phone_bidx"),
@@ -332,4 +335,53 @@ audit_log = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Index("ix_audit_log_tenant_id", "tenant", "id"),
+)
+
+# Pairs of a tenant's live contacts that may be one person (contacts/contact_duplicate_candidates,
+# replaced on every materialisation): ids, a score 0-100 and the reason in words; never the values.
+contact_duplicate_candidates = sa.Table(
+    "contact_duplicate_candidates",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),  # the older of the two
+    sa.Column("other_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),
+    sa.Column("score", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("found_at", UTCDateTime, nullable=False),
+)
+
+# One row per merge of a contact into a survivor (contact_merge_job) and, once undone, by whom
+# (contact_unmerge_job). What the merge changed is in contact_merge_moves, so the undo is exact.
+contact_merges = sa.Table(
+    "contact_merges",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("survivor_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
+    sa.Column("merged_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),  # now a tombstone
+    sa.Column("score", sa.Integer),  # the candidate's score; null for an explicit pair that was no candidate
+    sa.Column("operator", sa.String(128), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("merged_at", UTCDateTime, nullable=False),
+    sa.Column("undone_at", UTCDateTime),
+    sa.Column("undone_by", sa.String(128)),
+    sa.Column("undo_run_id", sa.String(64)),
+    sa.Index("ix_contact_merges_tenant_merged", "tenant", "merged_id"),
+)
+
+# Everything one merge changed, a row each: which table, which row (send id, trigger event id,
+# segment, field, channel/purpose), what was done (moved | kept | deleted | filled | appended) and
+# the non-personal values needed to put it back (JSON). Personal values are never copied here.
+contact_merge_moves = sa.Table(
+    "contact_merge_moves",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("merge_id", sa.BigInteger, sa.ForeignKey("contact_merges.id"), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("table_name", sa.String(64), nullable=False),
+    sa.Column("row_key", sa.String(256), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("before", sa.Text),
+    sa.Index("ix_contact_merge_moves_merge", "merge_id"),
 )
