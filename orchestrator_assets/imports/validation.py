@@ -22,9 +22,9 @@ half-imported. ``row`` everywhere is the row number a spreadsheet shows for the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pa
@@ -228,21 +228,14 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
 _PANDERA_REASONS = {"column_in_dataframe": "missing column"}
 
 
-def read_contacts_csv(path: str | Path) -> pd.DataFrame:
-    """Read a contacts CSV with every cell as text and empty cells as ``""`` (never NaN).
+def _as_text(raw: pd.DataFrame, rows: Sequence[int] | None) -> pd.DataFrame:
+    """Every cell as text with ``NaN``/``None`` → ``""``, indexed by spreadsheet row.
 
-    ``utf-8-sig`` accepts files saved by Excel (which prepend a byte-order mark) as well as plain
-    UTF-8.
+    ``rows`` are the rows the reader found the records on; without them (a frame built in a test
+    or an asset) the records are taken as consecutive rows under the header.
     """
-    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-
-
-def _as_text(raw: pd.DataFrame) -> pd.DataFrame:
-    """Every cell as text with ``NaN``/``None`` → ``""``, positional index.
-
-    Accepts frames not read by ``read_contacts_csv`` too (e.g. built in a test or an asset).
-    """
-    frame = raw.reset_index(drop=True).astype(object)
+    frame = raw.astype(object)
+    frame.index = pd.Index(rows if rows is not None else range(FIRST_DATA_ROW, FIRST_DATA_ROW + len(raw)), dtype="int64")
     return frame.where(frame.notna(), "").astype(str)
 
 
@@ -266,8 +259,7 @@ def _schema_errors(text: pd.DataFrame) -> list[dict]:
                 records.append({"row": 1, "column": case.column, "value": "", "reason": reason})
             else:
                 row = int(case.index)
-                value = text.at[row, case.column]
-                records.append({"row": row + FIRST_DATA_ROW, "column": case.column, "value": value, "reason": reason})
+                records.append({"row": row, "column": case.column, "value": text.at[row, case.column], "reason": reason})
         return records
     return []
 
@@ -275,13 +267,13 @@ def _schema_errors(text: pd.DataFrame) -> list[dict]:
 def _normalise(column: pd.Series, normaliser, name: str, errors: list[dict]) -> pd.Series:
     """Apply ``normaliser`` to the non-blank cells; failures go to ``errors``, value → None."""
 
-    def normalise(position: int, text: str) -> str | None:
+    def normalise(row: int, text: str) -> str | None:
         if not text.strip():
             return None
         try:
             return normaliser(text.strip())
         except ValueError as exc:
-            errors.append({"row": position + FIRST_DATA_ROW, "column": name, "value": text, "reason": str(exc)})
+            errors.append({"row": row, "column": name, "value": text, "reason": str(exc)})
             return None
 
     return pd.Series([normalise(p, t) for p, t in column.items()], index=column.index, dtype=object)
@@ -291,32 +283,32 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
     """Rules that span rows or columns, or need the clock, which per-cell checks cannot express."""
     errors = []
     parse = _or_none(parse_timestamp)  # a malformed date is the schema's to report
-    for position, value in text["consent_at"].items():
+    for row, value in text["consent_at"].items():
         moment = parse(value)
         reason = future_dated(moment.to_pydatetime(), now) if moment is not None else None
         if reason:
-            errors.append({"row": position + FIRST_DATA_ROW, "column": "consent_at", "value": value, "reason": reason})
+            errors.append({"row": row, "column": "consent_at", "value": value, "reason": reason})
     first_seen: dict[str, int] = {}
-    for position, value in text["external_id"].str.strip().items():
+    for row, value in text["external_id"].str.strip().items():
         if not value:
             continue
         if value not in first_seen:
-            first_seen[value] = position
+            first_seen[value] = row
             continue
         errors.append(
             {
-                "row": position + FIRST_DATA_ROW,
+                "row": row,
                 "column": "external_id",
-                "value": text.at[position, "external_id"],
-                "reason": f"duplicate external_id, first seen on row {first_seen[value] + FIRST_DATA_ROW}",
+                "value": text.at[row, "external_id"],
+                "reason": f"duplicate external_id, first seen on row {first_seen[value]}",
             }
         )
     blank = text.map(lambda value: not value.strip()).astype(bool)
     no_address = blank[list(ADDRESS_COLUMNS)].all(axis=1)
-    for position in text.index[no_address]:
+    for row in text.index[no_address]:
         errors.append(
             {
-                "row": position + FIRST_DATA_ROW,
+                "row": row,
                 "column": NO_ADDRESS_COLUMN,
                 "value": "",
                 "reason": "no address: need an email, phone, telegram_chat_id or vk_user_id",
@@ -324,10 +316,10 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
         )
     # Consent law asks us to prove where each decision came from; the store requires a source.
     has_decision = ~blank[list(CONSENT_COLUMNS)].all(axis=1)
-    for position in text.index[has_decision & blank["consent_source"]]:
+    for row in text.index[has_decision & blank["consent_source"]]:
         errors.append(
             {
-                "row": position + FIRST_DATA_ROW,
+                "row": row,
                 "column": "consent_source",
                 "value": "",
                 "reason": "required when a consent decision is given",
@@ -360,16 +352,19 @@ def _tidy(value: str) -> str | None:
     return " ".join(value.split()) or None
 
 
-def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU", now: datetime | None = None) -> ValidationResult:
+def validate_contact_rows(
+    raw: pd.DataFrame, default_region: str = "RU", now: datetime | None = None, rows: Sequence[int] | None = None
+) -> ValidationResult:
     """Split a raw contacts table into normalised good rows and a table of every problem.
 
-    ``raw`` is the file as text (see ``read_contacts_csv``); ``now`` (default: the clock) is what a
+    ``raw`` is the file as text and ``rows`` the spreadsheet row of each record (see
+    ``reading.read_contacts_file``); ``now`` (default: the clock) is what a
     ``consent_at`` must not lie beyond, give or take the allowed clock skew. A missing required column makes
     every row meaningless, so then the only errors are one ``missing column`` per absent column
     (row 1, the header) and ``good`` is empty. Among rows sharing an ``external_id`` the first
     one is authoritative; later ones are errors pointing at it.
     """
-    text = _as_text(raw)
+    text = _as_text(raw, rows)
     for column in OPTIONAL_COLUMNS:
         if column not in text.columns:
             text[column] = ""
@@ -395,7 +390,7 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> 
     """Every row normalised; cells that fail normalisation become None and land in ``errors``."""
     return pd.DataFrame(
         {
-            "row": pd.Series(text.index + FIRST_DATA_ROW, index=text.index, dtype="int64"),
+            "row": pd.Series(text.index, index=text.index, dtype="int64"),
             "external_id": _each(text["external_id"], str.strip),
             "first_name": _each(text["first_name"], _tidy),
             "last_name": _each(text["last_name"], _tidy),
@@ -418,34 +413,3 @@ def _column_order(column: str) -> int:
     first = column.split("|", 1)[0]
     columns = CSV_COLUMNS + OPTIONAL_COLUMNS
     return columns.index(first) if first in columns else len(columns)
-
-
-# --- reports ----------------------------------------------------------------------------------
-
-
-def _cell(value: object, width: int = 60) -> str:
-    text = " ".join(str(value).split())
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return text.replace("|", "\\|")
-
-
-def error_report_markdown(errors: pd.DataFrame, limit: int = 50) -> str:
-    """A Markdown table of the first ``limit`` errors, for run metadata and the operator UI."""
-    if errors.empty:
-        return "No errors."
-    lines = ["| row | column | value | reason |", "| ---: | --- | --- | --- |"]
-    for error in errors.head(limit).itertuples(index=False):
-        lines.append(f"| {error.row} | {_cell(error.column)} | {_cell(error.value)} | {_cell(error.reason, 200)} |")
-    if len(errors) > limit:
-        lines.append("")
-        lines.append(f"… and {len(errors) - limit} more")
-    return "\n".join(lines)
-
-
-def write_error_report(errors: pd.DataFrame, path: str | Path) -> Path:
-    """Write the full error table as UTF-8 CSV (columns ``row,column,value,reason``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    errors.loc[:, list(ERROR_COLUMNS)].to_csv(path, index=False, encoding="utf-8")
-    return path

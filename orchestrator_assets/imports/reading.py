@@ -1,0 +1,256 @@
+"""Reading a contacts file as people export it, or saying precisely why it cannot be read.
+
+Everything is detected, nothing configured:
+
+* **Encoding.** A byte-order mark says UTF-8 or UTF-16 (Excel's "Unicode text"). Otherwise
+  strict UTF-8 is tried first: text in a legacy code page practically never decodes as UTF-8,
+  so a success is proof. What is left is a single-byte code page, and there guessing is
+  unavoidable; ``charset-normalizer`` picks between the only two our tenants' Excel writes,
+  Windows-1251 (Russian) and Windows-1252 (German, English). Blindly decoding as cp1251 would
+  turn every ``ü`` of a German file into ``ь`` without a word; a free guess over all code pages
+  calls short German files cp1250.
+* **Delimiter.** Excel's ``sep=;`` first line, when present, decides. Otherwise each of ``,``
+  ``;`` tab ``|`` splits the header line, and the one that yields the most known column names
+  wins (fields counted as a tie-break): counting delimiters alone is fooled by a header such as
+  ``Моб. телефон; Город, область``.
+* **Records.** Python's csv module in strict mode, so a broken quote is an error with a line
+  number, not a silent merge. A quote that opens a cell and closes many lines later parses
+  without error yet swallows whole records ("six data lines read as three"); a multi-line cell
+  whose later lines look like records of their own (about half the header's delimiters) is
+  therefore reported on its row and kept out of the import.
+
+The outcome is a ``ReadResult`` (text cells, our column names, the spreadsheet row of every
+record) or a ``Refusal`` for a file that is not a usable CSV at all. No exception of the parser
+reaches the caller.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from charset_normalizer import from_bytes
+
+from orchestrator_assets.imports.headers import alias_index, header_key
+from orchestrator_assets.imports.validation import CSV_COLUMNS
+
+MAX_CELL_CHARS = 64 * 1024
+MAX_COLUMNS = 200
+_DETECTION_SAMPLE = 64 * 1024  # bytes given to charset-normalizer
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+LEGACY_CODE_PAGES = ("cp1251", "cp1252")
+_EXCEL_SEP_LINE = re.compile(r"\Asep=(.)\r?\n", re.IGNORECASE)
+
+# First bytes of the files that get renamed to .csv most often, in words an operator knows.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (an .xlsx workbook is one: save it as CSV)"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel/Word file (.xls/.doc: save it as CSV)"),
+    (b"\x1f\x8b", "a gzip archive"),
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a file is not imported at all: ``reason`` groups refusals, ``detail`` says where/what."""
+
+    reason: str
+    detail: str
+    row: int | None = None  # the spreadsheet row at fault, when there is one
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """The readable records of a file as text, under our column names.
+
+    ``rows`` holds the spreadsheet row of each record of ``frame`` (header = row 1; blank lines and
+    refused records keep their numbers, so an operator finds the row where Excel shows it).
+    ``problems`` are the records that could not be read as one row (``row, column, value, reason``).
+    """
+
+    frame: pd.DataFrame
+    rows: list[int]
+    problems: list[dict] = field(default_factory=list)
+    encoding: str = "utf-8"
+    delimiter: str = ","
+    ignored_columns: tuple[str, ...] = ()
+    renamed: dict[str, str] = field(default_factory=dict)  # header as written → our column
+
+    @property
+    def records(self) -> int:
+        """Data records seen (read or refused), blank lines not counted."""
+        return len(self.rows) + len(self.problems)
+
+
+def read_contacts_file(path: str | Path, custom_fields: Mapping[str, Iterable[str]] | None = None) -> ReadResult | Refusal:
+    """Read ``path``; ``custom_fields`` (a tenant's declared fields: name → header aliases) are
+    columns too, every other unknown column is left out and named in ``ignored_columns``."""
+    data = Path(path).read_bytes()
+    decoded = _decode(data)
+    if isinstance(decoded, Refusal):
+        return decoded
+    text, encoding = decoded
+    if not text.strip():
+        return Refusal("empty file", f"the file has {len(data)} bytes and no text" if data else "the file has 0 bytes")
+    index = alias_index(custom_fields)
+    delimiter, text, skipped_lines = _delimiter(text, index)
+    parsed = _parse(text, delimiter, first_line=1 + skipped_lines)
+    if isinstance(parsed, Refusal):
+        return parsed
+    header, records = parsed
+    columns = _columns(header, index, delimiter)
+    if isinstance(columns, Refusal):
+        return columns
+    names, renamed, ignored = columns
+    frame, rows, problems = _records(records, header, names, delimiter)
+    if not rows and not problems:
+        return Refusal("no data rows", f"the file has a header ({len(header)} columns) and no rows under it")
+    return ReadResult(frame, rows, problems, encoding, delimiter, ignored, renamed)
+
+
+def _decode(data: bytes) -> tuple[str, str] | Refusal:
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            return Refusal("not a CSV file", f"the file is {what}")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return _strict(data, "utf-16")
+    if b"\x00" in data[:_DETECTION_SAMPLE]:
+        return Refusal("not a CSV file", "the file holds binary data (NUL bytes), not text")
+    if data.startswith(b"\xef\xbb\xbf"):
+        return _strict(data, "utf-8-sig")
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    best = from_bytes(data[:_DETECTION_SAMPLE], cp_isolation=list(LEGACY_CODE_PAGES)).best()
+    return _strict(data, best.encoding if best else LEGACY_CODE_PAGES[0])
+
+
+def _strict(data: bytes, encoding: str) -> tuple[str, str] | Refusal:
+    try:
+        return data.decode(encoding), encoding
+    except UnicodeDecodeError as exc:
+        return Refusal(
+            "unknown text encoding",
+            f"not UTF-8, UTF-16, Windows-1251 or Windows-1252 (byte {exc.start} does not decode as {encoding}); save the file as CSV UTF-8",
+        )
+
+
+def _delimiter(text: str, index: dict[str, str]) -> tuple[str, str, int]:
+    """The delimiter, the text without Excel's ``sep=`` line (Excel does not show it as a row)
+    and how many lines that took off the top."""
+    declared = _EXCEL_SEP_LINE.match(text)
+    if declared:
+        return declared.group(1), text[declared.end():], 1
+    first_line = text.split("\n", 1)[0]
+
+    def score(delimiter: str) -> tuple[int, int]:
+        cells = next(csv.reader([first_line], delimiter=delimiter), [])
+        return sum(header_key(cell) in index for cell in cells), len(cells)
+
+    return max(DELIMITERS, key=score), text, 0
+
+
+def _parse(text: str, delimiter: str, first_line: int) -> tuple[list[str], list[tuple[int, int, list[str]]]] | Refusal:
+    """Header and ``(first line, last line, cells)`` of every record, lines counted in the file
+    from ``first_line``; refusals for what breaks the parser."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    records: list[tuple[int, int, list[str]]] = []
+    offset = first_line - 1
+    start = first_line
+    try:
+        for cells in reader:
+            if any(len(cell) > MAX_CELL_CHARS for cell in cells):
+                return _too_large(start, row=len(records) + 1)
+            records.append((start, reader.line_num + offset, cells))
+            start = reader.line_num + offset + 1
+    except csv.Error as exc:
+        message, row = str(exc), len(records) + 1  # the record being read: header = row 1
+        if "field larger than field limit" in message:
+            return _too_large(start, row)
+        if "unexpected end of data" in message:
+            return Refusal("unterminated quote", f"a quote opened in the record starting on line {start} is never closed", row)
+        return Refusal(
+            "malformed quote",
+            f"line {reader.line_num + offset}: {message} (a quote inside a quoted cell must be doubled: \"\")",
+            row,
+        )
+    header = records[0][2]
+    if len(header) > MAX_COLUMNS:
+        return Refusal("too many columns", f"the header has {len(header)} columns; at most {MAX_COLUMNS} are read", row=1)
+    return header, records[1:]
+
+
+def _too_large(line: int, row: int) -> Refusal:
+    return Refusal(
+        "cell too large",
+        f"a cell in the record starting on line {line} is longer than {MAX_CELL_CHARS} characters"
+        " (a quote that is never closed makes one too)",
+        row,
+    )
+
+
+def _columns(header: list[str], index: dict[str, str], delimiter: str) -> tuple[list[str | None], dict[str, str], tuple[str, ...]] | Refusal:
+    """Our name for each header cell (``None``: not ours), the renames, the ignored headers."""
+    names: list[str | None] = []
+    seen: dict[str, str] = {}
+    for cell in header:
+        name = index.get(header_key(cell))
+        if name in seen:
+            return Refusal("column given twice", f"{seen[name]!r} and {cell!r} both mean {name}", row=1)
+        if name:
+            seen[name] = cell
+        names.append(name)
+    as_read = f"read with the {DELIMITERS.get(delimiter, repr(delimiter))} as delimiter, the header is {_shown(delimiter.join(header))}"
+    if not seen:
+        return Refusal("no known column", f"{as_read}; expected columns such as external_id, phone, email (or Телефон, E-mail, Имя)", row=1)
+    missing = [column for column in CSV_COLUMNS if column not in seen]
+    if missing:
+        return Refusal("missing columns", f"{', '.join(missing)} not found; {as_read}", row=1)
+    renamed = {cell: name for name, cell in seen.items() if cell != name}
+    ignored = tuple(cell or f"(column {position + 1}, no name)" for position, (cell, name) in enumerate(zip(header, names)) if not name)
+    return names, renamed, ignored
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    text = text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+    return repr(text)
+
+
+def _records(records, header: list[str], names: list[str | None], delimiter: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
+    """Our columns of every readable record; blank lines skipped (their row numbers kept)."""
+    width = len(header)
+    swallowed_at = max(2, (width - 1) // 2)  # delimiters in a line of a cell that make it look like a record
+    keep = [position for position, name in enumerate(names) if name]
+    cells_by_row: list[list[str]] = []
+    rows: list[int] = []
+    problems: list[dict] = []
+    for row, (first_line, last_line, cells) in enumerate(records, start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        reason = None
+        if last_line > first_line and any(
+            line.count(delimiter) >= swallowed_at for cell in cells for line in cell.split("\n")[1:]
+        ):
+            reason = (
+                f"lines {first_line}–{last_line} were read as one record: a quote opened in this row is closed"
+                f" only on line {last_line} (a stray \" in a cell?)"
+            )
+        elif len(cells) > width and any(cell.strip() for cell in cells[width:]):
+            reason = f"{len(cells)} cells, the header has {width}"
+        if reason:
+            problems.append({"row": row, "column": "", "value": "", "reason": reason})
+            continue
+        cells = cells + [""] * (width - len(cells))  # Excel leaves out a row's trailing empty cells
+        cells_by_row.append([cells[position] for position in keep])
+        rows.append(row)
+    frame = pd.DataFrame(cells_by_row, columns=[names[position] for position in keep], dtype=str)
+    return frame, rows, problems
