@@ -34,6 +34,9 @@ contacts = sa.Table(
     sa.Column("language", sa.String(8)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The tenant's custom fields (tenants.yaml custom_fields) as one JSON object text, values in
+    # canonical spelling (orchestrator_assets/imports/custom_fields.py).
+    sa.Column("custom_fields", sa.Text),
     sa.UniqueConstraint("tenant", "external_id", name="uq_contacts_tenant_external_id"),
 )
 

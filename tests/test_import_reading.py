@@ -5,20 +5,27 @@ partial import."""
 from __future__ import annotations
 
 import csv
+import json
+import re
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 
 from orchestrator_assets.consents import contact_consents
 from orchestrator_assets.contacts import contacts
 from orchestrator_assets.imports.assets import contact_import_rows
-from orchestrator_assets.imports.inspection import error_report_path
+from orchestrator_assets.imports import inspection as inspection_module
+from orchestrator_assets.imports.inspection import error_report_path, inspect_file
 from orchestrator_assets.imports.reading import ReadResult, Refusal, read_contacts_file
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
-from resources.opstore import OperationalStore
-from resources.opstore_schema import consent_events
+from resources.opstore import OperationalStore, migrate
+from policies.loader import load_tenants
+from policies.tenants import CustomField
+from resources.opstore_schema import consent_events, metadata
 from resources.opstore_schema import contacts as contacts_table
 
 CORPUS = Path(__file__).resolve().parent / "data" / "ugly_csv"
@@ -288,3 +295,91 @@ def test_files_that_are_not_text_are_refused(tmp_path, data, detail):
     path = tmp_path / "x.csv"
     path.write_bytes(data)
     assert read_contacts_file(path).detail == detail
+
+
+# --- a tenant's custom fields (demo: loyalty_level enum, first_order date, orders int, average_check decimal, vip bool) ---
+
+
+def test_custom_fields_are_read_under_their_aliases_checked_in_one_pass_and_stored_as_canonical_json(algor_home, tmp_path):
+    header = HEADER + ",Уровень лояльности,Первый заказ,Заказов,Средний чек,VIP,Комментарий"
+    path = _write(
+        tmp_path,
+        f"{header}\n"
+        "u-1,,,a@example.ru,,,,,,,,,,GOLD,01.03.2025,12,\"1 500,50\",да,x\n"
+        "u-2,,,b@example.ru,,,,,,,,,,silver,2025-03-02,7,99,no,\n"
+        "u-3,,,c@example.ru,,,,,,,,,,,,,,,\n"
+        "u-4,,,d@example.ru,,,,,,,,,,platinum,31.02.2025,1.5,abc,maybe,\n",
+    )
+    inspection = inspect_file(path, "demo")
+    assert inspection.read.ignored_columns == ("Комментарий",)
+    problems = list(inspection.problems[["row", "column", "reason"]].itertuples(index=False, name=None))
+    assert problems == [
+        (5, "loyalty_level", "not one of: bronze, silver, gold"),
+        (5, "first_order", "not a date (YYYY-MM-DD or DD.MM.YYYY)"),
+        (5, "orders", "not an integer"),
+        (5, "average_check", "not a decimal number (e.g. 12.5 or 12,5)"),
+        (5, "vip", "not yes/no (use yes/no, да/нет, 1/0, true/false)"),
+    ]
+    good = inspection.validation.good
+    assert list(good["external_id"]) == ["u-1", "u-2", "u-3"]
+    assert [json.loads(text) if text else None for text in good["custom_fields"]] == [
+        {"loyalty_level": "gold", "first_order": "2025-03-01", "orders": 12, "average_check": "1500.50", "vip": True},
+        {"loyalty_level": "silver", "first_order": "2025-03-02", "orders": 7, "average_check": "99", "vip": False},
+        None,
+    ]
+
+
+def _declare(monkeypatch, **fields: CustomField) -> None:
+    """The demo tenant with exactly ``fields`` as its custom fields, for the import's next read."""
+    tenants = load_tenants()
+    demo = tenants.tenants["demo"].model_copy(update={"custom_fields": fields})
+    monkeypatch.setattr(inspection_module, "load_tenants", lambda: tenants.model_copy(update={"tenants": {"demo": demo}}))
+
+
+def test_a_required_custom_field_must_be_in_every_row_and_in_the_file(algor_home, tmp_path, monkeypatch):
+    _declare(monkeypatch, orders=CustomField(type="int", required=True))
+    with_column = inspect_file(_write(tmp_path, f"{HEADER},orders\nu-1,,,a@example.ru,,,,,,,,,,3\nu-2,,,b@example.ru,,,,,,,,,,\n"), "demo")
+    assert list(with_column.problems[["row", "column", "reason"]].itertuples(index=False, name=None)) == [(3, "orders", "required")]
+    without = inspect_file(_write(tmp_path, f"{HEADER}\nu-1,,,a@example.ru,,,,,,,,,\n"), "demo")
+    assert list(without.problems[["row", "column", "reason"]].itertuples(index=False, name=None)) == [(1, "orders", "missing column")]
+    assert without.validation.good.empty
+
+
+def test_a_custom_field_named_like_a_built_in_column_stops_imports_until_renamed(algor_home, tmp_path, monkeypatch):
+    _declare(monkeypatch, city=CustomField(type="string"))
+    inspection = inspect_file(_write(tmp_path, f"{HEADER}\nu-1,,,a@example.ru,,,,,,,,,\n"), "demo")
+    assert inspection.read == Refusal(
+        "tenant configuration", "custom field(s) city in tenants.yaml have the name of a built-in column: rename them"
+    )
+
+
+def test_a_tenant_without_custom_fields_ignores_those_columns(algor_home, tmp_path):
+    path = _write(tmp_path, f"{HEADER},loyalty_level\nu-1,,,a@example.ru,,,,,,,,,,gold\n")
+    inspection = inspect_file(path, "acme")
+    assert inspection.read.ignored_columns == ("loyalty_level",)
+    assert inspection.problems.empty and inspection.validation.good.at[0, "custom_fields"] is None
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        ({"type": "enum"}, "values are required for an enum field and allowed for no other type"),
+        ({"type": "int", "values": ["1"]}, "values are required for an enum field and allowed for no other type"),
+        ({"type": "enum", "values": ["Gold", "gold"]}, "an enum value is listed more than once"),
+        ({"type": "money"}, "Input should be 'string', 'int', 'decimal', 'bool', 'date' or 'enum'"),
+    ],
+)
+def test_custom_field_declarations_are_checked(declared, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CustomField.model_validate(declared)
+
+
+def test_the_custom_fields_column_is_created_by_its_migration(tmp_path):
+    url = f"sqlite:///{tmp_path / 'operational.sqlite3'}"
+    migrate(url)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        diff = [d for d in compare_metadata(MigrationContext.configure(conn), metadata) if "custom_fields" in repr(d)]
+        assert diff == []
+        assert "custom_fields" in {column["name"] for column in sa.inspect(conn).get_columns("contacts")}
+    engine.dispose()

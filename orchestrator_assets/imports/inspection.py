@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from orchestrator_assets.imports.custom_fields import schema_columns, with_json_values
+from orchestrator_assets.imports.headers import ALIASES
 from orchestrator_assets.imports.reading import DELIMITERS, ReadResult, Refusal, read_contacts_file
 from orchestrator_assets.imports.report import (
     first_problems_markdown,
@@ -24,6 +26,7 @@ from orchestrator_assets.imports.report import (
 )
 from orchestrator_assets.imports.validation import ValidationResult, validate_contact_rows
 from orchestrator_assets.tables import markdown_table
+from policies.loader import load_tenants
 from resources.settings import get_settings
 
 
@@ -70,14 +73,22 @@ def error_report_path(tenant: str, path: Path) -> Path:
 
 
 def inspect_file(path: Path, tenant: str) -> Inspection:
-    """Read and validate ``path`` for ``tenant`` and (re)write its error report."""
-    read = read_contacts_file(path)
+    """Read and validate ``path`` for ``tenant`` (with the tenant's custom fields) and (re)write its
+    error report."""
+    fields = load_tenants().tenants[tenant].custom_fields
+    clashes = sorted(set(fields) & set(ALIASES))
+    read = (
+        Refusal("tenant configuration", f"custom field(s) {', '.join(clashes)} in tenants.yaml have the name of a built-in column: rename them")
+        if clashes
+        else read_contacts_file(path, {name: field.aliases for name, field in fields.items()})
+    )
     report_path = error_report_path(tenant, path)
     if isinstance(read, Refusal):
         problems = refusal_problems(read)
         write_report(problems, report_path)
         return Inspection(path, read, None, problems, report_path)
-    validation = validate_contact_rows(read.frame, rows=read.rows)
+    validation = validate_contact_rows(read.frame, rows=read.rows, extra_columns=schema_columns(fields))
+    validation = ValidationResult(with_json_values(validation.good, read.frame, read.rows, fields), validation.errors)
     problems = problems_frame(read.problems, validation.errors)
     write_report(problems, report_path)
     return Inspection(path, read, validation, problems, report_path)

@@ -22,7 +22,7 @@ half-imported. ``row`` everywhere is the row number a spreadsheet shows for the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -170,7 +170,7 @@ def _is_iso(value: str) -> bool:
     return True
 
 
-def _is_int64(value: str) -> bool:
+def is_int64(value: str) -> bool:
     """Plain decimal digits with an optional minus (Telegram group chats are negative).
 
     Excel's ``1.23E+09`` or a ``@username`` are rejected rather than converted: a guessed chat id
@@ -196,7 +196,7 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
             checks=[pa.Check(lambda s: ~_blank(s), error="required"), _max_length(_MAX_LENGTH["external_id"])]
         ),
         **{
-            column: pa.Column(checks=pa.Check(lambda s: _blank(s) | s.map(_is_int64).astype(bool), error="not an integer"))
+            column: pa.Column(checks=pa.Check(lambda s: _blank(s) | s.map(is_int64).astype(bool), error="not an integer"))
             for column in ("telegram_chat_id", "vk_user_id")
         },
         "language": pa.Column(
@@ -246,9 +246,10 @@ def _error_frame(records: list[dict]) -> pd.DataFrame:
     return errors.astype({"row": "int64", "column": "str", "value": "str", "reason": "str"})
 
 
-def _schema_errors(text: pd.DataFrame) -> list[dict]:
+def _schema_errors(text: pd.DataFrame, extra_columns: Mapping[str, pa.Column] | None) -> list[dict]:
+    schema = RAW_CONTACTS_SCHEMA.add_columns(dict(extra_columns)) if extra_columns else RAW_CONTACTS_SCHEMA
     try:
-        RAW_CONTACTS_SCHEMA.validate(text, lazy=True)
+        schema.validate(text, lazy=True)
     except SchemaErrors as exc:
         records = []
         for case in exc.failure_cases.itertuples(index=False):
@@ -353,7 +354,11 @@ def _tidy(value: str) -> str | None:
 
 
 def validate_contact_rows(
-    raw: pd.DataFrame, default_region: str = "RU", now: datetime | None = None, rows: Sequence[int] | None = None
+    raw: pd.DataFrame,
+    default_region: str = "RU",
+    now: datetime | None = None,
+    rows: Sequence[int] | None = None,
+    extra_columns: Mapping[str, pa.Column] | None = None,
 ) -> ValidationResult:
     """Split a raw contacts table into normalised good rows and a table of every problem.
 
@@ -362,13 +367,14 @@ def validate_contact_rows(
     ``consent_at`` must not lie beyond, give or take the allowed clock skew. A missing required column makes
     every row meaningless, so then the only errors are one ``missing column`` per absent column
     (row 1, the header) and ``good`` is empty. Among rows sharing an ``external_id`` the first
-    one is authoritative; later ones are errors pointing at it.
+    one is authoritative; later ones are errors pointing at it. ``extra_columns`` (a tenant's
+    custom fields, ``custom_fields.schema_columns``) are checked in the same lazy pass.
     """
     text = _as_text(raw, rows)
     for column in OPTIONAL_COLUMNS:
         if column not in text.columns:
             text[column] = ""
-    errors = _schema_errors(text)
+    errors = _schema_errors(text, extra_columns)
     missing = [error for error in errors if error["reason"] == "missing column"]
     if missing:
         return ValidationResult(good=no_rows(), errors=_error_frame(missing))
@@ -396,8 +402,8 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> 
             "last_name": _each(text["last_name"], _tidy),
             "email": _normalise(text["email"], normalize_email, "email", errors),
             "phone": _normalise(text["phone"], lambda v: normalize_phone(v, default_region), "phone", errors),
-            "telegram_chat_id": _each(text["telegram_chat_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
-            "vk_user_id": _each(text["vk_user_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
+            "telegram_chat_id": _each(text["telegram_chat_id"], lambda v: int(v) if is_int64(v) else None, "Int64"),
+            "vk_user_id": _each(text["vk_user_id"], lambda v: int(v) if is_int64(v) else None, "Int64"),
             "city": _each(text["city"], _tidy),
             "language": _each(text["language"], lambda v: v.strip().lower() or None),
             **{column: _each(text[column], _or_none(parse_consent)) for column in CONSENT_COLUMNS},
