@@ -15,16 +15,18 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from pg import create_database, drop_database
+
 from orchestrator_assets.consents import contact_consents
 from orchestrator_assets.contacts import contacts
-from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports import inspection as inspection_module
+from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.inspection import error_report_path, inspect_file
 from orchestrator_assets.imports.reading import ReadResult, Refusal, read_contacts_file
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
-from resources.opstore import OperationalStore, migrate
 from policies.loader import load_tenants
 from policies.tenants import CustomField
+from resources.opstore import OperationalStore, migrate
 from resources.opstore_schema import consent_events, metadata
 from resources.opstore_schema import contacts as contacts_table
 
@@ -184,8 +186,9 @@ def test_the_report_defuses_formulas_and_masks_personal_data(algor_home, instanc
     assert "ivan.petrov" not in error_report_path("demo", path).read_text(encoding="utf-8-sig")
 
 
-def test_a_refusal_on_postgres_stores_nothing(algor_home, instance, postgres_url, monkeypatch):
-    monkeypatch.setenv("ALGOR_DATABASE_URL", postgres_url)
+def test_a_refusal_on_postgres_stores_nothing(algor_home, instance, monkeypatch):
+    url = create_database()  # its own: the session's database is expected empty by other tests
+    monkeypatch.setenv("ALGOR_DATABASE_URL", url)
     monkeypatch.setenv("ALGOR_ALLOW_SANDBOX_WITH", "ALGOR_DATABASE_URL")
     try:
         assert _materialize(instance, CORPUS / "utf8.csv").success
@@ -196,6 +199,7 @@ def test_a_refusal_on_postgres_stores_nothing(algor_home, instance, postgres_url
         assert _stored_external_ids() == before == ALL_SIX
     finally:
         OperationalStore().engine().dispose()
+        drop_database(url)
 
 
 # --- the reader on its own ------------------------------------------------------------------------

@@ -29,10 +29,11 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from charset_normalizer import from_bytes
 
@@ -102,15 +103,17 @@ def read_contacts_file(path: str | Path, custom_fields: Mapping[str, Iterable[st
         return Refusal("empty file", f"the file has {len(data)} bytes and no text" if data else "the file has 0 bytes")
     index = alias_index(custom_fields)
     delimiter, text, skipped_lines = _delimiter(text, index)
-    parsed = _parse(text, delimiter, first_line=1 + skipped_lines)
+    parsed = _parse(text, delimiter, first_line=1 + skipped_lines, longest_line=_longest_line(data))
     if isinstance(parsed, Refusal):
         return parsed
-    header, records = parsed
+    header, body, starts = parsed
+    if len(header) > MAX_COLUMNS:
+        return Refusal("too many columns", f"the header has {len(header)} columns; at most {MAX_COLUMNS} are read", row=1)
     columns = _columns(header, index, delimiter)
     if isinstance(columns, Refusal):
         return columns
     names, renamed, ignored = columns
-    frame, rows, problems = _records(records, header, names, delimiter)
+    frame, rows, problems = _records(body, starts, names, delimiter)
     if not rows and not problems:
         return Refusal("no data rows", f"the file has a header ({len(header)} columns) and no rows under it")
     return ReadResult(frame, rows, problems, encoding, delimiter, ignored, renamed)
@@ -132,6 +135,12 @@ def _decode(data: bytes) -> tuple[str, str] | Refusal:
         pass
     best = from_bytes(data[:_DETECTION_SAMPLE], cp_isolation=list(LEGACY_CODE_PAGES)).best()
     return _strict(data, best.encoding if best else LEGACY_CODE_PAGES[0])
+
+
+def _longest_line(data: bytes) -> int:
+    """Bytes in the longest line: at least as many as its characters in any encoding we read."""
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    return int(np.diff(newlines, prepend=-1, append=len(data)).max())
 
 
 def _strict(data: bytes, encoding: str) -> tuple[str, str] | Refusal:
@@ -159,34 +168,71 @@ def _delimiter(text: str, index: dict[str, str]) -> tuple[str, str, int]:
     return max(DELIMITERS, key=score), text, 0
 
 
-def _parse(text: str, delimiter: str, first_line: int) -> tuple[list[str], list[tuple[int, int, list[str]]]] | Refusal:
-    """Header and ``(first line, last line, cells)`` of every record, lines counted in the file
-    from ``first_line``; refusals for what breaks the parser."""
+def _parse(text: str, delimiter: str, first_line: int, longest_line: int) -> tuple[list[str], pd.DataFrame, list[int] | None] | Refusal:
+    """The header, the data records as a frame of text (``None`` where a record is short) and, when
+    some record spans several lines, the file line each record starts on (``None`` when every
+    record is one line: record ``i`` is on line ``first_line + i``). Refusals for what breaks the
+    parser or the limits; ``longest_line`` (an upper bound of any line's length) spares looking
+    for an overlong cell in a file that cannot have one.
+
+    A file without a single quote can have no quoting problem and no multi-line cell, so pandas'
+    C parser reads it (as fast as a plain ``read_csv``); a record with more cells than the header
+    stops it, and then the strict reader below says which. Files with quotes go to the strict
+    reader straight away: pandas accepts a broken quote without a word.
+    """
+    if '"' not in text:
+        try:
+            table = pd.read_csv(io.StringIO(text), sep=delimiter, header=None, dtype=object, na_filter=False,
+                                skip_blank_lines=False, quoting=csv.QUOTE_NONE, engine="c")
+        except pd.errors.ParserError:
+            pass
+        else:
+            too_large = _too_large_cell(longest_line, table.itertuples(index=False, name=None), None, first_line)
+            return too_large or (table.iloc[0].tolist(), table.iloc[1:].reset_index(drop=True), None)
+    return _parse_strictly(text, delimiter, first_line, longest_line)
+
+
+def _parse_strictly(text: str, delimiter: str, first_line: int, longest_line: int) -> tuple[list[str], pd.DataFrame, list[int] | None] | Refusal:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    records: list[tuple[int, int, list[str]]] = []
-    offset = first_line - 1
-    start = first_line
+    records: list[list[str]] = []
     try:
-        for cells in reader:
-            if any(len(cell) > MAX_CELL_CHARS for cell in cells):
-                return _too_large(start, row=len(records) + 1)
-            records.append((start, reader.line_num + offset, cells))
-            start = reader.line_num + offset + 1
+        records.extend(reader)  # keeps the records read before an error
     except csv.Error as exc:
         message, row = str(exc), len(records) + 1  # the record being read: header = row 1
+        start = _start_lines(records + [[]], first_line)[-1]
         if "field larger than field limit" in message:
             return _too_large(start, row)
         if "unexpected end of data" in message:
             return Refusal("unterminated quote", f"a quote opened in the record starting on line {start} is never closed", row)
         return Refusal(
             "malformed quote",
-            f"line {reader.line_num + offset}: {message} (a quote inside a quoted cell must be doubled: \"\")",
+            f"line {reader.line_num + first_line - 1}: {message} (a quote inside a quoted cell must be doubled: \"\")",
             row,
         )
-    header = records[0][2]
-    if len(header) > MAX_COLUMNS:
-        return Refusal("too many columns", f"the header has {len(header)} columns; at most {MAX_COLUMNS} are read", row=1)
-    return header, records[1:]
+    lines = text.count("\n") + (not text.endswith("\n"))
+    starts = _start_lines(records, first_line) if lines != len(records) else None
+    body = pd.DataFrame(records[1:], dtype=object).fillna("")  # short records: "" like pandas' padding
+    return _too_large_cell(longest_line, records, starts, first_line) or (records[0], body, starts)
+
+
+def _too_large_cell(longest_line: int, records: Iterable[Sequence[str]], starts: list[int] | None, first_line: int) -> Refusal | None:
+    """The refusal of the first cell over ``MAX_CELL_CHARS``; only a file with a line that long
+    (or with multi-line cells) is searched cell by cell."""
+    if starts is None and longest_line <= MAX_CELL_CHARS:
+        return None
+    for position, cells in enumerate(records):
+        if any(len(cell) > MAX_CELL_CHARS for cell in cells):
+            return _too_large(starts[position] if starts else first_line + position, position + 1)
+    return None
+
+
+def _start_lines(records: list[list[str]], first_line: int) -> list[int]:
+    """The file line each record starts on: a record takes one line plus one per newline in its cells."""
+    starts, line = [], first_line
+    for cells in records:
+        starts.append(line)
+        line += 1 + sum(cell.count("\n") for cell in cells)
+    return starts
 
 
 def _too_large(line: int, row: int) -> Refusal:
@@ -225,32 +271,43 @@ def _shown(text: str, limit: int = 200) -> str:
     return repr(text)
 
 
-def _records(records, header: list[str], names: list[str | None], delimiter: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
-    """Our columns of every readable record; blank lines skipped (their row numbers kept)."""
-    width = len(header)
-    swallowed_at = max(2, (width - 1) // 2)  # delimiters in a line of a cell that make it look like a record
+def _records(body: pd.DataFrame, starts: list[int] | None, names: list[str | None], delimiter: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
+    """Our columns of every readable record and its spreadsheet row (data record ``i`` is row
+    ``i + 2``); blank lines are skipped, keeping their row numbers; records that cannot be one row
+    are problems."""
+    width = len(names)
+    if body.empty:
+        return pd.DataFrame(columns=[name for name in names if name], dtype=object), [], []
+    body = body.reindex(columns=range(max(width, body.shape[1])), fill_value="")  # a header wider than every record
+    maybe_blank = body[0].eq("")  # one column first: blank lines are rare, comparing every cell is not free
+    blank = maybe_blank.copy()
+    blank[maybe_blank] = body[maybe_blank].eq("").all(axis=1)
+    problems: dict[int, str] = {}
+    if body.shape[1] > width:
+        for position in body.index[body.iloc[:, width:].ne("").any(axis=1)]:
+            cells = body.iloc[position].tolist()
+            problems[int(position)] = f"{max(i for i, cell in enumerate(cells) if cell) + 1} cells, the header has {width}"
+    problems |= _swallowed(body, starts, width, delimiter)
+    good = ~blank & ~body.index.isin(list(problems))
     keep = [position for position, name in enumerate(names) if name]
-    cells_by_row: list[list[str]] = []
-    rows: list[int] = []
-    problems: list[dict] = []
-    for row, (first_line, last_line, cells) in enumerate(records, start=2):
-        if not any(cell.strip() for cell in cells):
-            continue
-        reason = None
-        if last_line > first_line and any(
-            line.count(delimiter) >= swallowed_at for cell in cells for line in cell.split("\n")[1:]
-        ):
-            reason = (
-                f"lines {first_line}–{last_line} were read as one record: a quote opened in this row is closed"
-                f" only on line {last_line} (a stray \" in a cell?)"
+    frame = body.loc[good, keep].fillna("").set_axis([names[position] for position in keep], axis=1).reset_index(drop=True)
+    rows = [int(position) + 2 for position in body.index[good]]
+    return frame, rows, [{"row": position + 2, "column": "", "value": "", "reason": reason} for position, reason in sorted(problems.items())]
+
+
+def _swallowed(body: pd.DataFrame, starts: list[int] | None, width: int, delimiter: str) -> dict[int, str]:
+    """Multi-line records whose later lines look like records of their own (about half the header's
+    delimiters): a stray quote swallowed them. Keyed by position among the data records."""
+    if starts is None:
+        return {}
+    found = {}
+    at_least = max(2, (width - 1) // 2)
+    for position, (first, following) in enumerate(zip(starts[1:], [*starts[2:], None])):
+        cells = body.iloc[position].tolist()
+        last = following - 1 if following is not None else first + sum(cell.count("\n") for cell in cells)
+        if last > first and any(line.count(delimiter) >= at_least for cell in cells for line in cell.split("\n")[1:]):
+            found[position] = (
+                f"lines {first}–{last} were read as one record: a quote opened in this row is closed"
+                f" only on line {last} (a stray \" in a cell?)"
             )
-        elif len(cells) > width and any(cell.strip() for cell in cells[width:]):
-            reason = f"{len(cells)} cells, the header has {width}"
-        if reason:
-            problems.append({"row": row, "column": "", "value": "", "reason": reason})
-            continue
-        cells = cells + [""] * (width - len(cells))  # Excel leaves out a row's trailing empty cells
-        cells_by_row.append([cells[position] for position in keep])
-        rows.append(row)
-    frame = pd.DataFrame(cells_by_row, columns=[names[position] for position in keep], dtype=str)
-    return frame, rows, problems
+    return found
