@@ -387,3 +387,12 @@ def test_the_custom_fields_column_is_created_by_its_migration(tmp_path):
         assert diff == []
         assert "custom_fields" in {column["name"] for column in sa.inspect(conn).get_columns("contacts")}
     engine.dispose()
+
+
+def test_the_code_page_is_told_by_the_rows_that_need_one_however_far_down(tmp_path):
+    ascii_rows = "".join(f"u-{n},,,u{n}@example.com,,,,,,,,,\n" for n in range(3000))  # ~100 KiB of plain ASCII first
+    path = tmp_path / "late_umlauts.csv"
+    path.write_bytes(f"{HEADER}\n{ascii_rows}a-1,Jürgen,Müller,j@example.de,,,München,,,,,,\n".encode("cp1252"))
+    read = read_contacts_file(path)
+    assert read.encoding == "cp1252"
+    assert read.frame.iloc[-1]["last_name"] == "Müller"

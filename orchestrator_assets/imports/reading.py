@@ -46,6 +46,7 @@ _DETECTION_SAMPLE = 64 * 1024  # bytes given to charset-normalizer
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 LEGACY_CODE_PAGES = ("cp1251", "cp1252")
 _EXCEL_SEP_LINE = re.compile(r"\Asep=(.)\r?\n", re.IGNORECASE)
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 # First bytes of the files that get renamed to .csv most often, in words an operator knows.
 _MAGIC = (
@@ -99,7 +100,7 @@ def read_contacts_file(path: str | Path, custom_fields: Mapping[str, Iterable[st
     if isinstance(decoded, Refusal):
         return decoded
     text, encoding = decoded
-    if not text.strip():
+    if not text or text.isspace():  # no copy of a large text, unlike strip()
         return Refusal("empty file", f"the file has {len(data)} bytes and no text" if data else "the file has 0 bytes")
     index = alias_index(custom_fields)
     delimiter, text, skipped_lines = _delimiter(text, index)
@@ -133,7 +134,11 @@ def _decode(data: bytes) -> tuple[str, str] | Refusal:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    best = from_bytes(data[:_DETECTION_SAMPLE], cp_isolation=list(LEGACY_CODE_PAGES)).best()
+    # The sample starts where the letters that tell code pages apart do: a file may open with
+    # thousands of ASCII-only rows.
+    first = _NON_ASCII.search(data)
+    start = max(0, first.start() - 1024) if first else 0
+    best = from_bytes(data[start : start + _DETECTION_SAMPLE], cp_isolation=list(LEGACY_CODE_PAGES)).best()
     return _strict(data, best.encoding if best else LEGACY_CODE_PAGES[0])
 
 
@@ -159,7 +164,8 @@ def _delimiter(text: str, index: dict[str, str]) -> tuple[str, str, int]:
     declared = _EXCEL_SEP_LINE.match(text)
     if declared:
         return declared.group(1), text[declared.end():], 1
-    first_line = text.split("\n", 1)[0]
+    end = text.find("\n")
+    first_line = text[: end if end >= 0 else len(text)]
 
     def score(delimiter: str) -> tuple[int, int]:
         cells = next(csv.reader([first_line], delimiter=delimiter), [])
