@@ -1,14 +1,14 @@
 """contacts.custom_fields: a tenant's own contact fields, as one JSON object text
 
 Revision ID: 0015
-Revises: 0009
+Revises: 0013
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0009"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
