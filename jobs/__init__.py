@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from orchestrator_assets import groups
+from orchestrator_assets.consent_verify import consent_chains_intact
 from orchestrator_assets.partitions import tenant_partitions
 
 # SMSC bills every HLR lookup: they run when an operator (or a schedule they set up) asks, not
@@ -17,7 +18,9 @@ campaign_pipeline_job = dg.define_asset_job(
     name="campaign_pipeline_job",
     description="Import contacts and consents, build segments, render and send due campaigns for one tenant.",
     selection=dg.AssetSelection.groups(groups.IMPORTS, groups.CONTACTS, groups.CONSENTS, groups.SEGMENTS, groups.CAMPAIGNS, groups.SENDS)
-    - dg.AssetSelection.assets(PHONE_REACHABILITY, DUPLICATE_CANDIDATES),
+    - dg.AssetSelection.assets(PHONE_REACHABILITY, DUPLICATE_CANDIDATES)
+    # Proving every tenant's consent chains is consent_chain_verify_job's work, not each campaign run's.
+    - dg.AssetSelection.checks(consent_chains_intact),
     partitions_def=tenant_partitions,
 )
 

@@ -1,7 +1,7 @@
 """Tables of the operational store (SQLAlchemy Core).
 
-The operational store holds the current truth that sends depend on: contacts, consents and
-their append-only evidence, segment membership, the send ledger (with its dedup id sequences and
+The operational store holds the current truth that sends depend on: contacts, the consent
+ledger, segment membership, the send ledger (with its dedup id sequences and
 operators' decisions on ambiguous sends), deliveries, blocked senders, phone reachability, the
 webhook inbox, trigger events, and the outbox of tenants' webhooks with its attempts. Every table
 carries ``tenant`` and every unique key starts with it, so one tenant can never see or collide with
@@ -70,39 +70,35 @@ tenant_keys = sa.Table(
     sa.Column("retired_at", UTCDateTime),
 )
 
-consents = sa.Table(
-    "consents",
-    metadata,
-    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
-    sa.Column("tenant", sa.String(64), nullable=False),
-    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
-    sa.Column("channel", sa.String(32), nullable=False),
-    sa.Column("purpose", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # granted | withdrawn
-    sa.Column("source", sa.String(256), nullable=False),
-    sa.Column("evidence", sa.Text),
-    sa.Column("granted_at", UTCDateTime),
-    sa.Column("withdrawn_at", UTCDateTime),
-    sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.UniqueConstraint("tenant", "contact_id", "channel", "purpose", name="uq_consents_subject"),
-)
-
 consent_events = sa.Table(
+    # The consent ledger: append-only, one hash chain per contact (policies/consent_chain.py), written
+    # only by orchestrator_assets/consent_ledger.append. The current state is derived from it.
     "consent_events",
     metadata,
     sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
-    sa.Column("channel", sa.String(32), nullable=False),
-    sa.Column("purpose", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),  # "any" for processing
+    sa.Column("purpose", sa.String(32), nullable=False),  # processing | advertising | transactional
     sa.Column("action", sa.String(16), nullable=False),  # grant | withdraw
-    sa.Column("source", sa.String(256), nullable=False),
-    sa.Column("evidence", sa.Text),
+    sa.Column("source_kind", sa.String(32), nullable=False),  # policies.consent_purposes.SourceKind
+    sa.Column("source_ref", sa.String(512), nullable=False),  # file + row, inbox row, send id, …
+    sa.Column("origin", sa.String(256)),  # where the person gave it, as the source states (form URL, CRM)
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("text_version", sa.String(64)),  # sha256 of the exact consent text (consent_texts.yaml)
+    sa.Column("valid_until", UTCDateTime),
+    sa.Column("withdrawal_channel", sa.String(64)),
+    sa.Column("evidence_identity", sa.LargeBinary),  # ip, user agent, chat id, phone: sealed with the contact's key
+    sa.Column("detail", sa.Text),  # non-identifying words of the source (a provider's reason)
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
     sa.UniqueConstraint(
-        "tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source", name="uq_consent_events_fact"
+        "tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source_kind", "source_ref", name="uq_consent_events_evidence"
     ),
+    # One successor per event: two writers can never fork a contact's chain.
+    sa.UniqueConstraint("tenant", "contact_id", "prev_hash", name="uq_consent_events_chain"),
+    sa.Index("ix_consent_events_subject", "tenant", "contact_id", "channel", "purpose", "id"),
 )
 
 segment_members = sa.Table(

@@ -21,6 +21,7 @@ from orchestrator_assets.consents import contact_consents
 from orchestrator_assets.contacts import contacts
 from orchestrator_assets.imports import inspection as inspection_module
 from orchestrator_assets.imports.assets import contact_import_rows
+from orchestrator_assets.imports.headers import OUR_COLUMNS
 from orchestrator_assets.imports.inspection import error_report_path, inspect_file
 from orchestrator_assets.imports.reading import ReadResult, Refusal, read_contacts_file
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
@@ -396,3 +397,8 @@ def test_the_code_page_is_told_by_the_rows_that_need_one_however_far_down(tmp_pa
     read = read_contacts_file(path)
     assert read.encoding == "cp1252"
     assert read.frame.iloc[-1]["last_name"] == "Müller"
+
+
+def test_every_column_of_ours_is_recognised_under_its_own_name(tmp_path):
+    read = read_contacts_file(_write(tmp_path, ",".join(OUR_COLUMNS) + "\n" + "u-1,,,a@example.ru" + "," * (len(OUR_COLUMNS) - 4) + "\n"))
+    assert list(read.frame.columns) == list(OUR_COLUMNS) and read.ignored_columns == ()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from orchestrator_assets.imports.validation import CSV_COLUMNS, OPTIONAL_COLUMNS
+
 _NOT_A_LETTER = re.compile(r"[\W_]+")
 
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -41,9 +43,13 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "consent_sms": ("Согласие sms", "Согласие смс"),
     "consent_vk": ("Согласие vk", "Согласие вк"),
     "consent_whatsapp": ("Согласие whatsapp",),
+    "consent_processing": ("Согласие на обработку", "Согласие на обработку ПД", "Согласие на обработку персональных данных"),
     "consent_source": ("Consent source", "Источник согласия"),
     "consent_at": ("Consent date", "Consent time", "Дата согласия"),
+    "consent_text_version": ("Версия текста согласия",),
 }
+# Every column of ours, each always recognised under its own name.
+OUR_COLUMNS: tuple[str, ...] = (*CSV_COLUMNS, *OPTIONAL_COLUMNS)
 
 
 def header_key(name: str) -> str:
@@ -56,7 +62,8 @@ def alias_index(extra: dict[str, Iterable[str]] | None = None) -> dict[str, str]
     """Header key → column name: our columns under their own names and their aliases, plus
     ``extra`` (a tenant's custom fields: name → its aliases). Our own columns win a clash."""
     index: dict[str, str] = {}
-    for column, aliases in (*ALIASES.items(), *(extra or {}).items()):
+    ours = ((column, ALIASES.get(column, ())) for column in OUR_COLUMNS)
+    for column, aliases in (*ours, *(extra or {}).items()):
         for alias in (column, *aliases):
             index.setdefault(header_key(alias), column)
     return index

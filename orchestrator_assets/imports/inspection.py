@@ -14,7 +14,7 @@ import dagster as dg
 import pandas as pd
 
 from orchestrator_assets.imports.custom_fields import schema_columns, with_json_values
-from orchestrator_assets.imports.headers import ALIASES
+from orchestrator_assets.imports.headers import OUR_COLUMNS
 from orchestrator_assets.imports.reading import DELIMITERS, ReadResult, Refusal, read_contacts_file
 from orchestrator_assets.imports.report import (
     first_problems_markdown,
@@ -76,7 +76,7 @@ def inspect_file(path: Path, tenant: str) -> Inspection:
     """Read and validate ``path`` for ``tenant`` (with the tenant's custom fields) and (re)write its
     error report."""
     fields = load_tenants().tenants[tenant].custom_fields
-    clashes = sorted(set(fields) & set(ALIASES))
+    clashes = sorted(set(fields) & set(OUR_COLUMNS))
     read = (
         Refusal("tenant configuration", f"custom field(s) {', '.join(clashes)} in tenants.yaml have the name of a built-in column: rename them")
         if clashes

@@ -1,14 +1,14 @@
 """contact merges: tombstones (contacts.merged_into), duplicate candidates, merges and what each moved
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0011
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
