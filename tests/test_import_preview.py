@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
-from definitions import defs
+from jobs.imports import contact_import_preview_job
 from orchestrator_assets.imports.inspection import error_report_path
 from orchestrator_assets.imports.validation import CSV_COLUMNS
 from resources.opstore import OperationalStore
@@ -18,8 +18,7 @@ PREVIEW_OP = "contact_import_preview"
 
 
 def _preview(instance: dg.DagsterInstance, path: Path, tenant: str = "demo") -> dg.ExecuteInProcessResult:
-    job = defs.resolve_job_def("contact_import_preview_job")
-    return job.execute_in_process(
+    return contact_import_preview_job.execute_in_process(
         run_config={"ops": {PREVIEW_OP: {"config": {"csv_path": str(path)}}}},
         instance=instance,
         partition_key=tenant,
