@@ -52,8 +52,10 @@ class ContactCommitConfig(dg.Config):
             [CONSENTS, "contact_consents"],
             group_name=CONSENTS,
             deps=[dg.AssetKey([IMPORTS, "contact_import_rows"]), dg.AssetKey([CONTACTS, "contacts"])],
-            description="Consents per contact × channel × purpose (`consents`, current state) and the append-only `consent_events` proof "
-            "(152-FZ / 38-FZ art. 18) from the import's consent columns, with the import id as evidence.",
+            description="The import's consent decisions, appended to the consent ledger: one `consent_events` row per decision "
+            "(tenant × contact × channel × purpose), hash-chained per contact, the current state derived from them (docs/consent.md), "
+            "the proof under 152-FZ / 38-FZ art. 18. Source: the import's consent columns (`consent_<channel>` advertising, "
+            "`consent_processing`, `consent_<channel>_transactional`); the import id is in each event's source_ref.",
         ),
     ],
     partitions_def=tenant_partitions,

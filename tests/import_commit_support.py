@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from orchestrator_assets.consent_ledger import consent_state
 from orchestrator_assets.imports.commit import CommitResult, ImportSource, commit_import
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from policies.tenants import ImportMode
 from resources.opstore import migrate
-from resources.opstore_schema import consent_events, consents, contacts, metadata
+from resources.opstore_schema import consent_events, contacts, metadata
 from resources.pii import tenant_cipher
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -46,9 +47,9 @@ def commit(engine: sa.Engine, good: pd.DataFrame, *, tenant: str = "acme", mode:
 
 
 def snapshot(engine: sa.Engine) -> dict[str, list]:
-    """Contacts (personal data opened), consent state and consent events as a reader of the store
-    sees them (a state row's surrogate id aside: a rollback derives the state again, under a new id)."""
-    state = [c for c in consents.c if c.name != "id"]
+    """Contacts (personal data opened), consent state (derived from the ledger) and consent events
+    as a reader of the store sees them."""
+    state = consent_state(NOW).c
     with engine.connect() as conn:
         return {
             # The sealed blob differs on every sealing (a fresh nonce): what it opens to is compared.
@@ -56,6 +57,6 @@ def snapshot(engine: sa.Engine) -> dict[str, list]:
                 {**row._mapping, "pii": tenant_cipher(conn, row.tenant).open(row.data_key, row.pii)}
                 for row in conn.execute(sa.select(contacts).order_by(contacts.c.id))
             ],
-            "consents": conn.execute(sa.select(*state).order_by(consents.c.contact_id, consents.c.channel, consents.c.purpose)).all(),
+            "consents": conn.execute(sa.select(*state).order_by(state.contact_id, state.channel, state.purpose)).all(),
             "consent_events": conn.execute(sa.select(consent_events).order_by(consent_events.c.id)).all(),
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def test_an_import_gets_an_id_its_counts_history_consent_evidence_and_an_audit_r
         changes = {
             row.action: row for row in conn.execute(sa.select(contact_import_changes).where(contact_import_changes.c.import_id == 2))
         }
-        evidence = conn.execute(sa.select(consent_events.c.evidence)).scalar_one()
+        evidence = conn.execute(sa.select(consent_events.c.source_kind, consent_events.c.source_ref)).one()
         anna_key = conn.execute(sa.select(contacts.c.data_key).where(contacts.c.external_id == "c-1")).scalar_one()
         previous = tenant_cipher(conn, "acme").open(anna_key, changes["updated"].previous)
         audit = conn.execute(sa.select(audit_log.c.action, audit_log.c.params).order_by(audit_log.c.id)).all()
@@ -60,7 +61,7 @@ def test_an_import_gets_an_id_its_counts_history_consent_evidence_and_an_audit_r
     assert previous == {"first_name": "Анна", "city": None}  # sealed with Anna's own key
     assert "Анна".encode() not in changes["updated"].previous
     assert changes["created"].previous is None
-    assert json.loads(evidence) == {"import": 2, "file": "crm.csv", "row": 3}
+    assert tuple(evidence) == ("import", "import 2:crm.csv:row 3")
     assert [action for action, _ in audit] == ["import.commit", "import.commit"]
     assert "Анна" not in audit[1].params and "anna@" not in audit[1].params and json.loads(audit[1].params)["import_id"] == 2
 
@@ -132,11 +133,12 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from orchestrator_assets.imports import commit
 from orchestrator_assets.imports.commit import ImportSource, commit_import
-from orchestrator_assets.imports.validation import read_contacts_csv, validate_contact_rows
+from orchestrator_assets.imports.reading import read_contacts_file
+from orchestrator_assets.imports.validation import validate_contact_rows
 from policies.tenants import ImportMode
 from resources.opstore_schema import contacts
 
-good = validate_contact_rows(read_contacts_csv(sys.argv[2])).good
+good = validate_contact_rows(read_contacts_file(sys.argv[2]).frame).good
 good.attrs["source_file"] = "demo_contacts.csv"
 
 def killed(conn, *args, **kwargs):
@@ -197,8 +199,7 @@ def test_an_all_or_nothing_run_with_a_bad_row_fails_with_the_report_and_writes_n
 
 
 def test_the_tenants_import_mode_is_the_default_of_its_runs(algor_home, instance, tmp_path, monkeypatch):
-    config = tmp_path / "config"
-    config.mkdir()
+    config = shutil.copytree(loader.DEFAULT_CONFIG_DIR, tmp_path / "config")
     tenants = (loader.DEFAULT_CONFIG_DIR / loader.TENANTS_FILE).read_text(encoding="utf-8")
     (config / loader.TENANTS_FILE).write_text(tenants.replace("  acme:\n", "  acme:\n    import_mode: all_or_nothing\n"), encoding="utf-8")
     monkeypatch.setattr(loader, "DEFAULT_CONFIG_DIR", config)

@@ -12,11 +12,15 @@ import sqlalchemy as sa
 from import_commit_support import NOW, commit, engine, rows, snapshot  # noqa: F401 - engine is a fixture
 from sealed import personal, sealed_address
 
+from jobs.consents import consent_chain_verify_job
 from jobs.imports import contact_import_rollback_job
 from orchestrator_assets.consent_decisions import record_decision
+from orchestrator_assets.consent_ledger import ConsentFact, append
+from orchestrator_assets.consent_verify import verify_chains
 from orchestrator_assets.imports.rollback import RollbackRefused, rollback_import
+from policies.consent_purposes import Purpose, SourceKind
 from resources.opstore import OperationalStore
-from resources.opstore_schema import audit_log, contact_imports, contacts, sends
+from resources.opstore_schema import audit_log, consent_events, contact_imports, contact_merges, contacts, sends
 
 ANNA = {"external_id": "c-1", "first_name": "Анна", "email": "anna@example.ru", "consent_email": "yes", "consent_source": "form:x",
         "consent_at": "2026-10-01T10:00:00+03:00"}
@@ -73,7 +77,8 @@ def test_a_consent_recorded_since_the_import_blocks_its_rollback_and_a_forced_on
     imported = commit(engine, rows({**BORIS, "first_name": "Боря", "consent_sms": "yes", "consent_at": "2026-10-31T10:00:00Z"}), now=LATER)
     with engine.begin() as conn:  # the person opts out by SMS reply afterwards
         contact_id = conn.execute(sa.select(contacts.c.id)).scalar_one()
-        record_decision(conn, "acme", contact_id, "sms", "withdraw", "sms:STOP", '{"inbox":7}', LATER, LATER + timedelta(minutes=5))
+        stop = ConsentFact(contact_id, "sms", Purpose.ADVERTISING, "withdraw", SourceKind.BOT_COMMAND, "inbox:7", LATER, origin="sms:STOP")
+        record_decision(conn, "acme", stop, LATER + timedelta(minutes=5))
 
     with pytest.raises(RollbackRefused, match="changed since the import") as refused:
         _rollback(engine, imported.import_id)
@@ -84,6 +89,81 @@ def test_a_consent_recorded_since_the_import_blocks_its_rollback_and_a_forced_on
     assert (counts["contacts_restored"], counts["consent_events_kept"]) == (1, 1)
     with engine.connect() as conn:
         assert personal(conn, "acme", conn.execute(sa.select(contacts.c.id)).scalar_one())["first_name"] == "Борис"
+        assert verify_chains(conn, "acme").broken == []  # the import's event stayed: the opt-out's chain builds on it
+
+
+def _ids(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(contacts.c.external_id, contacts.c.id)).all())
+
+
+def test_after_a_rollback_every_consent_chain_verifies_and_new_decisions_chain_onto_the_former_head(engine):
+    commit(engine, rows(ANNA, BORIS))
+    with engine.connect() as conn:
+        (head_before,) = conn.execute(sa.select(consent_events.c.hash).where(consent_events.c.contact_id == _ids(engine)["c-1"])).one()
+    withdrawn = {**ANNA, "consent_email": "нет", "consent_at": "2026-10-30T10:00:00Z", "consent_telegram": "yes", "telegram_chat_id": "5007686286"}
+    imported = commit(engine, rows(withdrawn, VERA), now=LATER)
+
+    assert _rollback(engine, imported.import_id)["consent_events_removed"] == 4  # Anna's newest two, Vera's whole chain
+
+    anna = _ids(engine)["c-1"]
+    with engine.begin() as conn:
+        assert (verify_chains(conn, "acme").events, verify_chains(conn, "acme").broken) == (2, [])
+        start = ConsentFact(anna, "email", Purpose.ADVERTISING, "withdraw", SourceKind.BOT_COMMAND, "inbox:8", LATER, origin="bot:/stop")
+        assert append(conn, "acme", [start], LATER + timedelta(hours=2)) == [True]
+        newest = conn.execute(sa.select(consent_events.c.prev_hash).where(consent_events.c.contact_id == anna).order_by(consent_events.c.id.desc())).first()
+        assert newest.prev_hash == head_before and verify_chains(conn, "acme").broken == []
+
+
+def test_re_importing_a_file_appends_no_consent_event_and_its_rollback_keeps_the_first_imports_proof(engine):
+    first = commit(engine, rows(ANNA))
+    again = commit(engine, rows(ANNA), now=LATER)
+
+    assert (again.contacts["unchanged"], again.consents) == (1, {"granted": 0, "withdrawn": 0, "unchanged": 1})
+    before = snapshot(engine)
+    assert _rollback(engine, again.import_id)["consent_events_removed"] == 0
+    assert snapshot(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(consent_events.c.source_ref)).scalar_one() == f"import {first.import_id}:crm.csv:row 2"
+
+
+def _merge(engine, survivor: str, merged: str) -> None:
+    """What a merge leaves in the store: its row and the merged contact a tombstone of the survivor."""
+    ids = _ids(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(contact_merges).values(
+            tenant="acme", survivor_id=ids[survivor], merged_id=ids[merged], operator="anna@ops.example.ru", reason="one person", run_id="run-m",
+            merged_at=LATER + timedelta(minutes=30),
+        ))  # fmt: skip
+        conn.execute(sa.update(contacts).where(contacts.c.id == ids[merged]).values(merged_into=ids[survivor]))
+
+
+def test_a_contact_merged_since_the_import_blocks_its_rollback_unless_forced(engine):
+    commit(engine, rows(BORIS))
+    imported = commit(engine, rows({**ANNA, "first_name": "Аня"}, {**BORIS, "city": "Казань"}), now=LATER)
+    commit(engine, rows({**ANNA, "external_id": "c-9", "email": "anna.k@example.ru"}), now=LATER)
+    _merge(engine, "c-9", "c-2")  # Boris (updated by the import) is now a tombstone of c-9
+    before = snapshot(engine)
+
+    with pytest.raises(RollbackRefused, match="changed since the import") as refused:
+        _rollback(engine, imported.import_id)
+    assert refused.value.problems == [("c-2", "merged into another contact since")]
+    assert snapshot(engine) == before
+
+    assert _rollback(engine, imported.import_id, force=True)["conflicts_overridden"] == 1
+
+
+def test_a_created_contact_that_took_part_in_a_merge_is_never_removed(engine):
+    commit(engine, rows(BORIS))
+    imported = commit(engine, rows(ANNA), now=LATER)
+    _merge(engine, "c-2", "c-1")
+    before = snapshot(engine)
+
+    with pytest.raises(RollbackRefused, match="it created have a history") as refused:
+        _rollback(engine, imported.import_id, force=True)
+
+    assert refused.value.problems == [("c-1", "created by this import and in contact_merges since: erase it instead")]
+    assert snapshot(engine) == before
 
 
 def test_a_created_contact_that_was_messaged_since_is_never_removed(engine):
@@ -122,6 +202,8 @@ def test_the_rollback_job_refuses_an_unknown_import_and_rolls_back_a_known_one(a
     assert run(imported.import_id).success
     with store.engine().connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(contacts)).scalar_one() == 0
+    verified = consent_chain_verify_job.execute_in_process(instance=instance, resources={"opstore": store}, partition_key="acme")
+    assert verified.success
 
 
 def test_a_large_import_rolls_back_whole(engine):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
+
 import sqlalchemy as sa
 
 from orchestrator_assets.imports.store import ContactChange
+from policies.consent_purposes import SourceKind
 from resources.opstore_schema import consent_events, contact_import_changes, contact_imports
 from resources.pii import TenantCipher
 
@@ -40,9 +43,9 @@ def record_changes(conn: sa.Connection, cipher: TenantCipher, import_id: int, ch
 
 
 def import_consent_events(import_id: int) -> sa.ColumnElement[bool]:
-    """The consent events ``import_id`` appended: their evidence starts with its id
-    (``store.import_evidence``). Becomes a typed-column comparison with the consent ledger."""
-    return consent_events.c.evidence.like(f'{{"import":{int(import_id)},%')
+    """The consent events ``import_id`` appended: source kind ``import`` and a ``source_ref`` that
+    starts with its id (``store.import_ref``; the colon keeps import 4 from matching import 42)."""
+    return sa.and_(consent_events.c.source_kind == str(SourceKind.IMPORT), consent_events.c.source_ref.startswith(f"import {int(import_id)}:", autoescape=True))
 
 
 def mark_rolled_back(conn: sa.Connection, import_id: int, now: datetime) -> None:

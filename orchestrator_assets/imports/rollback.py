@@ -2,22 +2,24 @@
 
 What a rollback undoes:
 
-- **contacts the import created** are removed, with their consent events, consent state and
-  segment membership. A created contact that has since been messaged, triggered a campaign or had
-  its phone looked up is never removed (that history must stay; the erasure job is the tool), so
-  such an import cannot be rolled back.
+- **contacts the import created** are removed, with their consent events, segment membership and
+  duplicate candidates. A created contact that has since been messaged, triggered a campaign, had
+  its phone looked up or taken part in a merge is never removed (that history must stay; the
+  erasure job is the tool), so such an import cannot be rolled back.
 - **fields the import changed** get their former values back (sealed again under the contact's
   key, blind indexes recomputed), and the contact its former ``updated_at``. A contact erased since
   stays erased: its history was sealed with the key the erasure destroyed.
-- **consent events the import appended** are deleted, and the consent state of each subject they
-  touched is derived again from the events that remain. Consent events are append-only proof, and
-  a rollback is the one exception: the proof came from the file the operator now says was wrong,
-  and events that an import appended are deleted only while they are the contact's newest (nothing
-  recorded since builds on them).
+- **consent events the import appended** (``history.import_consent_events``) are deleted; the
+  consent state is derived from the events that remain (``consent_ledger.consent_state``), so it
+  is the state before the import. Consent events are append-only proof, and a rollback is the one
+  exception: the proof came from the file the operator now says was wrong. They are deleted only
+  while they are the newest of the contact's hash chain, so what remains is a whole chain ending
+  at its former head and still verifies (``consent_verify``); a contact with events recorded since
+  keeps the import's events, even when forced.
 
 A rollback refuses, naming the contacts, when something changed them after the import (a later
-import or any other writer: their ``updated_at`` is newer than the import, or a consent event was
-recorded for them afterwards), because restoring the import's "before" would silently undo that
+import or any other writer: their ``updated_at`` is newer than the import, a consent event was
+recorded for them afterwards, or they were merged into another contact), because restoring the import's "before" would silently undo that
 later change. ``force`` rolls back anyway: fields the import changed get their former values
 over whatever came later, and consent events with later events after them stay on record.
 Consent webhooks already sent to the tenant are not recalled.
@@ -27,11 +29,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from itertools import pairwise
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import consent_state_upsert, state_row
 from orchestrator_assets.contact_pii import contact_columns
 from orchestrator_assets.imports.history import COMMITTED, CREATED, import_consent_events, mark_rolled_back
 from orchestrator_assets.imports.store import PLAIN_FIELDS
@@ -39,9 +41,10 @@ from resources.audit import record_audit
 from resources.pii import TenantCipher, tenant_cipher
 from resources.opstore_schema import (
     consent_events,
-    consents,
+    contact_duplicate_candidates,
     contact_import_changes,
     contact_imports,
+    contact_merges,
     contacts,
     phone_reachability,
     segment_members,
@@ -50,7 +53,13 @@ from resources.opstore_schema import (
 )
 
 # Rows that make a created contact's removal lose history that is not the import's.
-HISTORY_TABLES = {"sends": sends, "trigger_events": trigger_events, "phone_reachability": phone_reachability}
+# (table, its columns naming a contact)
+HISTORY_TABLES = {
+    "sends": (sends, ("contact_id",)),
+    "trigger_events": (trigger_events, ("contact_id",)),
+    "phone_reachability": (phone_reachability, ("contact_id",)),
+    "contact_merges": (contact_merges, ("survivor_id", "merged_id")),
+}
 CHUNK = 500  # ids per IN (...) list: SQLite caps the parameters of one statement
 
 
@@ -108,7 +117,13 @@ class _Plan:
             lambda ids: sa.select(consent_events.c.contact_id, sa.func.max(consent_events.c.id)).where(consent_events.c.contact_id.in_(ids)).group_by(consent_events.c.contact_id),
             own_last,
         )
-        self.later_events = {contact_id for contact_id, newest_id in newest if newest_id > own_last[contact_id]}
+        # The import's events of a contact must be the end of its chain, one linked to the next: then
+        # deleting them leaves the chain as it was before the import. Anything else is a later event.
+        own_links: dict[int, list[sa.Row]] = defaultdict(list)
+        for event in self.events:
+            own_links[event.contact_id].append(event)
+        unlinked = {c for c, own in own_links.items() if any(b.prev_hash != a.hash for a, b in pairwise(own))}
+        self.later_events = unlinked | {contact_id for contact_id, newest_id in newest if newest_id > own_last[contact_id]}
         self.later_imports: dict[int, list[int]] = defaultdict(list)
 
         def later(ids: list[int]) -> sa.Select:
@@ -124,11 +139,13 @@ class _Plan:
         committed_at = _aware(imported.committed_at)
         written = {change.contact_id for change in self.changes}
         changed = {row.id for row in stored if row.id in written and _aware(row.updated_at) > committed_at}
-        self.changed_since = changed | set(self.later_imports)
+        self.merged = {row.id for row in stored if row.id in written and row.merged_into is not None}
+        self.changed_since = changed | set(self.later_imports) | self.merged
         self.history = sorted(
             (self.name[contact_id], f"created by this import and in {table_name} since: erase it instead")
-            for table_name, table in HISTORY_TABLES.items()
-            for (contact_id,) in _rows(conn, lambda ids, t=table: sa.select(t.c.contact_id).where(t.c.contact_id.in_(ids)).distinct(), self.created)
+            for table_name, (table, columns) in HISTORY_TABLES.items()
+            for column in columns
+            for (contact_id,) in _rows(conn, lambda ids, c=table.c[column]: sa.select(c).where(c.in_(ids)).distinct(), self.created)
         )
 
     def conflicts(self) -> list[tuple[str, str]]:
@@ -138,7 +155,12 @@ class _Plan:
             why = []
             if contact_id in self.changed_since:
                 by = self.later_imports.get(contact_id)
-                why.append(f"changed since by import {', '.join(map(str, by))}" if by else "changed since by another writer")
+                if by:
+                    why.append(f"changed since by import {', '.join(map(str, by))}")
+                if contact_id in self.merged:
+                    why.append("merged into another contact since")
+                if not by and contact_id not in self.merged:
+                    why.append("changed since by another writer")
             if contact_id in self.later_events:
                 why.append("consent events recorded since")
             conflicts.append((self.name[contact_id], "; ".join(why)))
@@ -159,10 +181,12 @@ def rollback_import(
             f"import {import_id}: {len(conflicts)} contact(s) changed since the import; force to roll back anyway", conflicts, forceable=True
         )
 
-    # Created contacts go whole, with their rows in the tables of consent and derived state.
+    # Created contacts go whole, with their consent chains and their rows in derived tables.
     for chunk in _chunks(plan.created):
-        for table in (segment_members, consents, consent_events):
+        for table in (segment_members, consent_events):
             conn.execute(sa.delete(table).where(table.c.contact_id.in_(chunk)))
+        candidates = contact_duplicate_candidates.c
+        conn.execute(sa.delete(contact_duplicate_candidates).where(sa.or_(candidates.contact_id.in_(chunk), candidates.other_id.in_(chunk))))
         conn.execute(sa.delete(contacts).where(contacts.c.id.in_(chunk)))
 
     cipher = tenant_cipher(conn, plan.tenant)
@@ -177,7 +201,6 @@ def rollback_import(
     removable = [e for e in plan.events if e.contact_id not in plan.created and e.contact_id not in plan.later_events]
     for chunk in _chunks(e.id for e in removable):
         conn.execute(sa.delete(consent_events).where(consent_events.c.id.in_(chunk)))
-    _derive_state_again(conn, plan.tenant, {(e.contact_id, e.channel, e.purpose) for e in removable})
 
     mark_rolled_back(conn, import_id, now)
     counts = {
@@ -205,18 +228,3 @@ def _restore(conn: sa.Connection, cipher: TenantCipher, contact: sa.Row, change:
     conn.execute(sa.update(contacts).where(contacts.c.id == contact.id).values(**columns, updated_at=updated_at))
     return True
 
-
-def _derive_state_again(conn: sa.Connection, tenant: str, subjects: set[tuple[int, str, str]]) -> None:
-    """Consent state of each subject as its remaining events make it: the same fold, in recording
-    order, that produced it when they were logged."""
-    upsert = consent_state_upsert(conn)
-    for contact_id, channel, purpose in sorted(subjects):
-        subject = [consents.c.tenant == tenant, consents.c.contact_id == contact_id, consents.c.channel == channel, consents.c.purpose == purpose]
-        conn.execute(sa.delete(consents).where(*subject))
-        remaining = conn.execute(
-            sa.select(consent_events)
-            .where(consent_events.c.tenant == tenant, consent_events.c.contact_id == contact_id, consent_events.c.channel == channel, consent_events.c.purpose == purpose)
-            .order_by(consent_events.c.id)
-        ).all()
-        for event in remaining:
-            conn.execute(upsert, state_row(event._asdict()))

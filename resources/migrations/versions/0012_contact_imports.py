@@ -2,19 +2,19 @@
 an index on contact_id of every table referencing contacts, so removing contacts does not scan them
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
 BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-REFERENCING_CONTACTS = ("consents", "consent_events", "segment_members", "sends", "trigger_events")
+REFERENCING_CONTACTS = ("consent_events", "segment_members", "sends", "trigger_events")
 
 
 def upgrade() -> None:
