@@ -7,6 +7,7 @@ import datetime as dt
 import json
 
 import dagster as dg
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from pg import create_database, drop_database
@@ -16,6 +17,8 @@ from sealed import add_contact, personal, sealed_address, send_address
 from definitions import defs
 from orchestrator_assets.consent_ledger import GRANT, WITHDRAW, consent_state
 from orchestrator_assets.contact_pii import blind_index
+from orchestrator_assets.imports.store import record_consents, upsert_contacts
+from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from orchestrator_assets.merges.assets import contact_duplicate_candidates
 from orchestrator_assets.merges.matching import Person, find_candidates
 from resources.opstore import OperationalStore
@@ -257,6 +260,22 @@ def test_a_decision_recorded_after_the_merge_stands_after_its_undo(store, people
     assert _run("contact_unmerge_job", {"operator": "ops", "reason": "two people", "merge_id": merge_id}).success
     assert _state(store, keep) == {"telegram": "granted", "email": "withdrawn", "sms": "withdrawn"}
     assert _run("consent_chain_verify_job").success
+
+
+def test_a_reimport_of_a_merged_contact_leaves_the_tombstone_and_records_its_decisions_on_the_survivor(store, people):
+    keep, dup = people["keep"], people["dup"]
+    assert _run("contact_merge_job", {"operator": "ops", "reason": "dup", "pairs": [{"keep": "crm-1", "merge": "crm-2"}]}).success
+    row = {"external_id": "crm-2", "first_name": "Пётр", "email": "new@example.ru", "consent_sms": "no", "consent_source": "crm:unsubscribe",
+           "consent_at": (T0 + dt.timedelta(days=5)).isoformat()}
+    good = validate_contact_rows(pd.DataFrame([{**dict.fromkeys(CSV_COLUMNS, ""), **row}], columns=list(CSV_COLUMNS))).good
+    with store.begin() as conn:
+        tombstone = personal(conn, TENANT, dup)
+        counts = upsert_contacts(conn, TENANT, good, NOW), record_consents(conn, TENANT, good, NOW, file="crm.csv")
+    assert counts == ({"inserted": 0, "updated": 0, "unchanged": 0, "merged": 1}, {"granted": 0, "withdrawn": 1, "unchanged": 0})
+    with store.connect() as conn:
+        assert personal(conn, TENANT, dup) == tombstone  # as the merge left it, for its undo
+    assert _state(store, keep)["sms"] == "withdrawn"  # the person's unsubscribe reaches the contact we send to
+    assert _state(store, dup)["sms"] == "granted"
 
 
 def test_merges_and_unmerges_are_audited_without_personal_data(store, people):
