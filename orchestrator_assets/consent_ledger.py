@@ -162,10 +162,9 @@ def merge_ref(merge_id: int) -> str:
 def _standing() -> sa.ColumnElement[bool]:
     """The event is not a fact of an undone merge (every other event always stands)."""
     e, m = consent_events.c, contact_merges.c
-    undone = sa.exists().where(
-        m.tenant == e.tenant, m.undone_at.is_not(None), e.source_ref == sa.literal(MERGE_REF_PREFIX, sa.String) + sa.cast(m.id, sa.String)
-    )
-    return sa.or_(e.source_kind != str(SourceKind.MERGE), ~undone)
+    # Uncorrelated, so PostgreSQL hashes the (few) undone refs once instead of probing per event.
+    undone = sa.select(m.tenant, sa.literal(MERGE_REF_PREFIX, sa.String) + sa.cast(m.id, sa.String)).where(m.undone_at.is_not(None))
+    return sa.or_(e.source_kind != str(SourceKind.MERGE), sa.tuple_(e.tenant, e.source_ref).not_in(undone))
 
 
 def _earlier(a, b):
