@@ -159,12 +159,18 @@ def merge_ref(merge_id: int) -> str:
     return f"{MERGE_REF_PREFIX}{merge_id}"
 
 
+def undone_merge_refs() -> sa.Subquery:
+    """(tenant, source_ref, undone_at) of every undone merge: whose facts ``consent_state`` leaves out."""
+    m = contact_merges.c
+    ref = sa.literal(MERGE_REF_PREFIX, sa.String) + sa.cast(m.id, sa.String)
+    return sa.select(m.tenant, ref.label("source_ref"), m.undone_at).where(m.undone_at.is_not(None)).subquery("undone_merges")
+
+
 def _standing() -> sa.ColumnElement[bool]:
     """The event is not a fact of an undone merge (every other event always stands)."""
-    e, m = consent_events.c, contact_merges.c
+    e, undone = consent_events.c, undone_merge_refs().c
     # Uncorrelated, so PostgreSQL hashes the (few) undone refs once instead of probing per event.
-    undone = sa.select(m.tenant, sa.literal(MERGE_REF_PREFIX, sa.String) + sa.cast(m.id, sa.String)).where(m.undone_at.is_not(None))
-    return sa.or_(e.source_kind != str(SourceKind.MERGE), sa.tuple_(e.tenant, e.source_ref).not_in(undone))
+    return sa.or_(e.source_kind != str(SourceKind.MERGE), sa.tuple_(e.tenant, e.source_ref).not_in(sa.select(undone.tenant, undone.source_ref)))
 
 
 def _earlier(a, b):

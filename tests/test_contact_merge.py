@@ -10,17 +10,20 @@ import dagster as dg
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from pypdf import PdfReader
 from pg import create_database, drop_database
 from consents import consent_status, record
 from sealed import add_contact, personal, sealed_address, send_address
 
 from definitions import defs
+from orchestrator_assets.consent_certificate import write_certificate
 from orchestrator_assets.consent_ledger import GRANT, WITHDRAW, consent_state
 from orchestrator_assets.contact_pii import blind_index
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from orchestrator_assets.merges.assets import contact_duplicate_candidates
 from orchestrator_assets.merges.matching import Person, find_candidates
+from policies.loader import load_consent_texts
 from resources.opstore import OperationalStore
 from resources.opstore_schema import (
     audit_log,
@@ -230,7 +233,7 @@ def test_the_stricter_consent_state_wins_and_both_histories_stay(store, people):
     assert {(f.channel, f.action) for f in facts if f.contact_id == dup} == {("telegram", WITHDRAW), ("email", GRANT), ("sms", GRANT)}
 
 
-def test_the_ledger_verifies_after_merge_and_undo_and_the_undo_restores_the_derived_state(store, people):
+def test_the_ledger_verifies_after_merge_and_undo_and_the_undo_restores_the_derived_state(store, people, tmp_path):
     keep, dup = people["keep"], people["dup"]
     before = _snapshot(store)
     with store.connect() as conn:
@@ -248,6 +251,10 @@ def test_the_ledger_verifies_after_merge_and_undo_and_the_undo_restores_the_deri
     assert verified.success and verified.output_for_node("verify_consent_chains") == 8  # 6 seeded + 2 merge facts: nothing deleted
     assert _snapshot(store) == before
     assert _state(store, keep) == {"telegram": "granted", "email": "withdrawn", "sms": None}
+    with store.connect() as conn:  # the survivor's certificate still lists the merge's facts, each marked voided
+        certificate = write_certificate(conn, TENANT, "ops", "crm-1", load_consent_texts(), tmp_path, NOW)
+    text = "".join("".join(page.extract_text() for page in PdfReader(certificate.path).pages).split())
+    assert certificate.events == 4 and text.count("voided:themergewasundone") == 2
 
 
 def test_a_decision_recorded_after_the_merge_stands_after_its_undo(store, people):
