@@ -2,8 +2,9 @@
 
 It names the personal-data operator (the tenant's legal entity), the contact (external id and
 masked identity: the archive proves consent, it need not repeat the data), every consent event
-with its typed evidence and chain hashes (a fact of a merge undone since marked as voided), the full text of each consent text version cited, the
-chain head hash the certificate was issued against and whether the chain verified at that moment.
+with its typed evidence and chain hashes (a fact of a merge undone since marked voided), the full
+text of each consent text version cited, the chain head hash the certificate was issued against
+and whether the chain verified at that moment.
 A later change to the ledger shows up against the certificate's head hash even where the chain
 alone could not show it (the last event removed).
 
