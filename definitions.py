@@ -16,6 +16,7 @@ from orchestrator_assets.sends import assets as sends
 from orchestrator_assets.webhooks import assets as webhooks
 from resources.connectors import ChannelConnectors
 from resources.dbt import make_dbt_resource
+from resources.io_managers import EncryptedFilesystemIOManager
 from resources.opstore import OperationalStore
 from resources.warehouse import Warehouse
 from sensors.campaigns import campaign_schedule_sensor
@@ -38,5 +39,6 @@ defs = dg.Definitions(
         "warehouse": Warehouse(),
         "connectors": ChannelConnectors(),
         "dbt": make_dbt_resource(),
+        "io_manager": EncryptedFilesystemIOManager(),
     },
 )
