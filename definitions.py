@@ -6,6 +6,7 @@ import dagster as dg
 
 from jobs import campaign_pipeline_job, delivery_processing_job, phone_reachability_job, reports_job, reports_schedule
 from jobs.ambiguous import resolve_ambiguous_sends_job
+from jobs.privacy import contact_erasure_job, contact_export_job, pii_key_rotation_job
 from jobs.redrive import redrive_dead_letters_job
 from jobs.webhooks import enable_webhook_endpoints_job, retry_webhook_deliveries_job, webhook_delivery_job
 from orchestrator_assets import campaigns, consents, contacts, segments
@@ -31,7 +32,8 @@ defs = dg.Definitions(
         campaign_funnel_export,
     ],
     jobs=[campaign_pipeline_job, delivery_processing_job, reports_job, redrive_dead_letters_job, webhook_delivery_job, retry_webhook_deliveries_job,
-          enable_webhook_endpoints_job, phone_reachability_job, resolve_ambiguous_sends_job],
+          enable_webhook_endpoints_job, phone_reachability_job, resolve_ambiguous_sends_job, contact_erasure_job, contact_export_job,
+          pii_key_rotation_job],
     schedules=[reports_schedule],
     sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor],
     resources={

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import pickle
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -93,6 +94,20 @@ class SealedPickleIOManager(PickledObjectFilesystemIOManager):
             sealed = file.read()
         return pickle.loads(unseal(self._key, sealed, self._where(path)))
 
+    def rewrite(self, asset_key: Sequence[str], partition: str, change: Callable[[Any], Any]) -> bool:
+        """Store ``change(output)`` in place of an asset partition's stored output (an erasure drops
+        the person's rows from it); False when nothing is stored there."""
+        path = self.make_safe_partition_path(self._base_path.joinpath(*asset_key), partition)
+        if not path.exists():
+            return False
+        self.dump_to_path(None, change(self.load_from_path(None, path)), path)
+        return True
+
+
+def sealed_storage(instance: dg.DagsterInstance, base_dir: str | None = None) -> SealedPickleIOManager:
+    """The stored outputs of ``instance`` (or of ``base_dir``), opened with this installation's key."""
+    return SealedPickleIOManager(base_dir or instance.storage_directory(), storage_key(get_settings().master_key()))
+
 
 class EncryptedFilesystemIOManager(dg.ConfigurableIOManagerFactory):
     """The code location's IO manager: Dagster's filesystem layout, contents sealed under a key
@@ -101,5 +116,4 @@ class EncryptedFilesystemIOManager(dg.ConfigurableIOManagerFactory):
     base_dir: str | None = Field(default=None, description="Where outputs are kept; empty = the instance's storage folder (DAGSTER_HOME/storage)")
 
     def create_io_manager(self, context: dg.InitResourceContext) -> SealedPickleIOManager:
-        base_dir = self.base_dir or context.instance.storage_directory()
-        return SealedPickleIOManager(base_dir, storage_key(get_settings().master_key()))
+        return sealed_storage(context.instance, self.base_dir)
