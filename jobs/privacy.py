@@ -17,7 +17,6 @@
 Run metadata names contacts by external id and row id only, never by anything personal.
 """
 
-from __future__ import annotations
 
 import datetime as dt
 from typing import Literal

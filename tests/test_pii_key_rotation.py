@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from definitions import defs
+from jobs.privacy import pii_key_rotation_job
 from orchestrator_assets.contact_pii import find_contact_id, read_contacts
 from orchestrator_assets.contacts import contacts
 from orchestrator_assets.imports.assets import contact_import_rows
@@ -43,7 +43,7 @@ def imported(algor_home, instance) -> dict[int, dict]:
 
 def _rotate(instance: dg.DagsterInstance, **config) -> dg.ExecuteInProcessResult:
     run_config = {"ops": {"rotate_pii_keys": {"config": {"operator": "keys@ops.example", **config}}}}
-    result = defs.resolve_job_def("pii_key_rotation_job").execute_in_process(instance=instance, run_config=run_config)
+    result = pii_key_rotation_job.execute_in_process(instance=instance, run_config=run_config, resources={"opstore": OperationalStore()})
     assert result.success
     return result
 
@@ -110,9 +110,8 @@ def test_rewrap_without_the_previous_key_changes_nothing(imported, instance, mon
     with engine.connect() as conn:
         before = conn.execute(sa.select(tenant_keys)).all()
     monkeypatch.setenv("ALGOR_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())  # deployed without ALGOR_MASTER_KEY_PREVIOUS
-    result = defs.resolve_job_def("pii_key_rotation_job").execute_in_process(
-        instance=instance, run_config={"ops": {"rotate_pii_keys": {"config": {"operator": "keys@ops.example", "mode": "rewrap"}}}}, raise_on_error=False
-    )
+    run_config = {"ops": {"rotate_pii_keys": {"config": {"operator": "keys@ops.example", "mode": "rewrap"}}}}
+    result = pii_key_rotation_job.execute_in_process(instance=instance, run_config=run_config, resources={"opstore": OperationalStore()}, raise_on_error=False)
     assert not result.success
     (failure,) = [event for event in result.all_events if event.is_step_failure]
     assert "ALGOR_MASTER_KEY_PREVIOUS" in failure.step_failure_data.error.message
