@@ -1,5 +1,5 @@
 """The operator's key duties: a new tenant data key version and a new master key, each while the
-store keeps being read, on a real SQLite store filled by the sample import."""
+store keeps being read, on a real SQLite or PostgreSQL store filled by the sample import."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from orchestrator_assets.contact_pii import find_contact_id, read_contacts
 from orchestrator_assets.contacts import contacts
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
+from pg import create_database, drop_database
 from resources.opstore import OperationalStore
 from resources.opstore_schema import audit_log, tenant_keys
 from resources.opstore_schema import contacts as contacts_table
@@ -25,8 +26,24 @@ from resources.settings import get_settings
 TENANT = "demo"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, algor_home, monkeypatch):
+    """The operational store: the embedded SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield
+        return
+    url = create_database()
+    monkeypatch.setenv("ALGOR_DATABASE_URL", url)
+    monkeypatch.setenv("ALGOR_ALLOW_SANDBOX_WITH", "ALGOR_DATABASE_URL")
+    try:
+        yield
+    finally:
+        OperationalStore().engine().dispose()
+        drop_database(url)
+
+
 @pytest.fixture
-def imported(algor_home, instance) -> dict[int, dict]:
+def imported(store, instance) -> dict[int, dict]:
     """The sample imported for the demo tenant; its contacts' plaintext by id."""
     result = dg.materialize(
         [contact_import_rows, contacts],
