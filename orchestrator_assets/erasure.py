@@ -76,7 +76,7 @@ def erase_contacts(
             done.append(Erasure(external_id, row.id, "already_erased", row.erased_at))
             continue
         conn.execute(
-            sa.update(contacts).where(contacts.c.id == row.id).values(dict.fromkeys(ERASED_COLUMNS), erased_at=now, updated_at=now)
+            sa.update(contacts).where(contacts.c.id == row.id).values({**dict.fromkeys(ERASED_COLUMNS), "erased_at": now, "updated_at": now})
         )
         for table in DESCRIBING_TABLES:
             conn.execute(sa.delete(table).where(table.c.tenant == tenant, table.c.contact_id == row.id))
