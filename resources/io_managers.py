@@ -8,9 +8,10 @@ ciphertext under a storage key derived from the installation's master key (HKDF 
 own: the storage key never equals, nor opens, any tenant key). The file's path is authenticated
 with it, so a sealed file copied over another is refused rather than loaded as the wrong output.
 
-A file written under another master key (rotated since) or in the clear (before this IO manager)
-is refused with the reason, never unpickled: unpickling unauthenticated bytes runs their code.
-Step outputs are transient, so the remedy is to run the producing step again.
+While a master key rotation is under way (``ALGOR_MASTER_KEY_PREVIOUS`` set) files sealed under
+the previous key still open. A file written under any other master key, or in the clear (before
+this IO manager), is refused with the reason, never unpickled: unpickling unauthenticated bytes
+runs their code. Step outputs are transient, so the remedy is to run the producing step again.
 """
 
 from __future__ import annotations
@@ -61,12 +62,15 @@ def seal(key: bytes, plaintext: bytes, where: str) -> bytes:
     return header + AESGCM(key).encrypt(nonce, plaintext, header + where.encode())
 
 
-def unseal(key: bytes, sealed: bytes, where: str) -> bytes:
+def unseal(keys: Sequence[bytes], sealed: bytes, where: str) -> bytes:
+    """Open ``sealed`` with whichever of ``keys`` sealed it (the current key, or the previous one
+    while a master key rotation is under way)."""
     if not sealed.startswith(MAGIC):
         raise SealedOutputError(f"{where} is not a sealed output (written before outputs were encrypted?): run the step that produces it again")
     header_end = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES
     header = sealed[:header_end]
-    if header[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES] != key_id(key):
+    key = next((key for key in keys if key_id(key) == header[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES]), None)
+    if key is None:
         raise SealedOutputError(f"{where} was sealed under another master key (rotated since?): run the step that produces it again")
     try:
         return AESGCM(key).decrypt(header[-NONCE_BYTES:], sealed[header_end:], header + where.encode())
@@ -77,22 +81,22 @@ def unseal(key: bytes, sealed: bytes, where: str) -> bytes:
 class SealedPickleIOManager(PickledObjectFilesystemIOManager):
     """Dagster's filesystem IO manager with every file sealed (see the module docstring)."""
 
-    def __init__(self, base_dir: str, key: bytes):
+    def __init__(self, base_dir: str, keys: Sequence[bytes]):
         super().__init__(base_dir=base_dir)
-        self._key = key
+        self._keys = list(keys)  # the first seals; any opens
 
     def _where(self, path: Any) -> str:
         return path.relative_to(self._base_path).as_posix()
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: Any) -> None:
-        sealed = seal(self._key, pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), self._where(path))
+        sealed = seal(self._keys[0], pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), self._where(path))
         with path.open("wb") as file:
             file.write(sealed)
 
     def load_from_path(self, context: dg.InputContext, path: Any) -> Any:
         with path.open("rb") as file:
             sealed = file.read()
-        return pickle.loads(unseal(self._key, sealed, self._where(path)))
+        return pickle.loads(unseal(self._keys, sealed, self._where(path)))
 
     def rewrite(self, asset_key: Sequence[str], partition: str, change: Callable[[Any], Any]) -> bool:
         """Store ``change(output)`` in place of an asset partition's stored output (an erasure drops
@@ -106,7 +110,9 @@ class SealedPickleIOManager(PickledObjectFilesystemIOManager):
 
 def sealed_storage(instance: dg.DagsterInstance, base_dir: str | None = None) -> SealedPickleIOManager:
     """The stored outputs of ``instance`` (or of ``base_dir``), opened with this installation's key."""
-    return SealedPickleIOManager(base_dir or instance.storage_directory(), storage_key(get_settings().master_key()))
+    settings = get_settings()
+    masters = [key for key in (settings.master_key(), settings.previous_master_key()) if key]
+    return SealedPickleIOManager(base_dir or instance.storage_directory(), [storage_key(master) for master in masters])
 
 
 class EncryptedFilesystemIOManager(dg.ConfigurableIOManagerFactory):

@@ -68,13 +68,14 @@ def test_a_sealed_output_opens_only_at_its_path_under_its_key():
     key, other = storage_key(b"k" * 32), storage_key(b"o" * 32)
     sealed = seal(key, b"+79161234567", "imports/contact_import_rows/demo")
     assert b"79161234567" not in sealed
-    assert unseal(key, sealed, "imports/contact_import_rows/demo") == b"+79161234567"
+    assert unseal([key], sealed, "imports/contact_import_rows/demo") == b"+79161234567"
+    assert unseal([other, key], sealed, "imports/contact_import_rows/demo") == b"+79161234567"  # a master key rotation under way
     with pytest.raises(SealedOutputError, match="altered or copied"):
-        unseal(key, sealed, "imports/contact_import_rows/acme")  # copied over another tenant's output
+        unseal([key], sealed, "imports/contact_import_rows/acme")  # copied over another tenant's output
     with pytest.raises(SealedOutputError, match="another master key"):
-        unseal(other, sealed, "imports/contact_import_rows/demo")
+        unseal([other], sealed, "imports/contact_import_rows/demo")
     with pytest.raises(SealedOutputError, match="not a sealed output"):
-        unseal(key, pickle.dumps({"phone": "+79161234567"}), "imports/contact_import_rows/demo")  # never unpickled
+        unseal([key], pickle.dumps({"phone": "+79161234567"}), "imports/contact_import_rows/demo")  # never unpickled
     flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
     with pytest.raises(SealedOutputError, match="altered"):
-        unseal(key, flipped, "imports/contact_import_rows/demo")
+        unseal([key], flipped, "imports/contact_import_rows/demo")
