@@ -32,7 +32,9 @@ import httpx
 import sqlalchemy as sa
 
 from orchestrator_assets.consent_decisions import WITHDRAW, record_decision
+from orchestrator_assets.contact_pii import blind_index, read_contacts
 from orchestrator_assets.sends.limits import RateLimiter
+from policies.masking import mask_phone
 from policies.policy import RateLimit
 from resources.channels.smsc import (
     ReachabilityResult,
@@ -41,11 +43,13 @@ from resources.channels.smsc import (
     reachability,
 )
 from resources.opstore_schema import consents, contacts, phone_reachability
+from resources.pii import TenantCipher
 from resources.sql import upsert_insert
 
 SMS = "sms"
 SOURCE = "smsc:hlr"  # the consent source of a withdrawal for a dead number
 LOOKUP_TIMEOUT_S = 30.0
+HLR_LOOKUP = "hlr_lookup"  # blind index kind of SMSC's lookup ids
 
 
 @dataclass(frozen=True)
@@ -64,32 +68,36 @@ class Lookups:
     not_checked: list[tuple[int, str]] = field(default_factory=list)  # (contact id, why)
 
 
-def due_numbers(conn: sa.Connection, tenant: str, now: dt.datetime, recheck_after: dt.timedelta) -> list[DueNumber]:
+def due_numbers(conn: sa.Connection, cipher: TenantCipher, now: dt.datetime, recheck_after: dt.timedelta) -> list[DueNumber]:
     """Contacts whose phone needs a lookup: granted SMS consent, and never checked, checked before
-    ``now - recheck_after``, or checked under another number. Never-checked first, then oldest."""
+    ``now - recheck_after``, or checked under another number (blind indexes differ). Never-checked
+    first, then oldest; phones opened from the sealed contacts."""
+    tenant = cipher.tenant
     granted_sms = sa.exists().where(
         consents.c.tenant == tenant, consents.c.contact_id == contacts.c.id, consents.c.channel == SMS, consents.c.status == "granted"
     )
     last = phone_reachability
-    stale = sa.or_(last.c.contact_id.is_(None), last.c.checked_at < now - recheck_after, last.c.phone != contacts.c.phone)
+    stale = sa.or_(last.c.contact_id.is_(None), last.c.checked_at < now - recheck_after, last.c.phone_bidx != contacts.c.phone_bidx)
     query = (
-        sa.select(contacts.c.id, contacts.c.phone)
+        sa.select(contacts.c.id, contacts.c.data_key, contacts.c.pii)
         .select_from(contacts.outerjoin(last, sa.and_(last.c.tenant == contacts.c.tenant, last.c.contact_id == contacts.c.id)))
-        .where(contacts.c.tenant == tenant, contacts.c.phone.is_not(None), granted_sms, stale)
+        .where(contacts.c.tenant == tenant, contacts.c.phone_bidx.is_not(None), granted_sms, stale)
         .order_by(last.c.checked_at.asc().nulls_first(), contacts.c.id)
     )
-    return [DueNumber(row.id, row.phone) for row in conn.execute(query)]
+    return [DueNumber(row.id, cipher.open(row.data_key, row.pii)["phone"]) for row in conn.execute(query)]
 
 
-def record_result(conn: sa.Connection, tenant: str, contact_id: int, phone: str, result: ReachabilityResult, now: dt.datetime) -> int:
+def record_result(conn: sa.Connection, cipher: TenantCipher, contact_id: int, phone: str, result: ReachabilityResult, now: dt.datetime) -> int:
     """Store the contact's latest lookup; a dead number withdraws its SMS consent. Returns the
-    number of consents withdrawn (0 or 1)."""
+    number of consents withdrawn (0 or 1). The phone and SMSC's lookup id (which contains it) are
+    kept as blind indexes only; the consent evidence names the phone masked."""
+    tenant = cipher.tenant
     values = {
-        "phone": phone,
+        "phone_bidx": blind_index(cipher, "phone", phone),
         "reachable": result.reachable,
         "reason": result.reason,
         "network": json.dumps(result.network, ensure_ascii=False) if result.network else None,
-        "lookup_id": result.lookup_id,
+        "lookup_bidx": cipher.index(HLR_LOOKUP, result.lookup_id) if result.lookup_id else None,
         "checked_at": now,
     }
     statement = upsert_insert(conn, phone_reachability).values(tenant=tenant, contact_id=contact_id, **values)
@@ -97,7 +105,7 @@ def record_result(conn: sa.Connection, tenant: str, contact_id: int, phone: str,
     if result.reachable is not False:
         return 0
     evidence = json.dumps(
-        {"lookup_id": result.lookup_id, "phone": phone_digits(phone), "status": result.status, "err": result.err, "reason": result.reason},
+        {"smsc_id": (result.lookup_id or "").partition(":")[0], "phone": mask_phone(phone), "status": result.status, "err": result.err, "reason": result.reason},
         ensure_ascii=False,
     )
     return int(record_decision(conn, tenant, contact_id, SMS, WITHDRAW, SOURCE, evidence, now, now))
@@ -138,17 +146,21 @@ async def look_up(
     return outcome
 
 
-def apply_hlr_callback(conn: sa.Connection, tenant: str, provider_message_id: str | None, form: Mapping[str, Any], now: dt.datetime) -> bool:
+def apply_hlr_callback(conn: sa.Connection, cipher: TenantCipher, provider_message_id: str | None, form: Mapping[str, Any], now: dt.datetime) -> bool:
     """True when an SMSC status callback belongs to one of our HLR lookups (so it is done with);
     its result is recorded when it settles a lookup that polling left unsettled."""
     if not provider_message_id:
         return False
+    lookup = cipher.index(HLR_LOOKUP, provider_message_id)
     row = conn.execute(
-        sa.select(phone_reachability).where(phone_reachability.c.tenant == tenant, phone_reachability.c.lookup_id == provider_message_id)
+        sa.select(phone_reachability).where(phone_reachability.c.tenant == cipher.tenant, phone_reachability.c.lookup_bidx == lookup)
     ).first()
     if row is None:
         return False
-    result = replace(reachability(phone_digits(row.phone), form), lookup_id=row.lookup_id)
+    phone = read_contacts(conn, cipher, [row.contact_id]).get(row.contact_id, {}).get("phone")
+    if phone is None:  # erased (or the phone removed) since: nothing left to record it for
+        return True
+    result = replace(reachability(phone_digits(phone), form), lookup_id=provider_message_id)
     if row.reachable is None and result.reachable is not None:
-        record_result(conn, tenant, row.contact_id, row.phone, result, now)
+        record_result(conn, cipher, row.contact_id, phone, result, now)
     return True

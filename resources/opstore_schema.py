@@ -18,23 +18,50 @@ metadata = sa.MetaData()
 BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 UTCDateTime = sa.DateTime(timezone=True)
 
+# Personal data is sealed per contact (resources/pii.py): ``data_key`` is the contact's own key,
+# wrapped by the tenant's data key; ``pii`` is the AES-GCM of its names, e-mail, phone (+ extension),
+# Telegram chat id and VK user id. ``*_bidx`` are keyed blind indexes for equality lookups;
+# ``email_domain`` and ``phone_country`` are derived, non-identifying columns for segment rules.
+# Erasure deletes ``data_key`` (and nulls ``pii`` and the indexes) and stamps ``erased_at``.
 contacts = sa.Table(
     "contacts",
     metadata,
     sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("external_id", sa.String(128), nullable=False),
-    sa.Column("first_name", sa.String(128)),
-    sa.Column("last_name", sa.String(128)),
-    sa.Column("email", sa.String(320)),
-    sa.Column("phone", sa.String(32)),
-    sa.Column("telegram_chat_id", sa.BigInteger),
-    sa.Column("vk_user_id", sa.BigInteger),
+    sa.Column("data_key", sa.LargeBinary),
+    sa.Column("pii", sa.LargeBinary),
+    sa.Column("email_bidx", sa.String(32)),
+    sa.Column("phone_bidx", sa.String(32)),
+    sa.Column("telegram_bidx", sa.String(32)),
+    sa.Column("vk_bidx", sa.String(32)),
+    sa.Column("email_domain", sa.String(255)),
+    sa.Column("phone_country", sa.String(2)),
     sa.Column("city", sa.String(128)),
     sa.Column("language", sa.String(8)),
+    sa.Column("timezone", sa.String(64)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("erased_at", UTCDateTime),
     sa.UniqueConstraint("tenant", "external_id", name="uq_contacts_tenant_external_id"),
+    sa.Index("ix_contacts_email_bidx", "tenant", "email_bidx"),
+    sa.Index("ix_contacts_phone_bidx", "tenant", "phone_bidx"),
+    sa.Index("ix_contacts_telegram_bidx", "tenant", "telegram_bidx"),
+    sa.Index("ix_contacts_vk_bidx", "tenant", "vk_bidx"),
+)
+
+# Each tenant's data key and blind-index key, wrapped by the master key, one row per version.
+# The newest non-retired version wraps new contact keys; a key rotation adds a version, re-wraps
+# and then sets ``retired_at`` on the old one, whose wrapped contact keys no longer open.
+tenant_keys = sa.Table(
+    "tenant_keys",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("wrapped_data_key", sa.LargeBinary, nullable=False),
+    sa.Column("wrapped_index_key", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("retired_at", UTCDateTime),
 )
 
 consents = sa.Table(
@@ -91,7 +118,7 @@ sends = sa.Table(
     sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
     sa.Column("channel", sa.String(32), nullable=False),
     sa.Column("provider", sa.String(32), nullable=False),
-    sa.Column("address", sa.String(320), nullable=False),
+    sa.Column("address", sa.LargeBinary, nullable=False),  # sealed with the contact's key (resources/pii.py)
     sa.Column("status", sa.String(16), nullable=False),  # claimed | sent | failed | ambiguous
     sa.Column("run_id", sa.String(64), nullable=False),  # the run that claimed the row
     sa.Column("provider_message_id", sa.String(256)),
@@ -281,13 +308,13 @@ phone_reachability = sa.Table(
     metadata,
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),
-    sa.Column("phone", sa.String(32), nullable=False),  # as the contact had it when checked
+    sa.Column("phone_bidx", sa.String(32), nullable=False),  # blind index of the phone checked (resources/pii.py)
     sa.Column("reachable", sa.Boolean),  # null: the lookup settled nothing (subscriber offline, no answer)
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("network", sa.Text),  # JSON: imsi, mcc, mnc, operator … as SMSC reported them
-    sa.Column("lookup_id", sa.String(64)),  # SMSC "<id>:<phone digits>", the key of its status callback
+    sa.Column("lookup_bidx", sa.String(32)),  # blind index of SMSC's "<id>:<phone digits>", the key of its status callback
     sa.Column("checked_at", UTCDateTime, nullable=False),
-    sa.Index("ix_phone_reachability_lookup", "tenant", "lookup_id"),
+    sa.Index("ix_phone_reachability_lookup", "tenant", "lookup_bidx"),
 )
 
 # What operators and jobs did to tenants' data (imports, rollbacks, merges, erasures, exports, key

@@ -9,9 +9,10 @@ import json
 import pytest
 import sqlalchemy as sa
 
+import sealed
 from orchestrator_assets.deliveries.processing import process_rows
 from resources.opstore import OperationalStore
-from resources.opstore_schema import blocked_senders, consent_events, consents, contacts, deliveries, sends, webhook_inbox
+from resources.opstore_schema import blocked_senders, consent_events, consents, deliveries, sends, webhook_inbox
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
@@ -22,13 +23,8 @@ def engine(algor_home):
     store.migrate()
     engine = store.engine()
     with engine.begin() as conn:
-        conn.execute(
-            sa.insert(contacts),
-            [
-                {"id": 1, "tenant": "demo", "external_id": "c1", "phone": "+79160000001", "vk_user_id": 555, "created_at": NOW, "updated_at": NOW},
-                {"id": 2, "tenant": "acme", "external_id": "c1", "phone": "+79160000001", "vk_user_id": 555, "created_at": NOW, "updated_at": NOW},
-            ],
-        )
+        for tenant in ("demo", "acme"):  # ids 1 and 2
+            sealed.add_contact(conn, tenant, "c1", NOW, phone="+79160000001", vk_user_id=555)
         conn.execute(
             sa.insert(consents),
             [
@@ -40,7 +36,7 @@ def engine(algor_home):
         conn.execute(
             sa.insert(sends).values(
                 send_id="s1", tenant="demo", campaign="c", step="main", contact_id=1, channel="whatsapp", provider="d360",
-                address="+79160000001", status="sent", run_id="r", provider_message_id="wamid.1", claimed_at=NOW, finished_at=NOW,
+                address=sealed.sealed_address(conn, "demo", 1, "+79160000001"), status="sent", run_id="r", provider_message_id="wamid.1", claimed_at=NOW, finished_at=NOW,
             )
         )
     return engine

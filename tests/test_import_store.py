@@ -9,17 +9,19 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from orchestrator_assets.contact_pii import read_contacts
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
 from orchestrator_assets.imports.validation import CSV_COLUMNS, read_contacts_csv, validate_contact_rows
 from resources.opstore import migrate
 from resources.opstore_schema import consent_events, consents, contacts, metadata
+from resources.pii import tenant_cipher
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
+def engine(request, algor_home, tmp_path):
     url = f"sqlite:///{tmp_path / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     migrate(url)  # the schema as production gets it: from the Alembic migrations
     engine = sa.create_engine(url)
@@ -50,6 +52,13 @@ def _import(engine, tenant, good, now=NOW):
 def _snapshot(engine):
     with engine.connect() as conn:
         return {table.name: conn.execute(sa.select(table).order_by(table.c.id)).all() for table in (contacts, consents, consent_events)}
+
+
+def _personal(conn, tenant):
+    """The personal data of the tenant's one contact, opened (it is sealed in the store)."""
+    cipher = tenant_cipher(conn, tenant)
+    (personal,) = read_contacts(conn, cipher, conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant)).scalars()).values()
+    return personal
 
 
 def _utc(moment: datetime) -> datetime:
@@ -119,7 +128,7 @@ def test_tenants_with_the_same_external_id_stay_separate(engine):
     changed = _import(engine, "globex", _good({**row, "email": "anna@example.org"}))
     assert changed[0] == {"inserted": 0, "updated": 1, "unchanged": 0}
     with engine.connect() as conn:
-        emails = dict(conn.execute(sa.select(contacts.c.tenant, contacts.c.email).order_by(contacts.c.tenant)).all())
+        emails = {tenant: _personal(conn, tenant)["email"] for tenant in ("acme", "globex")}
     assert emails == {"acme": "anna@example.ru", "globex": "anna@example.org"}
 
 
@@ -133,7 +142,8 @@ def test_changed_fields_update_and_blank_cells_keep_stored_values(engine):
     assert counts[0] == {"inserted": 0, "updated": 1, "unchanged": 0}
     with engine.connect() as conn:
         row = conn.execute(sa.select(contacts)).one()
-    assert (row.first_name, row.email, row.phone, row.telegram_chat_id) == ("Аня", "anna@example.ru", "+79161234567", 5007686286)
+        personal = _personal(conn, "acme")
+    assert (personal["first_name"], personal["email"], personal["phone"], personal["telegram_chat_id"]) == ("Аня", "anna@example.ru", "+79161234567", 5007686286)
     assert (_utc(row.created_at), _utc(row.updated_at)) == (NOW, later)
 
 

@@ -10,6 +10,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
+import sealed
 from orchestrator_assets.deliveries.processing import process_rows
 from resources.links import sign_deep_link
 from resources.opstore import migrate
@@ -69,9 +70,7 @@ def apply(engine, provider: str, *payloads: dict, tenant: str = "demo", now: dt.
 
 def add_contact(engine, external_id: str, tenant: str = "demo", **fields) -> int:
     with engine.begin() as conn:
-        return conn.execute(
-            sa.insert(contacts).values(tenant=tenant, external_id=external_id, created_at=NOW, updated_at=NOW, **fields).returning(contacts.c.id)
-        ).scalar_one()
+        return sealed.add_contact(conn, tenant, external_id, NOW, **fields)
 
 
 def state(engine, contact_id: int, channel: str = "telegram") -> str | None:
@@ -81,13 +80,20 @@ def state(engine, contact_id: int, channel: str = "telegram") -> str | None:
 
 def contact_by_chat(engine, chat: int):
     with engine.connect() as conn:
-        return conn.execute(sa.select(contacts).where(contacts.c.telegram_chat_id == chat)).all()
+        return sealed.contacts_with(conn, "demo", "telegram_chat_id", chat)
+
+
+def newcomer(engine, channel: str, address: int) -> str:
+    with engine.connect() as conn:
+        return sealed.newcomer_external_id(conn, "demo", channel, address)
 
 
 def test_start_from_an_unknown_chat_creates_a_contact_grants_with_evidence_and_records_the_trigger(engine):
     batch = apply(engine, "telegram", start(700001))
     (contact,) = contact_by_chat(engine, 700001)
-    assert (contact.tenant, contact.external_id, contact.email, contact.first_name) == ("demo", "telegram:700001", None, None)
+    assert (contact.tenant, contact.external_id) == ("demo", newcomer(engine, "telegram", 700001))
+    with engine.connect() as conn:
+        assert sealed.personal(conn, "demo", contact.id) == {"telegram_chat_id": 700001}  # the chat id, sealed, and nothing else
     assert state(engine, contact.id) == "granted"
     with engine.connect() as conn:
         (fact,) = conn.execute(sa.select(consent_events)).all()
@@ -131,13 +137,13 @@ def test_unverifiable_payload_binds_nothing_and_the_chat_gets_its_own_contact(en
     ivan = add_contact(engine, "crm-2", email="ivan@example.ru")
     apply(engine, "telegram", start(700004, payload=token(ivan)))
     (contact,) = contact_by_chat(engine, 700004)
-    assert contact.external_id == "telegram:700004" and state(engine, ivan) is None
+    assert contact.external_id == newcomer(engine, "telegram", 700004) and state(engine, ivan) is None
 
 
 def test_deep_link_never_moves_a_contact_that_already_has_another_chat(engine):
     ivan = add_contact(engine, "crm-3", telegram_chat_id=111)
     apply(engine, "telegram", start(700005, payload=sign_deep_link("demo", ivan)))
-    assert [c.external_id for c in contact_by_chat(engine, 700005)] == ["telegram:700005"]
+    assert [c.external_id for c in contact_by_chat(engine, 700005)] == [newcomer(engine, "telegram", 700005)]
     assert [c.id for c in contact_by_chat(engine, 111)] == [ivan] and state(engine, ivan) is None
 
 
@@ -166,7 +172,8 @@ def test_vk_message_allow_from_an_unknown_user_grants_vk_and_records_its_trigger
         (contact,) = conn.execute(sa.select(contacts)).all()
         (trigger,) = conn.execute(sa.select(trigger_events)).all()
         fact = conn.execute(sa.select(consent_events)).one()
-    assert (contact.external_id, contact.vk_user_id) == ("vk:777", 777)
+        assert sealed.personal(conn, "demo", contact.id) == {"vk_user_id": 777}
+    assert contact.external_id == newcomer(engine, "vk", 777)
     assert state(engine, contact.id, "vk") == "granted" and trigger.event == "vk_message_allow"
     # VK events carry no time of their own: they are dated by the gateway's receipt, not by processing.
     assert fact.occurred_at.replace(tzinfo=dt.UTC) == NOW

@@ -17,9 +17,12 @@ import pytest
 import sqlalchemy as sa
 from flow import process_inbox
 
+import sealed
 from definitions import defs
 from gateway.app import create_app
+from orchestrator_assets.contact_pii import blind_index, contact_columns
 from policies.loader import load_tenants
+from policies.masking import mask_phone
 from resources.channels import smsc
 from resources.connectors import sandbox_accounts
 from resources.opstore import OperationalStore
@@ -30,6 +33,7 @@ from resources.opstore_schema import (
     phone_reachability,
     webhook_inbox,
 )
+from resources.pii import tenant_cipher
 from resources.settings import get_settings
 from sandbox.config import SandboxConfig
 from sandbox.outcomes import outcome_for
@@ -78,11 +82,9 @@ def engine(stack):
     engine = OperationalStore().engine()
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
-        rows = [
-            {"id": cid, "tenant": "acme", "external_id": f"c{cid}", "phone": phone, "created_at": now, "updated_at": now} for cid, (phone, _) in PEOPLE.items()
-        ]
-        rows.append({"id": 100, "tenant": "demo", "external_id": "d1", "phone": phone_with("undeliverable", skip=1), "created_at": now, "updated_at": now})
-        conn.execute(sa.insert(contacts), rows)
+        for cid, (phone, _) in PEOPLE.items():
+            sealed.add_contact(conn, "acme", f"c{cid}", now, contact_id=cid, phone=phone)
+        sealed.add_contact(conn, "demo", "d1", now, contact_id=100, phone=phone_with("undeliverable", skip=1))
         granted = [(cid, status) for cid, (_, status) in PEOPLE.items() if status] + [(100, "granted")]
         conn.execute(
             sa.insert(consents),
@@ -120,6 +122,11 @@ def hlr_requests(sandbox_url: str) -> list[dict]:
     return [m for m in messages if m["hlr"]]
 
 
+def phone_index(engine, phone: str) -> str:
+    with engine.connect() as conn:
+        return blind_index(tenant_cipher(conn, "acme"), "phone", phone)
+
+
 def reachability(engine) -> dict[int, sa.Row]:
     with engine.connect() as conn:
         return {row.contact_id: row for row in conn.execute(sa.select(phone_reachability))}
@@ -148,10 +155,11 @@ def test_hlr_lookups_record_reachability_suppress_dead_numbers_and_skip_recent_o
 
     rows = reachability(engine)
     assert {cid: row.reachable for cid, row in rows.items()} == {1: True, 2: False, 3: None, 4: False, 5: False, 6: True}
-    assert json.loads(rows[1].network)["imsi"] and rows[1].lookup_id.endswith(":" + PEOPLE[1][0].lstrip("+"))
+    # The phone and SMSC's lookup id ("<id>:<phone digits>") are kept as blind indexes only.
+    assert json.loads(rows[1].network)["imsi"] and rows[1].lookup_bidx and rows[1].phone_bidx == phone_index(engine, PEOPLE[1][0])
     assert rows[2].reason == "status 20 (cannot deliver), err 1 (subscriber does not exist)"
     assert rows[3].reason == "status 20 (cannot deliver), err 6 (subscriber offline)"
-    assert rows[4].reason.startswith("HLR request refused: 8") and rows[4].lookup_id is None
+    assert rows[4].reason.startswith("HLR request refused: 8") and rows[4].lookup_bidx is None
 
     # Dead numbers lose their SMS consent, with the lookup as evidence, exactly like an
     # "unreachable" send answer; live and offline ones keep it; other tenants are untouched.
@@ -178,7 +186,9 @@ def test_hlr_lookups_record_reachability_suppress_dead_numbers_and_skip_recent_o
 
     # A contact whose phone changed is due again at once; nobody else is.
     with engine.begin() as conn:
-        conn.execute(sa.update(contacts).where(contacts.c.id == 6).values(phone=phone_with("undeliverable", skip=2)))
+        cipher = tenant_cipher(conn, "acme")
+        key = conn.execute(sa.select(contacts.c.data_key).where(contacts.c.id == 6)).scalar_one()
+        conn.execute(sa.update(contacts).where(contacts.c.id == 6).values(contact_columns(cipher, key, {"phone": phone_with("undeliverable", skip=2)})))
     third = materialized(look_up(instance, max_lookups=50, lookups_per_second=SANDBOX_LIMIT_PER_S))
     assert (third["due"], third["looked_up"], third["unreachable"]) == (1, 1, 1)
     assert reachability(engine)[6].reachable is False and sms_consents(engine)[6].status == "withdrawn"
@@ -206,10 +216,10 @@ def test_a_status_callback_settles_a_lookup_that_polling_left_pending(engine, st
             sa.insert(phone_reachability).values(
                 tenant="acme",
                 contact_id=1,
-                phone=PEOPLE[1][0],
+                phone_bidx=phone_index(engine, PEOPLE[1][0]),
                 reachable=None,
                 reason="status -1 (awaiting send)",
-                lookup_id=f"9001:{digits}",
+                lookup_bidx=tenant_cipher(conn, "acme").index("hlr_lookup", f"9001:{digits}"),
                 checked_at=dt.datetime.now(dt.UTC),
             )
         )
@@ -220,4 +230,5 @@ def test_a_status_callback_settles_a_lookup_that_polling_left_pending(engine, st
     row = reachability(engine)[1]
     assert (row.reachable, row.reason) == (False, "status 20 (cannot deliver), err 1 (subscriber does not exist)")
     consent = sms_consents(engine)[1]
-    assert (consent.status, consent.source, json.loads(consent.evidence)["lookup_id"]) == ("withdrawn", "smsc:hlr", f"9001:{digits}")
+    evidence = json.loads(consent.evidence)
+    assert (consent.status, consent.source, evidence["smsc_id"], evidence["phone"]) == ("withdrawn", "smsc:hlr", "9001", mask_phone(PEOPLE[1][0]))

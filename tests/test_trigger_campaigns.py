@@ -13,6 +13,7 @@ import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
+import sealed
 from flow import metadata, process_inbox, running_stack
 
 from definitions import defs
@@ -70,10 +71,11 @@ def test_telegram_start_grants_consent_and_sends_the_welcome_exactly_once(algor_
         _, inbox_cursor = process_inbox(instance)
 
         with engine.connect() as conn:
-            (contact,) = conn.execute(sa.select(contacts).where(contacts.c.telegram_chat_id == chat)).all()
+            (contact,) = sealed.contacts_with(conn, "demo", "telegram_chat_id", chat)
+            newcomer = sealed.newcomer_external_id(conn, "demo", "telegram", chat)
             consent = conn.execute(sa.select(consents).where(consents.c.contact_id == contact.id)).one()
             (fact,) = conn.execute(sa.select(consent_events).where(consent_events.c.contact_id == contact.id)).all()
-        assert contact.external_id == f"telegram:{chat}"
+        assert contact.external_id == newcomer
         assert (consent.channel, consent.purpose, consent.status) == ("telegram", "marketing", "granted")
         assert fact.action == "grant" and json.loads(fact.evidence)["reason"] == "command:/start"
 

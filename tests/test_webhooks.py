@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
+import sealed
 from flow import process_inbox
 from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
@@ -173,13 +174,8 @@ def engine(subscribed):
 def seed(engine: sa.Engine) -> None:
     """Two demo contacts and one acme contact, each with a sent e-mail and a granted e-mail consent."""
     with engine.begin() as conn:
-        conn.execute(
-            sa.insert(contacts),
-            [
-                {"id": cid, "tenant": tenant, "external_id": ext, "email": f"{ext}@example.ru", "created_at": NOW, "updated_at": NOW}
-                for cid, tenant, ext in ((1, "demo", "crm-1"), (2, "demo", "crm-2"), (3, "acme", "crm-1"))
-            ],
-        )
+        for cid, tenant, ext in ((1, "demo", "crm-1"), (2, "demo", "crm-2"), (3, "acme", "crm-1")):
+            sealed.add_contact(conn, tenant, ext, NOW, contact_id=cid, email=f"{ext}@example.ru")
         conn.execute(
             sa.insert(consents),
             [
@@ -207,7 +203,7 @@ def seed(engine: sa.Engine) -> None:
                     "contact_id": cid,
                     "channel": "email",
                     "provider": "mailgun",
-                    "address": f"c{cid}@example.ru",
+                    "address": sealed.sealed_address(conn, tenant, cid, f"c{cid}@example.ru"),
                     "status": "sent",
                     "run_id": "r",
                     "provider_message_id": f"m{cid}@mg",
@@ -438,7 +434,7 @@ def test_final_send_outcomes_are_announced_once(engine, subscribed):
             "contact_id": contact_id,
             "channel": channel,
             "provider": provider,
-            "address": "a",
+            "address": b"sealed, not read here",
             "status": status,
             "run_id": "r",
             "provider_message_id": message_id,

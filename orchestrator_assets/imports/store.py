@@ -22,13 +22,17 @@ import pandas as pd
 import sqlalchemy as sa
 
 from orchestrator_assets.consent_decisions import GRANT, PURPOSE, STATUS, WITHDRAW, FutureDatedGrant, consent_state_upsert, fact_time, state_row
+from orchestrator_assets.contact_pii import PII_FIELDS, contact_columns
 from orchestrator_assets.imports.validation import CHANNELS
 from orchestrator_assets.webhooks.events import WebhookEvent, consent_event
 from resources.opstore_schema import consent_events, consents, contacts
+from resources.pii import tenant_cipher
 from resources.sql import upsert_insert
 
 BATCH_SIZE = 500
-CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "vk_user_id", "city", "language")
+PLAIN_FIELDS = ("city", "language", "timezone")  # not personal on their own: stored as they are, for segment rules
+CONTACT_FIELDS = (*PII_FIELDS, *PLAIN_FIELDS)
+SEALED_COLUMNS = ("email_bidx", "phone_bidx", "telegram_bidx", "vk_bidx", "email_domain", "phone_country")
 
 
 def _utc(moment: datetime | pd.Timestamp) -> datetime:
@@ -74,23 +78,23 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
     An empty cell never erases a stored value: a CRM export without telegram ids must not wipe
     the chat ids our bot collected. Returns ``{"inserted", "updated", "unchanged"}``; a contact
     is ``unchanged`` when every non-empty field equals what is stored, and is then not written
-    at all (its ``updated_at`` stays put).
+    at all (its ``updated_at`` stays put). Personal data is sealed (``contact_pii``): stored
+    contacts are opened, merged with the file here, and sealed again under their own key.
     """
     now = _utc(now)
-    records = _records(good_df, ("external_id", *CONTACT_FIELDS))
+    fields = [field for field in CONTACT_FIELDS if field in good_df.columns]
+    records = _records(good_df, ("external_id", *fields))
     counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+    cipher = tenant_cipher(conn, tenant)
     insert = upsert_insert(conn, contacts)
+    written = ("data_key", "pii", *SEALED_COLUMNS, *PLAIN_FIELDS, "updated_at")
     upsert = insert.on_conflict_do_update(
-        index_elements=[contacts.c.tenant, contacts.c.external_id],
-        set_={
-            **{field: sa.func.coalesce(insert.excluded[field], contacts.c[field]) for field in CONTACT_FIELDS},
-            "updated_at": insert.excluded.updated_at,
-        },
+        index_elements=[contacts.c.tenant, contacts.c.external_id], set_={column: insert.excluded[column] for column in written}
     )
-    stored_columns = [contacts.c.external_id, *(contacts.c[field] for field in CONTACT_FIELDS)]
+    stored_columns = [contacts.c.external_id, contacts.c.data_key, contacts.c.pii, *(contacts.c[field] for field in PLAIN_FIELDS)]
     for batch in _batches(records):
         stored = {
-            row.external_id: row._mapping
+            row.external_id: {**cipher.open(row.data_key, row.pii), **{f: row._mapping[f] for f in PLAIN_FIELDS}, "data_key": row.data_key}
             for row in conn.execute(
                 sa.select(*stored_columns).where(
                     contacts.c.tenant == tenant, contacts.c.external_id.in_([r["external_id"] for r in batch])
@@ -102,12 +106,18 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
             old = stored.get(record["external_id"])
             if old is None:
                 counts["inserted"] += 1
-            elif any(record[f] is not None and record[f] != old[f] for f in CONTACT_FIELDS):
+                old = {"data_key": cipher.new_contact_key()}
+            elif any(record[f] is not None and record[f] != old.get(f) for f in fields):
                 counts["updated"] += 1
             else:
                 counts["unchanged"] += 1
                 continue
-            writes.append({"tenant": tenant, **record, "created_at": now, "updated_at": now})
+            merged = {f: old.get(f) if record.get(f) is None else record[f] for f in (*PII_FIELDS, *PLAIN_FIELDS)}
+            sealed = contact_columns(cipher, old["data_key"], merged)
+            plain = {f: merged[f] for f in PLAIN_FIELDS}
+            writes.append(
+                {"tenant": tenant, "external_id": record["external_id"], "data_key": old["data_key"], **sealed, **plain, "created_at": now, "updated_at": now}
+            )
         if writes:
             conn.execute(upsert, writes)
     return counts

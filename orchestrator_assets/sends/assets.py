@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
+from orchestrator_assets.contact_pii import CHANNEL_FIELD
 from orchestrator_assets.groups import CAMPAIGNS, SENDS
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.sends.decisions import (
@@ -19,6 +20,7 @@ from orchestrator_assets.sends.outcomes import publish_send_outcomes
 from orchestrator_assets.sends.run import Outgoing, SendReport, send_messages
 from orchestrator_assets.tables import markdown_table
 from policies.loader import load_bundle
+from policies.masking import mask_value
 from resources.channels.base import Attachment, OutboundMessage, TemplateRef
 from resources.connectors import ChannelConnectors
 from resources.opstore import OperationalStore
@@ -163,7 +165,8 @@ def refuse_before_sending(engine: sa.Engine, tenant: str, by_channel: dict, outg
         try:
             validate(item.message)
         except ValueError as exc:
-            problems.append((item.message.campaign, item.message.channel, item.message.address, str(exc)))
+            address = mask_value(CHANNEL_FIELD.get(item.message.channel, "address"), item.message.address)
+            problems.append((item.message.campaign, item.message.channel, address, str(exc)))
     if problems:
         raise dg.Failure(
             f"{len(problems)} message(s) would be refused by their provider; nothing was sent",
