@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
-import json
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
 
+from resources.inbox_payloads import seal_payload
 from resources.opstore_schema import webhook_inbox
 from resources.sql import upsert_insert
 
@@ -37,7 +37,7 @@ def inbox_rows(tenant: str, provider: str, events: list[tuple[str, dict]]) -> li
             "provider": provider,
             "account": provider,
             "event_key": key,
-            "payload": json.dumps(payload, ensure_ascii=False),
+            "payload": seal_payload(tenant, provider, key, payload),
             "received_at": now,
         }
         for key, payload in events

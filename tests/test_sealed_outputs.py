@@ -17,7 +17,8 @@ from orchestrator_assets.contacts import contacts
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.segments import segment_members
-from resources.io_managers import MAGIC, EncryptedFilesystemIOManager, SealedOutputError, seal, storage_key, unseal
+from resources.io_managers import STORAGE_KEY_LABEL, EncryptedFilesystemIOManager
+from resources.sealing import MAGIC, SealError, derive_key, seal, unseal
 from resources.opstore import OperationalStore
 
 IMPORT_ROWS = dg.AssetKey(["imports", "contact_import_rows"])
@@ -65,17 +66,17 @@ def test_stored_outputs_are_ciphertext_and_load_downstream(algor_home, instance)
 
 
 def test_a_sealed_output_opens_only_at_its_path_under_its_key():
-    key, other = storage_key(b"k" * 32), storage_key(b"o" * 32)
+    key, other = derive_key(b"k" * 32, STORAGE_KEY_LABEL), derive_key(b"o" * 32, STORAGE_KEY_LABEL)
     sealed = seal(key, b"+79161234567", "imports/contact_import_rows/demo")
     assert b"79161234567" not in sealed
     assert unseal([key], sealed, "imports/contact_import_rows/demo") == b"+79161234567"
     assert unseal([other, key], sealed, "imports/contact_import_rows/demo") == b"+79161234567"  # a master key rotation under way
-    with pytest.raises(SealedOutputError, match="altered or copied"):
+    with pytest.raises(SealError, match="altered or copied"):
         unseal([key], sealed, "imports/contact_import_rows/acme")  # copied over another tenant's output
-    with pytest.raises(SealedOutputError, match="another master key"):
+    with pytest.raises(SealError, match="another master key"):
         unseal([other], sealed, "imports/contact_import_rows/demo")
-    with pytest.raises(SealedOutputError, match="not a sealed output"):
+    with pytest.raises(SealError, match="is not sealed"):
         unseal([key], pickle.dumps({"phone": "+79161234567"}), "imports/contact_import_rows/demo")  # never unpickled
     flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
-    with pytest.raises(SealedOutputError, match="altered"):
+    with pytest.raises(SealError, match="altered"):
         unseal([key], flipped, "imports/contact_import_rows/demo")
