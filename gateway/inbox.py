@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import structlog
 
-from resources.inbox_payloads import seal_payload
+from resources.inbox_payloads import inbox_keys, seal_payload
 from resources.opstore_schema import webhook_inbox
 from resources.sql import upsert_insert
 
@@ -31,13 +31,14 @@ EventKey = tuple[str, str, str]  # (tenant, provider, event key): the inbox's un
 
 def inbox_rows(tenant: str, provider: str, events: list[tuple[str, dict]]) -> list[dict]:
     now = dt.datetime.now(dt.UTC)
+    keys = inbox_keys()
     return [
         {
             "tenant": tenant,
             "provider": provider,
             "account": provider,
             "event_key": key,
-            "payload": seal_payload(tenant, provider, key, payload),
+            "payload": seal_payload(tenant, provider, key, payload, keys),
             "received_at": now,
         }
         for key, payload in events

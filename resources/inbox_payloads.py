@@ -22,14 +22,21 @@ def _where(tenant: str, provider: str, event_key: str) -> str:
     return f"webhook_inbox/{tenant}/{provider}/{event_key}"
 
 
-def seal_payload(tenant: str, provider: str, event_key: str, payload: Any) -> str:
+def inbox_keys() -> list[bytes]:
+    """The inbox's keys (the sealing one first). Looking them up costs more than sealing a payload
+    (settings, the key file), so a writer of many rows asks once."""
+    return derived_keys(INBOX_KEY_LABEL)
+
+
+def seal_payload(tenant: str, provider: str, event_key: str, payload: Any, keys: list[bytes] | None = None) -> str:
     plaintext = json.dumps(payload, ensure_ascii=False).encode()
-    return PREFIX + base64.b64encode(seal(derived_keys(INBOX_KEY_LABEL)[0], plaintext, _where(tenant, provider, event_key))).decode("ascii")
+    sealed = seal((keys or inbox_keys())[0], plaintext, _where(tenant, provider, event_key))
+    return PREFIX + base64.b64encode(sealed).decode("ascii")
 
 
-def open_payload(tenant: str, provider: str, event_key: str, stored: str) -> Any:
+def open_payload(tenant: str, provider: str, event_key: str, stored: str, keys: list[bytes] | None = None) -> Any:
     """The payload of an inbox row (``SealError`` when it was altered or moved to another row)."""
     if not stored.startswith(PREFIX):
         return json.loads(stored)
     sealed = base64.b64decode(stored[len(PREFIX) :])
-    return json.loads(unseal(derived_keys(INBOX_KEY_LABEL), sealed, _where(tenant, provider, event_key)))
+    return json.loads(unseal(keys or inbox_keys(), sealed, _where(tenant, provider, event_key)))

@@ -46,6 +46,7 @@ def derived_keys(label: bytes) -> list[bytes]:
     return [derive_key(master, label) for master in (settings.master_key(), settings.previous_master_key()) if master]
 
 
+@lru_cache(maxsize=16)
 def key_id(key: bytes) -> bytes:
     return hmac.new(key, b"key id", hashlib.sha256).digest()[:KEY_ID_BYTES]
 
