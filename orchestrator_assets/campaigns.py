@@ -9,6 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
+from orchestrator_assets.consent_ledger import consent_state, has_consent
 from orchestrator_assets.contact_pii import CHANNEL_FIELD, CHANNEL_INDEX, INDEX_COLUMNS
 from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
@@ -16,13 +17,14 @@ from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.segment_sql import segment_where
 from orchestrator_assets.tables import markdown_table
 from policies.campaigns import Campaign
+from policies.consent_purposes import required_consents
 from policies.loader import load_bundle
 from policies.rendering import render_message
 from policies.segments import Rule
 from resources.connectors import has_delivery_receipts
 from resources.links import rewrite_links, sign_click, sign_deep_link, sign_unsubscribe
 from resources.opstore import OperationalStore
-from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends
+from resources.opstore_schema import contacts, deliveries, segment_members, sends
 from resources.pii import TenantCipher, tenant_cipher
 from resources.settings import get_settings
 
@@ -60,11 +62,13 @@ def selected_campaigns(campaigns: dict[str, Campaign], config: CampaignSelection
 
 
 def audience_query(
-    cipher: TenantCipher, campaign: Campaign, channel: str, contact_ids: Sequence[int] = (), rule: Rule | None = None
+    cipher: TenantCipher, campaign: Campaign, channel: str, now: dt.datetime, require_processing: bool, contact_ids: Sequence[int] = (), rule: Rule | None = None
 ) -> sa.Select:
-    """Contacts with a granted consent for this channel and purpose and an address on it, out of
-    the campaign's materialised segment, or out of ``contact_ids`` (a trigger) that match the
-    segment's ``rule`` now: a contact a /start created a moment ago is in no materialised segment.
+    """Contacts holding every consent a ``campaign.purpose`` message on this channel needs at ``now``
+    (``policies.consent_purposes.required_consents``, asked of the ledger's derived state) and an
+    address on it, out of the campaign's materialised segment, or out of ``contact_ids`` (a trigger)
+    that match the segment's ``rule`` now: a contact a /start created a moment ago is in no
+    materialised segment.
 
     Consent is checked here, at the last moment before rendering, so a withdrawal recorded after
     the segment was built still stops the message. The address is sealed: the query selects the
@@ -72,15 +76,15 @@ def audience_query(
     """
     tenant = cipher.tenant
     address = INDEX_COLUMNS[CHANNEL_INDEX[channel]]
+    state = consent_state(now)
+    consented = [has_consent(state, tenant, contacts.c.id, purpose, on) for purpose, on in required_consents(campaign.purpose, channel, require_processing)]
     query = (
         sa.select(*TEMPLATE_COLUMNS, contacts.c.data_key, contacts.c.pii)
-        .join(consents, sa.and_(consents.c.contact_id == contacts.c.id, consents.c.tenant == tenant))
         .where(
             contacts.c.tenant == tenant,
-            consents.c.channel == channel,
-            consents.c.purpose == campaign.purpose,
-            consents.c.status == "granted",
+            contacts.c.merged_into.is_(None),  # a merged contact's tombstone: the survivor is messaged
             address.is_not(None),
+            *consented,
         )
         .order_by(contacts.c.id)
     )
@@ -156,6 +160,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     gateway_url = get_settings().gateway_url
     bundle = load_bundle()
     tenant_accounts = bundle.tenants[tenant].accounts
+    require_processing = bundle.policy.consent.require_processing
     due = selected_campaigns(bundle.campaigns[tenant], config, now)
     rows: list[dict] = []
     summary: list[tuple] = []
@@ -167,7 +172,8 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
             candidates = len(config.contact_ids) if config.contact_ids else segment_size(conn, tenant, campaign.segment)
             eligible = {
                 content.channel: open_audience(
-                    cipher, content.channel, conn.execute(audience_query(cipher, campaign, content.channel, config.contact_ids, rule)).mappings().all(), opened
+                    cipher, content.channel,
+                    conn.execute(audience_query(cipher, campaign, content.channel, now, require_processing, config.contact_ids, rule)).mappings().all(), opened,
                 )
                 for content in campaign.channels
             }

@@ -96,11 +96,17 @@ def read_contacts(conn: sa.Connection, cipher: TenantCipher, ids: Iterable[int])
 
 
 def find_contact_id(conn: sa.Connection, cipher: TenantCipher, kind: str, value: Any) -> int | None:
-    """The tenant's (oldest) contact whose ``kind`` (email | phone | telegram | vk) is ``value``."""
+    """The tenant's (oldest) contact whose ``kind`` (email | phone | telegram | vk) is ``value``; a
+    live one before a merged contact's tombstone, which keeps its addresses the survivor may share."""
     index = blind_index(cipher, kind, value)
     if index is None:
         return None
-    query = sa.select(contacts.c.id).where(contacts.c.tenant == cipher.tenant, INDEX_COLUMNS[kind] == index).order_by(contacts.c.id).limit(1)
+    query = (
+        sa.select(contacts.c.id)
+        .where(contacts.c.tenant == cipher.tenant, INDEX_COLUMNS[kind] == index)
+        .order_by(contacts.c.merged_into.is_not(None), contacts.c.id)
+        .limit(1)
+    )
     return conn.execute(query).scalar()
 
 

@@ -31,10 +31,11 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import WITHDRAW, record_decision
+from orchestrator_assets.consent_decisions import WITHDRAW, record_decisions
+from orchestrator_assets.consent_ledger import ConsentFact, consent_state
 from orchestrator_assets.contact_pii import blind_index, read_contacts
 from orchestrator_assets.sends.limits import RateLimiter
-from policies.masking import mask_phone
+from policies.consent_purposes import Purpose, SourceKind
 from policies.policy import RateLimit
 from resources.channels.smsc import (
     ReachabilityResult,
@@ -42,7 +43,7 @@ from resources.channels.smsc import (
     phone_digits,
     reachability,
 )
-from resources.opstore_schema import consents, contacts, phone_reachability
+from resources.opstore_schema import contacts, phone_reachability
 from resources.pii import TenantCipher
 from resources.sql import upsert_insert
 
@@ -73,24 +74,24 @@ def due_numbers(conn: sa.Connection, cipher: TenantCipher, now: dt.datetime, rec
     ``now - recheck_after``, or checked under another number (blind indexes differ). Never-checked
     first, then oldest; phones opened from the sealed contacts."""
     tenant = cipher.tenant
-    granted_sms = sa.exists().where(
-        consents.c.tenant == tenant, consents.c.contact_id == contacts.c.id, consents.c.channel == SMS, consents.c.status == "granted"
-    )
+    state = consent_state(now).c
+    granted_sms = sa.exists().where(state.tenant == tenant, state.contact_id == contacts.c.id, state.channel == SMS, state.granted)
     last = phone_reachability
     stale = sa.or_(last.c.contact_id.is_(None), last.c.checked_at < now - recheck_after, last.c.phone_bidx != contacts.c.phone_bidx)
     query = (
         sa.select(contacts.c.id, contacts.c.data_key, contacts.c.pii)
         .select_from(contacts.outerjoin(last, sa.and_(last.c.tenant == contacts.c.tenant, last.c.contact_id == contacts.c.id)))
-        .where(contacts.c.tenant == tenant, contacts.c.phone_bidx.is_not(None), granted_sms, stale)
+        .where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None), contacts.c.phone_bidx.is_not(None), granted_sms, stale)
         .order_by(last.c.checked_at.asc().nulls_first(), contacts.c.id)
     )
     return [DueNumber(row.id, cipher.open(row.data_key, row.pii)["phone"]) for row in conn.execute(query)]
 
 
 def record_result(conn: sa.Connection, cipher: TenantCipher, contact_id: int, phone: str, result: ReachabilityResult, now: dt.datetime) -> int:
-    """Store the contact's latest lookup; a dead number withdraws its SMS consent. Returns the
-    number of consents withdrawn (0 or 1). The phone and SMSC's lookup id (which contains it) are
-    kept as blind indexes only; the consent evidence names the phone masked."""
+    """Store the contact's latest lookup; a dead number withdraws its SMS consents (advertising and
+    transactional: nothing reaches it). Returns 1 when that ended an advertising consent, else 0.
+    The phone and SMSC's lookup id (which contains it) are kept as blind indexes only; the consent
+    evidence refers to the lookup by SMSC's id and holds the phone as sealed identity evidence."""
     tenant = cipher.tenant
     values = {
         "phone_bidx": blind_index(cipher, "phone", phone),
@@ -104,11 +105,14 @@ def record_result(conn: sa.Connection, cipher: TenantCipher, contact_id: int, ph
     conn.execute(statement.on_conflict_do_update(index_elements=[phone_reachability.c.tenant, phone_reachability.c.contact_id], set_=values))
     if result.reachable is not False:
         return 0
-    evidence = json.dumps(
-        {"smsc_id": (result.lookup_id or "").partition(":")[0], "phone": mask_phone(phone), "status": result.status, "err": result.err, "reason": result.reason},
-        ensure_ascii=False,
-    )
-    return int(record_decision(conn, tenant, contact_id, SMS, WITHDRAW, SOURCE, evidence, now, now))
+    detail = json.dumps({"status": result.status, "err": result.err, "reason": result.reason}, ensure_ascii=False)
+    smsc_id = (result.lookup_id or "").partition(":")[0]
+    facts = [
+        ConsentFact(contact_id, SMS, purpose, WITHDRAW, SourceKind.PROVIDER_WEBHOOK, f"hlr:{smsc_id}", now, origin=SOURCE,
+                    identity={"phone": phone_digits(phone)}, detail=detail)
+        for purpose in (Purpose.ADVERTISING, Purpose.TRANSACTIONAL)
+    ]  # fmt: skip
+    return sum(record_decisions(conn, tenant, facts, now)[1][:1])
 
 
 async def look_up(

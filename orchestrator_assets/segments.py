@@ -37,7 +37,7 @@ def segment_members(context: dg.AssetExecutionContext, opstore: OperationalStore
             conn.execute(sa.delete(members).where(members.c.tenant == tenant, members.c.segment == segment.name))
             matching = sa.select(
                 sa.literal(tenant), sa.literal(segment.name), contacts.c.id, sa.literal(now, type_=members.c.materialized_at.type)
-            ).where(contacts.c.tenant == tenant, segment_where(segment.rule, contacts, cipher))
+            ).where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None), segment_where(segment.rule, contacts, cipher))
             conn.execute(sa.insert(members).from_select(["tenant", "segment", "contact_id", "materialized_at"], matching))
             counts[segment.name] = conn.execute(
                 sa.select(sa.func.count()).where(members.c.tenant == tenant, members.c.segment == segment.name)

@@ -1,7 +1,7 @@
 """Tables of the operational store (SQLAlchemy Core).
 
-The operational store holds the current truth that sends depend on: contacts, consents and
-their append-only evidence, segment membership, the send ledger (with its dedup id sequences and
+The operational store holds the current truth that sends depend on: contacts, the consent
+ledger, segment membership, the send ledger (with its dedup id sequences and
 operators' decisions on ambiguous sends), deliveries, blocked senders, phone reachability, the
 webhook inbox, trigger events, and the outbox of tenants' webhooks with its attempts. Every table
 carries ``tenant`` and every unique key starts with it, so one tenant can never see or collide with
@@ -43,6 +43,9 @@ contacts = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("erased_at", UTCDateTime),
+    # Set when the contact was merged into another (contact_merges): a tombstone, kept so that rows
+    # left pointing at it (warehouse events, colliding sends, its consent history) still add up.
+    sa.Column("merged_into", sa.BigInteger),
     sa.UniqueConstraint("tenant", "external_id", name="uq_contacts_tenant_external_id"),
     sa.Index("ix_contacts_email_bidx", "tenant", "email_bidx"),
     sa.Index("ix_contacts_phone_bidx", "tenant", "phone_bidx"),
@@ -64,39 +67,35 @@ tenant_keys = sa.Table(
     sa.Column("retired_at", UTCDateTime),
 )
 
-consents = sa.Table(
-    "consents",
-    metadata,
-    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
-    sa.Column("tenant", sa.String(64), nullable=False),
-    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
-    sa.Column("channel", sa.String(32), nullable=False),
-    sa.Column("purpose", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # granted | withdrawn
-    sa.Column("source", sa.String(256), nullable=False),
-    sa.Column("evidence", sa.Text),
-    sa.Column("granted_at", UTCDateTime),
-    sa.Column("withdrawn_at", UTCDateTime),
-    sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.UniqueConstraint("tenant", "contact_id", "channel", "purpose", name="uq_consents_subject"),
-)
-
 consent_events = sa.Table(
+    # The consent ledger: append-only, one hash chain per contact (policies/consent_chain.py), written
+    # only by orchestrator_assets/consent_ledger.append. The current state is derived from it.
     "consent_events",
     metadata,
     sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
-    sa.Column("channel", sa.String(32), nullable=False),
-    sa.Column("purpose", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),  # "any" for processing
+    sa.Column("purpose", sa.String(32), nullable=False),  # processing | advertising | transactional
     sa.Column("action", sa.String(16), nullable=False),  # grant | withdraw
-    sa.Column("source", sa.String(256), nullable=False),
-    sa.Column("evidence", sa.Text),
+    sa.Column("source_kind", sa.String(32), nullable=False),  # policies.consent_purposes.SourceKind
+    sa.Column("source_ref", sa.String(512), nullable=False),  # file + row, inbox row, send id, …
+    sa.Column("origin", sa.String(256)),  # where the person gave it, as the source states (form URL, CRM)
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("text_version", sa.String(64)),  # sha256 of the exact consent text (consent_texts.yaml)
+    sa.Column("valid_until", UTCDateTime),
+    sa.Column("withdrawal_channel", sa.String(64)),
+    sa.Column("evidence_identity", sa.LargeBinary),  # ip, user agent, chat id, phone: sealed with the contact's key
+    sa.Column("detail", sa.Text),  # non-identifying words of the source (a provider's reason)
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
     sa.UniqueConstraint(
-        "tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source", name="uq_consent_events_fact"
+        "tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source_kind", "source_ref", name="uq_consent_events_evidence"
     ),
+    # One successor per event: two writers can never fork a contact's chain.
+    sa.UniqueConstraint("tenant", "contact_id", "prev_hash", name="uq_consent_events_chain"),
+    sa.Index("ix_consent_events_subject", "tenant", "contact_id", "channel", "purpose", "id"),
 )
 
 segment_members = sa.Table(
@@ -332,4 +331,53 @@ audit_log = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Index("ix_audit_log_tenant_id", "tenant", "id"),
+)
+
+# Pairs of a tenant's live contacts that may be one person (contacts/contact_duplicate_candidates,
+# replaced on every materialisation): ids, a score 0-100 and the reason in words; never the values.
+contact_duplicate_candidates = sa.Table(
+    "contact_duplicate_candidates",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),  # the older of the two
+    sa.Column("other_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),
+    sa.Column("score", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("found_at", UTCDateTime, nullable=False),
+)
+
+# One row per merge of a contact into a survivor (contact_merge_job) and, once undone, by whom
+# (contact_unmerge_job). What the merge changed is in contact_merge_moves, so the undo is exact.
+contact_merges = sa.Table(
+    "contact_merges",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("survivor_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
+    sa.Column("merged_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),  # now a tombstone
+    sa.Column("score", sa.Integer),  # the candidate's score; null for an explicit pair that was no candidate
+    sa.Column("operator", sa.String(128), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("merged_at", UTCDateTime, nullable=False),
+    sa.Column("undone_at", UTCDateTime),
+    sa.Column("undone_by", sa.String(128)),
+    sa.Column("undo_run_id", sa.String(64)),
+    sa.Index("ix_contact_merges_tenant_merged", "tenant", "merged_id"),
+)
+
+# Everything one merge changed, a row each: which table, which row (send id, trigger event id,
+# segment, field, channel/purpose), what was done (moved | kept | deleted | filled | appended) and
+# the non-personal values needed to put it back (JSON). Personal values are never copied here.
+contact_merge_moves = sa.Table(
+    "contact_merge_moves",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("merge_id", sa.BigInteger, sa.ForeignKey("contact_merges.id"), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("table_name", sa.String(64), nullable=False),
+    sa.Column("row_key", sa.String(256), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("before", sa.Text),
+    sa.Index("ix_contact_merge_moves_merge", "merge_id"),
 )

@@ -13,8 +13,9 @@ from orchestrator_assets.imports.sample_contacts import generate_sample, write_s
 from policies.loader import load_bundle
 from resources.channels.mailgun import sign
 from resources.opstore import OperationalStore
-from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends, webhook_inbox
+from resources.opstore_schema import contacts, deliveries, segment_members, sends, webhook_inbox
 from resources.pii import tenant_cipher
+from consents import granted_rows
 from resources.settings import get_settings
 
 
@@ -61,14 +62,13 @@ def test_campaign_end_to_end_two_tenants(algor_home, instance, monkeypatch, tmp_
             assert conn.execute(sa.select(sa.func.count()).where(webhook_inbox.c.processed_at.is_(None))).scalar_one() == 0
             recipients = _recipients_by_tenant(conn)
             complained = conn.execute(sa.select(sends.c.contact_id).join(deliveries).where(deliveries.c.status == "complained")).scalars().all()
-            still_granted = conn.execute(
-                sa.select(sa.func.count()).where(consents.c.contact_id.in_(complained), consents.c.status == "granted")
-            ).scalar_one()
+            granted = granted_rows()
+            still_granted = conn.execute(sa.select(sa.func.count()).select_from(granted).where(granted.c.contact_id.in_(complained))).scalar_one()
             blocked = conn.execute(
                 sa.select(sends.c.contact_id).where(sends.c.status == "failed", sends.c.error_class == "unreachable")
             ).scalars().all()
             blocked_still_granted = conn.execute(
-                sa.select(sa.func.count()).where(consents.c.contact_id.in_(blocked), consents.c.channel == "telegram", consents.c.status == "granted")
+                sa.select(sa.func.count()).select_from(granted).where(granted.c.contact_id.in_(blocked), granted.c.channel == "telegram")
             ).scalar_one()
         # A complaint suppresses every channel (policy.yaml), not just e-mail; a recipient the
         # provider calls unreachable (blocked the bot) is suppressed on that channel.
@@ -164,6 +164,7 @@ def _recipients_by_tenant(conn: sa.Connection) -> dict[tuple[str, str], set[str]
 
 def _consented_segment_members(conn: sa.Connection, bundle) -> dict[tuple[str, str], set[str]]:
     allowed: dict[tuple[str, str], set[str]] = {}
+    granted = granted_rows()
     for tenant, campaigns in bundle.campaigns.items():
         for campaign in campaigns.values():
             for content in campaign.channels:
@@ -171,12 +172,12 @@ def _consented_segment_members(conn: sa.Connection, bundle) -> dict[tuple[str, s
                 ids = conn.execute(
                     sa.select(contacts.c.id)
                     .join(segment_members, segment_members.c.contact_id == contacts.c.id)
-                    .join(consents, consents.c.contact_id == contacts.c.id)
+                    .join(granted, granted.c.contact_id == contacts.c.id)
                     .where(
                         contacts.c.tenant == tenant,
                         segment_members.c.segment == campaign.segment,
-                        consents.c.channel == content.channel,
-                        consents.c.status == "granted",
+                        granted.c.channel == content.channel,
+                        granted.c.purpose == str(campaign.purpose),
                     )
                 ).scalars()
                 people = read_contacts(conn, tenant_cipher(conn, tenant), ids).values()

@@ -14,7 +14,10 @@ import sealed
 from orchestrator_assets.deliveries.processing import process_rows
 from resources.links import sign_deep_link
 from resources.opstore import migrate
-from resources.opstore_schema import consent_events, consents, contacts, metadata, trigger_events, webhook_inbox
+from orchestrator_assets.consent_ledger import ConsentFact, append
+from policies.consent_purposes import Purpose, SourceKind
+from resources.opstore_schema import consent_events, contacts, metadata, trigger_events, webhook_inbox
+from consents import consent_status
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 T0 = int(dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC).timestamp())
@@ -74,8 +77,7 @@ def add_contact(engine, external_id: str, tenant: str = "demo", **fields) -> int
 
 
 def state(engine, contact_id: int, channel: str = "telegram") -> str | None:
-    with engine.connect() as conn:
-        return conn.execute(sa.select(consents.c.status).where(consents.c.contact_id == contact_id, consents.c.channel == channel)).scalar()
+    return consent_status(engine, contact_id, channel, now=NOW)
 
 
 def contact_by_chat(engine, chat: int):
@@ -99,9 +101,11 @@ def test_start_from_an_unknown_chat_creates_a_contact_grants_with_evidence_and_r
         (fact,) = conn.execute(sa.select(consent_events)).all()
         (trigger,) = conn.execute(sa.select(trigger_events)).all()
         inbox_id = conn.execute(sa.select(webhook_inbox.c.id)).scalar_one()
-    evidence = json.loads(fact.evidence)
-    assert (fact.action, fact.channel, fact.purpose, fact.source) == ("grant", "telegram", "marketing", "telegram:opt_in")
-    assert evidence["inbox_id"] == inbox_id and evidence["event"].startswith("update:") and evidence["reason"] == "command:/start"
+    detail = json.loads(fact.detail)
+    assert (fact.action, fact.channel, fact.purpose, fact.origin) == ("grant", "telegram", "advertising", "telegram:opt_in")
+    assert (fact.source_kind, fact.source_ref, fact.withdrawal_channel) == ("bot_command", f"inbox:{inbox_id}", "telegram")
+    assert detail["event"].startswith("update:") and detail["reason"] == "command:/start"
+    assert b"700001" not in fact.detail.encode() and fact.evidence_identity  # the chat id is identifying evidence, kept apart
     assert fact.occurred_at.replace(tzinfo=dt.UTC) == dt.datetime.fromtimestamp(T0, dt.UTC)  # Telegram's date, not ours
     assert (trigger.event, trigger.contact_id, trigger.inbox_id) == ("telegram_start", contact.id, inbox_id)
     assert batch.tally["opt_in_contact_created"] == 1 and batch.tally["consents_granted"] == 1
@@ -227,21 +231,10 @@ def _at(moment: dt.datetime) -> int:
 
 
 def _record_as_before_this_rule(engine, contact_id: int, action: str, occurred_at: dt.datetime, recorded_at: dt.datetime) -> None:
-    """A fact and the state it set, written as the code before the clock-skew rule wrote them."""
-    status = {"grant": "granted", "withdraw": "withdrawn"}[action]
+    """A fact as the code before the clock-skew rule recorded it: dated as its source said."""
+    fact = ConsentFact(contact_id, "telegram", Purpose.ADVERTISING, action, SourceKind.IMPORT, "crm.csv:row 2", occurred_at, origin="import:crm-2026-10")
     with engine.begin() as conn:
-        conn.execute(
-            sa.insert(consent_events).values(
-                tenant="demo", contact_id=contact_id, channel="telegram", purpose="marketing", action=action, source="import:crm-2026-10",
-                evidence='{"row":2}', occurred_at=occurred_at, recorded_at=recorded_at,
-            )
-        )
-        conn.execute(
-            sa.insert(consents).values(
-                tenant="demo", contact_id=contact_id, channel="telegram", purpose="marketing", status=status, source="import:crm-2026-10",
-                evidence='{"row":2}', updated_at=recorded_at, **{f"{status}_at": occurred_at},
-            )
-        )
+        append(conn, "demo", [fact], recorded_at)
 
 
 def test_an_opt_out_after_a_grant_dated_ahead_of_our_clock_withdraws(engine):
@@ -275,7 +268,7 @@ def test_a_grant_dated_beyond_the_clock_skew_is_not_applied_and_retried_with_the
     assert "grant dated 2099-01-01T00:00:00Z, more than 5 minutes after now (2026-11-24T12:00:00Z)" in batch.retry[inbox_id]
     assert batch.tally["grant_dated_in_the_future"] == 1 and not batch.webhook_events
     with engine.connect() as conn:  # nothing half-done: no contact made for it, no fact, no trigger
-        for table in (contacts, consents, consent_events, trigger_events):
+        for table in (contacts, consent_events, trigger_events):
             assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0, table.name
 
 

@@ -16,6 +16,7 @@ from orchestrator_assets.contact_pii import contact_columns
 from orchestrator_assets.segment_sql import segment_where
 from policies.campaigns import Campaign
 from policies.channels import Channel, Provider
+from policies.consent_purposes import CampaignPurpose
 from policies.loader import (
     DEFAULT_CONFIG_DIR,
     PolicyError,
@@ -46,7 +47,7 @@ def test_shipped_config_loads_and_cross_references_hold():
         for campaign in campaigns.values():
             assert campaign.tenant == tenant
             assert campaign.segment in bundle.segments[tenant] or (campaign.segment is None and campaign.trigger is not None)
-            assert campaign.purpose == bundle.policy.consent.required_purpose
+            assert campaign.purpose in (CampaignPurpose.ADVERTISING, CampaignPurpose.TRANSACTIONAL)
             for content in campaign.channels:
                 assert bundle.tenants[tenant].accounts.for_channel(content.channel) is not None
 
@@ -208,10 +209,10 @@ BAD_EDITS = [
     ),
     pytest.param(
         "campaigns.yaml",
-        lambda d: d["campaigns"][1].update(purpose="service"),
+        lambda d: d["campaigns"][1].update(purpose="processing"),
         "campaigns[1].purpose",
-        "purpose 'service' has no consent rule",
-        id="purpose without consent rule",
+        "Input should be 'advertising' or 'transactional'",
+        id="processing is no campaign purpose",
     ),
     pytest.param(
         "tenants.yaml",
@@ -386,12 +387,12 @@ def test_merge_key_override_is_not_a_duplicate(tmp_path: Path):
     path = tmp_path / "policy.yaml"
     path.write_text(
         "consent:\n"
-        "  <<: {required_purpose: other, channels_requiring_consent: [email]}\n"
-        "  required_purpose: marketing\n"
+        "  <<: {require_processing: true, channels_requiring_consent: [email]}\n"
+        "  require_processing: false\n"
         "suppression: {complaint_suppresses_all_channels: false}\n",
         encoding="utf-8",
     )
-    assert load_policy(path).consent.required_purpose == "marketing"
+    assert load_policy(path).consent.require_processing is False
 
 
 def test_yaml_syntax_error_reports_line_and_column(config_dir: Path):

@@ -45,7 +45,8 @@ from policies.loader import PolicyError, load_bundle
 from policies.policy import WebhookDeliveryPolicy
 from policies.tenants import WebhookEventType, WebhookSubscription
 from resources.opstore import OperationalStore, migrate
-from resources.opstore_schema import consents, contacts, metadata, sends, webhook_attempts, webhook_inbox, webhook_outbox
+from resources.opstore_schema import contacts, metadata, sends, webhook_attempts, webhook_inbox, webhook_outbox
+from consents import record
 from resources.settings import SettingsError
 from resources.warehouse import Warehouse
 from sandbox.server import run_uvicorn_in_thread
@@ -176,22 +177,8 @@ def seed(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         for cid, tenant, ext in ((1, "demo", "crm-1"), (2, "demo", "crm-2"), (3, "acme", "crm-1")):
             sealed.add_contact(conn, tenant, ext, NOW, contact_id=cid, email=f"{ext}@example.ru")
-        conn.execute(
-            sa.insert(consents),
-            [
-                {
-                    "tenant": t,
-                    "contact_id": cid,
-                    "channel": "email",
-                    "purpose": "marketing",
-                    "status": "granted",
-                    "source": "form",
-                    "granted_at": GRANTED,
-                    "updated_at": NOW,
-                }
-                for cid, t in ((1, "demo"), (2, "demo"), (3, "acme"))
-            ],
-        )
+        for cid, t in ((1, "demo"), (2, "demo"), (3, "acme")):
+            record(conn, t, cid, "email", "grant", GRANTED)
         conn.execute(
             sa.insert(sends),
             [

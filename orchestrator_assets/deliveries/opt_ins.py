@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from orchestrator_assets.consent_decisions import GRANT, fact_time, record_decision
+from orchestrator_assets.consent_ledger import ConsentFact
 from orchestrator_assets.contact_pii import INDEX_COLUMNS, INDEXED, contact_columns
 from orchestrator_assets.webhooks.events import WebhookEvent
 from policies.campaigns import TriggerEvent
+from policies.consent_purposes import Purpose, SourceKind
 from resources.channels.base import CallbackEvent
 from resources.links import verify_deep_link
 from resources.opstore_schema import contacts, trigger_events
@@ -71,12 +73,13 @@ def apply_opt_in(
         tally["opt_in_unknown_contact"] += 1
         return
     tally[f"opt_in_contact_{how}"] += 1
-    evidence = json.dumps(
-        {"inbox_id": origin.inbox_id, "provider": origin.provider, "event": event.event_key, "kind": event.kind, "reason": event.reason, "contact": how},
-        ensure_ascii=False,
-    )
-    source = f"{origin.provider}:{event.kind}"
-    if record_decision(conn, tenant, contact_id, origin.channel, GRANT, source, evidence, event.occurred_at, now, webhook_events):
+    detail = json.dumps({"provider": origin.provider, "event": event.event_key, "kind": event.kind, "reason": event.reason, "contact": how}, ensure_ascii=False)
+    grant = ConsentFact(
+        contact_id, origin.channel, Purpose.ADVERTISING, GRANT, SourceKind.BOT_COMMAND if origin.provider == "telegram" else SourceKind.PROVIDER_WEBHOOK,
+        f"inbox:{origin.inbox_id}", event.occurred_at, origin=f"{origin.provider}:{event.kind}", withdrawal_channel=origin.channel,
+        identity={"address": event.address} if event.address else {}, detail=detail,
+    )  # fmt: skip
+    if record_decision(conn, tenant, grant, now, webhook_events):
         tally["consents_granted"] += 1
     else:
         tally["opt_in_no_state_change"] += 1

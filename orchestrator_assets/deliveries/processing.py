@@ -7,6 +7,7 @@ by the provider's own event id.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections import Counter
@@ -14,14 +15,16 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import WITHDRAW, FutureDatedGrant, record_decision
+from orchestrator_assets.consent_decisions import WITHDRAW, FutureDatedGrant, record_decisions
+from orchestrator_assets.consent_ledger import ConsentFact
 from orchestrator_assets.contact_pii import CHANNEL_INDEX, find_contact_id
 from orchestrator_assets.deliveries.opt_ins import Origin, apply_opt_in
 from orchestrator_assets.delivery_status import RANKS, advances
 from orchestrator_assets.reachability import apply_hlr_callback
 from orchestrator_assets.webhooks.events import WebhookEvent, message_event
 from resources import warehouse as wh
-from resources.callbacks import CLICKS, PARSERS, consent_channel
+from policies.consent_purposes import Purpose, SourceKind
+from resources.callbacks import CLICKS, PARSERS, UNSUBSCRIBE, consent_channel
 from resources.channels.base import JOINED, OPT_IN, UNBLOCKED, CallbackEvent
 from resources.channels.greenapi import SENDER_BLOCKED
 from resources.inbox_payloads import open_payload
@@ -83,15 +86,27 @@ def _advance_delivery(conn: sa.Connection, tenant: str, send, event: CallbackEve
 
 
 def withdraw_consents(
-    conn: sa.Connection, tenant: str, contact_id: int, channels: tuple[str, ...], source: str, evidence: str, occurred_at: dt.datetime, now: dt.datetime,
+    conn: sa.Connection,
+    tenant: str,
+    withdrawal: ConsentFact,
+    channels: tuple[str, ...],
+    now: dt.datetime,
     webhook_events: list[WebhookEvent] | None = None,
+    purposes: tuple[Purpose, ...] = (Purpose.ADVERTISING,),
 ) -> int:
-    """Record a withdrawal (an append-only fact) and suppress the channels at once; returns channels changed.
-    Each change is announced in ``webhook_events`` (consent.withdrawn) when the caller passes it.
-    A withdrawal ends a grant on record whatever their dates (``orchestrator_assets.consent_decisions``)."""
-    return sum(
-        record_decision(conn, tenant, contact_id, channel, WITHDRAW, source, evidence, occurred_at, now, webhook_events) for channel in channels
-    )
+    """Append ``withdrawal`` (its evidence, dated by its source) for each of ``channels`` × ``purposes``;
+    returns how many of those consents it ended. Each is announced in ``webhook_events``
+    (consent.withdrawn) when the caller passes it. A withdrawal ends a grant on record whatever
+    their dates (``orchestrator_assets.consent_ledger``)."""
+    facts = [dataclasses.replace(withdrawal, channel=channel, purpose=purpose, action=WITHDRAW) for channel in channels for purpose in purposes]
+    return sum(record_decisions(conn, tenant, facts, now, webhook_events)[1])
+
+
+def source_kind(provider: str) -> SourceKind:
+    """How an inbox row's decision reached us: a messenger command, our own unsubscribe link, or a provider."""
+    if provider == "telegram":
+        return SourceKind.BOT_COMMAND
+    return SourceKind.WEB_FORM if provider == UNSUBSCRIBE else SourceKind.PROVIDER_WEBHOOK
 
 
 def _process_row(
@@ -132,10 +147,12 @@ def _process_row(
             if contact_id is not None:
                 everywhere = event.kind == wh.COMPLAINED and complaint_suppresses_all
                 channels = ALL_CHANNELS if everywhere else (channel,)
-                evidence = json.dumps({"inbox_id": row.id, "provider": row.provider, "event": event.event_key, "kind": event.kind})
-                batch.tally["consents_withdrawn"] += withdraw_consents(
-                    conn, tenant, contact_id, channels, f"{row.provider}:{event.kind}", evidence, event.occurred_at, now, batch.webhook_events
-                )
+                withdrawal = ConsentFact(
+                    contact_id, channel, Purpose.ADVERTISING, WITHDRAW, source_kind(row.provider), f"inbox:{row.id}", event.occurred_at,
+                    origin=f"{row.provider}:{event.kind}", withdrawal_channel=channel,
+                    detail=json.dumps({"provider": row.provider, "event": event.event_key, "kind": event.kind, "reason": event.reason}, ensure_ascii=False),
+                )  # fmt: skip
+                batch.tally["consents_withdrawn"] += withdraw_consents(conn, tenant, withdrawal, channels, now, batch.webhook_events)
         if event.kind not in STATUS_KINDS:
             continue
         if send is None and row.provider == "smsc" and apply_hlr_callback(conn, cipher, event.provider_message_id, payload, now):

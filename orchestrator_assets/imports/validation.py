@@ -49,10 +49,14 @@ CSV_COLUMNS: tuple[str, ...] = (
     "consent_source",
     "consent_at",
 )
-# Columns a file may leave out (added with the VK and WhatsApp channels); absent means empty.
-OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp")
 CHANNELS: tuple[str, ...] = ("email", "telegram", "sms", "vk", "whatsapp")
-CONSENT_COLUMNS: tuple[str, ...] = tuple(f"consent_{channel}" for channel in CHANNELS)
+# Consent decisions by purpose (policies/consent_purposes.py): consent_<channel> is advertising on
+# that channel, consent_processing the 152-FZ consent to processing, consent_<channel>_transactional
+# service messages; consent_text_version names the text shown (sha256, consent_texts.yaml).
+TRANSACTIONAL_COLUMNS: tuple[str, ...] = tuple(f"consent_{channel}_transactional" for channel in CHANNELS)
+CONSENT_COLUMNS: tuple[str, ...] = (*(f"consent_{channel}" for channel in CHANNELS), "consent_processing", *TRANSACTIONAL_COLUMNS)
+# Columns a file may leave out (added with later channels and purposes); absent means empty.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp", "consent_processing", *TRANSACTIONAL_COLUMNS, "consent_text_version")
 ADDRESS_COLUMNS: tuple[str, ...] = ("email", "phone", "telegram_chat_id", "vk_user_id")
 # The error-table "column" of a row that has no address at all: no single cell is at fault.
 NO_ADDRESS_COLUMN = "|".join(ADDRESS_COLUMNS)
@@ -407,6 +411,7 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> 
             "language": _each(text["language"], lambda v: v.strip().lower() or None),
             **{column: _each(text[column], _or_none(parse_consent)) for column in CONSENT_COLUMNS},
             "consent_source": _each(text["consent_source"], _tidy),
+            "consent_text_version": _each(text["consent_text_version"], lambda v: v.strip().lower() or None),
             "consent_at": pd.to_datetime(_each(text["consent_at"], _or_none(parse_timestamp)), utc=True).astype(
                 "datetime64[us, UTC]"
             ),
