@@ -1,9 +1,9 @@
 """Everything the operational store holds about one contact, as one JSON document (152-FZ art. 14,
 GDPR art. 15 and 20: the data subject's access and portability).
 
-The rows are found by the store's own schema, not by a list kept here: every table with a
-``contact_id`` (consent events, sends, segment memberships, trigger events, phone checks, and any
-table added later), every table keyed by one of those sends (deliveries, operators' decisions), and
+The rows are found by the store's own schema, not by a list kept here: every table with a foreign
+key to the contact (consent events, sends, segment memberships, trigger events, phone checks,
+duplicate candidates, merges, and any table added later), every table keyed by one of those sends (deliveries, operators' decisions), and
 the audit rows whose parameters name the contact. Sealed columns are opened with the contact's key;
 key material and blind indexes are left out (they say nothing to the person and would help anyone
 holding the file match it against a store). An erased contact exports as what is left of it.
@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from orchestrator_assets.erasure import contact_columns
 from resources.opstore_schema import audit_log, contacts, metadata
 from resources.pii import PiiKeyError, TenantCipher
 
@@ -55,12 +56,16 @@ def _rows(conn: sa.Connection, query: sa.Select, cipher: TenantCipher, contact_k
     ]
 
 
+# Audit parameters that name a contact by row id (imports, merges, certificates, erasures, exports).
+CONTACT_ID_KEYS = ("contact_id", "contact_ids", "survivor_id", "merged_id")
+
+
 def _mentions(params: Any, contact_id: int, external_id: str) -> bool:
-    """Whether audit parameters name the contact (``contact_id(s)`` or ``external_id(s)``, at any depth)."""
+    """Whether audit parameters name the contact (``CONTACT_ID_KEYS`` or ``external_id(s)``, at any depth)."""
     if isinstance(params, dict):
         for key, value in params.items():
             values = value if isinstance(value, list) else [value]
-            if key.endswith(("contact_id", "contact_ids")) and contact_id in values:
+            if key.endswith(CONTACT_ID_KEYS) and contact_id in values:
                 return True
             if key.endswith(("external_id", "external_ids")) and external_id in values:
                 return True
@@ -89,13 +94,13 @@ def contact_document(conn: sa.Connection, cipher: TenantCipher, external_id: str
     }
     send_ids: list[str] = []
     for table in metadata.sorted_tables:
-        if "contact_id" in table.c and table is not contacts:
-            query = sa.select(table).where(table.c.tenant == tenant, table.c.contact_id == row["id"])
+        if table is not contacts and (naming := contact_columns(table)):
+            query = sa.select(table).where(table.c.tenant == tenant, sa.or_(*(column == row["id"] for column in naming)))
             document[table.name] = _rows(conn, query.order_by(*table.primary_key.columns), cipher, contact_key)
             if "send_id" in table.c and table.c.send_id.primary_key:
                 send_ids = [send["send_id"] for send in document[table.name]]
     for table in metadata.sorted_tables:
-        if "send_id" in table.c and "contact_id" not in table.c:
+        if "send_id" in table.c and not contact_columns(table):
             query = sa.select(table).where(table.c.tenant == tenant, table.c.send_id.in_(send_ids))
             document[table.name] = _rows(conn, query.order_by(*table.primary_key.columns), cipher, contact_key)
     audit_rows = conn.execute(sa.select(audit_log).where(audit_log.c.tenant == tenant).order_by(audit_log.c.id)).mappings()

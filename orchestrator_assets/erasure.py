@@ -6,7 +6,7 @@ history. Deleting that one key makes every copy unreadable at once, wherever it 
 backup taken afterwards, without hunting for the copies. The blob and the blind indexes go too (a
 blind index would still tell whether a known e-mail is in the store), and so does everything else
 that describes the person (city, language, time zone, derived columns, segment memberships, phone
-checks).
+checks, duplicate candidates).
 
 What stays is the row's id and the tenant's external id, pseudonymous: sends, deliveries,
 warehouse events and billing still count the contact, so a campaign's funnel and the invoice add up
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from resources.audit import record_audit
-from resources.opstore_schema import contacts, phone_reachability, segment_members
+from resources.opstore_schema import contact_duplicate_candidates, contacts, phone_reachability, segment_members
 
 ERASE_ACTION = "contact.erase"
 # Every column of ``contacts`` that describes the person; what is left is id, tenant, external id and times.
@@ -31,8 +31,8 @@ ERASED_COLUMNS = (
     "data_key", "pii", "email_bidx", "phone_bidx", "telegram_bidx", "vk_bidx",
     "email_domain", "phone_country", "city", "language", "timezone",
 )  # fmt: skip
-# Rows that exist only to describe or target the person, deleted with the key.
-DESCRIBING_TABLES = (segment_members, phone_reachability)
+# Rows that exist only to describe, target or match the person, deleted with the key.
+DESCRIBING_TABLES = (segment_members, phone_reachability, contact_duplicate_candidates)
 
 
 class ErasureError(ValueError):
@@ -41,6 +41,11 @@ class ErasureError(ValueError):
     def __init__(self, unknown: list[str]):
         super().__init__(f"no contact with external id {', '.join(unknown)}")
         self.unknown = unknown
+
+
+def contact_columns(table: sa.Table) -> list[sa.Column]:
+    """The columns of ``table`` that name a contact (foreign keys to ``contacts.id``)."""
+    return [column for column in table.c if any(key.column is contacts.c.id for key in column.foreign_keys)]
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def erase_contacts(
             sa.update(contacts).where(contacts.c.id == row.id).values({**dict.fromkeys(ERASED_COLUMNS), "erased_at": now, "updated_at": now})
         )
         for table in DESCRIBING_TABLES:
-            conn.execute(sa.delete(table).where(table.c.tenant == tenant, table.c.contact_id == row.id))
+            conn.execute(sa.delete(table).where(table.c.tenant == tenant, sa.or_(*(column == row.id for column in contact_columns(table)))))
         params = {"external_id": external_id, "contact_id": row.id, "reason": reason}
         record_audit(conn, tenant=tenant, actor=actor, action=ERASE_ACTION, params=params, run_id=run_id, now=now)
         done.append(Erasure(external_id, row.id, "erased", now))
