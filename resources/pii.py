@@ -22,7 +22,6 @@ Blind indexes are HMAC-SHA256 of a canonical value under the newest version's in
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import json
 import os
@@ -153,7 +152,7 @@ class TenantCipher:
         """Keyed blind index (hex) of an already normalised value; ``kind`` keeps e-mails and phones apart."""
         if kind not in INDEX_KINDS:
             raise ValueError(f"no blind index kind {kind!r} (known: {', '.join(sorted(INDEX_KINDS))})")
-        digest = hmac.new(self.index_key, f"{kind}\0{normalised}".encode(), hashlib.sha256).digest()
+        digest = hmac.digest(self.index_key, f"{kind}\0{normalised}".encode(), "sha256")
         return digest[:BLIND_INDEX_BYTES].hex()
 
 
