@@ -22,9 +22,9 @@ half-imported. ``row`` everywhere is the row number a spreadsheet shows for the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pa
@@ -174,7 +174,7 @@ def _is_iso(value: str) -> bool:
     return True
 
 
-def _is_int64(value: str) -> bool:
+def is_int64(value: str) -> bool:
     """Plain decimal digits with an optional minus (Telegram group chats are negative).
 
     Excel's ``1.23E+09`` or a ``@username`` are rejected rather than converted: a guessed chat id
@@ -200,7 +200,7 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
             checks=[pa.Check(lambda s: ~_blank(s), error="required"), _max_length(_MAX_LENGTH["external_id"])]
         ),
         **{
-            column: pa.Column(checks=pa.Check(lambda s: _blank(s) | s.map(_is_int64).astype(bool), error="not an integer"))
+            column: pa.Column(checks=pa.Check(lambda s: _blank(s) | s.map(is_int64).astype(bool), error="not an integer"))
             for column in ("telegram_chat_id", "vk_user_id")
         },
         "language": pa.Column(
@@ -232,21 +232,14 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
 _PANDERA_REASONS = {"column_in_dataframe": "missing column"}
 
 
-def read_contacts_csv(path: str | Path) -> pd.DataFrame:
-    """Read a contacts CSV with every cell as text and empty cells as ``""`` (never NaN).
+def _as_text(raw: pd.DataFrame, rows: Sequence[int] | None) -> pd.DataFrame:
+    """Every cell as text with ``NaN``/``None`` → ``""``, indexed by spreadsheet row.
 
-    ``utf-8-sig`` accepts files saved by Excel (which prepend a byte-order mark) as well as plain
-    UTF-8.
+    ``rows`` are the rows the reader found the records on; without them (a frame built in a test
+    or an asset) the records are taken as consecutive rows under the header.
     """
-    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-
-
-def _as_text(raw: pd.DataFrame) -> pd.DataFrame:
-    """Every cell as text with ``NaN``/``None`` → ``""``, positional index.
-
-    Accepts frames not read by ``read_contacts_csv`` too (e.g. built in a test or an asset).
-    """
-    frame = raw.reset_index(drop=True).astype(object)
+    frame = raw.astype(object)
+    frame.index = pd.Index(rows if rows is not None else range(FIRST_DATA_ROW, FIRST_DATA_ROW + len(raw)), dtype="int64")
     return frame.where(frame.notna(), "").astype(str)
 
 
@@ -257,9 +250,10 @@ def _error_frame(records: list[dict]) -> pd.DataFrame:
     return errors.astype({"row": "int64", "column": "str", "value": "str", "reason": "str"})
 
 
-def _schema_errors(text: pd.DataFrame) -> list[dict]:
+def _schema_errors(text: pd.DataFrame, extra_columns: Mapping[str, pa.Column] | None) -> list[dict]:
+    schema = RAW_CONTACTS_SCHEMA.add_columns(dict(extra_columns)) if extra_columns else RAW_CONTACTS_SCHEMA
     try:
-        RAW_CONTACTS_SCHEMA.validate(text, lazy=True)
+        schema.validate(text, lazy=True)
     except SchemaErrors as exc:
         records = []
         for case in exc.failure_cases.itertuples(index=False):
@@ -270,8 +264,7 @@ def _schema_errors(text: pd.DataFrame) -> list[dict]:
                 records.append({"row": 1, "column": case.column, "value": "", "reason": reason})
             else:
                 row = int(case.index)
-                value = text.at[row, case.column]
-                records.append({"row": row + FIRST_DATA_ROW, "column": case.column, "value": value, "reason": reason})
+                records.append({"row": row, "column": case.column, "value": text.at[row, case.column], "reason": reason})
         return records
     return []
 
@@ -279,13 +272,13 @@ def _schema_errors(text: pd.DataFrame) -> list[dict]:
 def _normalise(column: pd.Series, normaliser, name: str, errors: list[dict]) -> pd.Series:
     """Apply ``normaliser`` to the non-blank cells; failures go to ``errors``, value → None."""
 
-    def normalise(position: int, text: str) -> str | None:
+    def normalise(row: int, text: str) -> str | None:
         if not text.strip():
             return None
         try:
             return normaliser(text.strip())
         except ValueError as exc:
-            errors.append({"row": position + FIRST_DATA_ROW, "column": name, "value": text, "reason": str(exc)})
+            errors.append({"row": row, "column": name, "value": text, "reason": str(exc)})
             return None
 
     return pd.Series([normalise(p, t) for p, t in column.items()], index=column.index, dtype=object)
@@ -295,32 +288,32 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
     """Rules that span rows or columns, or need the clock, which per-cell checks cannot express."""
     errors = []
     parse = _or_none(parse_timestamp)  # a malformed date is the schema's to report
-    for position, value in text["consent_at"].items():
+    for row, value in text["consent_at"].items():
         moment = parse(value)
         reason = future_dated(moment.to_pydatetime(), now) if moment is not None else None
         if reason:
-            errors.append({"row": position + FIRST_DATA_ROW, "column": "consent_at", "value": value, "reason": reason})
+            errors.append({"row": row, "column": "consent_at", "value": value, "reason": reason})
     first_seen: dict[str, int] = {}
-    for position, value in text["external_id"].str.strip().items():
+    for row, value in text["external_id"].str.strip().items():
         if not value:
             continue
         if value not in first_seen:
-            first_seen[value] = position
+            first_seen[value] = row
             continue
         errors.append(
             {
-                "row": position + FIRST_DATA_ROW,
+                "row": row,
                 "column": "external_id",
-                "value": text.at[position, "external_id"],
-                "reason": f"duplicate external_id, first seen on row {first_seen[value] + FIRST_DATA_ROW}",
+                "value": text.at[row, "external_id"],
+                "reason": f"duplicate external_id, first seen on row {first_seen[value]}",
             }
         )
     blank = text.map(lambda value: not value.strip()).astype(bool)
     no_address = blank[list(ADDRESS_COLUMNS)].all(axis=1)
-    for position in text.index[no_address]:
+    for row in text.index[no_address]:
         errors.append(
             {
-                "row": position + FIRST_DATA_ROW,
+                "row": row,
                 "column": NO_ADDRESS_COLUMN,
                 "value": "",
                 "reason": "no address: need an email, phone, telegram_chat_id or vk_user_id",
@@ -328,10 +321,10 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
         )
     # Consent law asks us to prove where each decision came from; the store requires a source.
     has_decision = ~blank[list(CONSENT_COLUMNS)].all(axis=1)
-    for position in text.index[has_decision & blank["consent_source"]]:
+    for row in text.index[has_decision & blank["consent_source"]]:
         errors.append(
             {
-                "row": position + FIRST_DATA_ROW,
+                "row": row,
                 "column": "consent_source",
                 "value": "",
                 "reason": "required when a consent decision is given",
@@ -364,20 +357,28 @@ def _tidy(value: str) -> str | None:
     return " ".join(value.split()) or None
 
 
-def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU", now: datetime | None = None) -> ValidationResult:
+def validate_contact_rows(
+    raw: pd.DataFrame,
+    default_region: str = "RU",
+    now: datetime | None = None,
+    rows: Sequence[int] | None = None,
+    extra_columns: Mapping[str, pa.Column] | None = None,
+) -> ValidationResult:
     """Split a raw contacts table into normalised good rows and a table of every problem.
 
-    ``raw`` is the file as text (see ``read_contacts_csv``); ``now`` (default: the clock) is what a
+    ``raw`` is the file as text and ``rows`` the spreadsheet row of each record (see
+    ``reading.read_contacts_file``); ``now`` (default: the clock) is what a
     ``consent_at`` must not lie beyond, give or take the allowed clock skew. A missing required column makes
     every row meaningless, so then the only errors are one ``missing column`` per absent column
     (row 1, the header) and ``good`` is empty. Among rows sharing an ``external_id`` the first
-    one is authoritative; later ones are errors pointing at it.
+    one is authoritative; later ones are errors pointing at it. ``extra_columns`` (a tenant's
+    custom fields, ``custom_fields.schema_columns``) are checked in the same lazy pass.
     """
-    text = _as_text(raw)
+    text = _as_text(raw, rows)
     for column in OPTIONAL_COLUMNS:
         if column not in text.columns:
             text[column] = ""
-    errors = _schema_errors(text)
+    errors = _schema_errors(text, extra_columns)
     missing = [error for error in errors if error["reason"] == "missing column"]
     if missing:
         return ValidationResult(good=no_rows(), errors=_error_frame(missing))
@@ -399,14 +400,14 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> 
     """Every row normalised; cells that fail normalisation become None and land in ``errors``."""
     return pd.DataFrame(
         {
-            "row": pd.Series(text.index + FIRST_DATA_ROW, index=text.index, dtype="int64"),
+            "row": pd.Series(text.index, index=text.index, dtype="int64"),
             "external_id": _each(text["external_id"], str.strip),
             "first_name": _each(text["first_name"], _tidy),
             "last_name": _each(text["last_name"], _tidy),
             "email": _normalise(text["email"], normalize_email, "email", errors),
             "phone": _normalise(text["phone"], lambda v: normalize_phone(v, default_region), "phone", errors),
-            "telegram_chat_id": _each(text["telegram_chat_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
-            "vk_user_id": _each(text["vk_user_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
+            "telegram_chat_id": _each(text["telegram_chat_id"], lambda v: int(v) if is_int64(v) else None, "Int64"),
+            "vk_user_id": _each(text["vk_user_id"], lambda v: int(v) if is_int64(v) else None, "Int64"),
             "city": _each(text["city"], _tidy),
             "language": _each(text["language"], lambda v: v.strip().lower() or None),
             **{column: _each(text[column], _or_none(parse_consent)) for column in CONSENT_COLUMNS},
@@ -423,34 +424,3 @@ def _column_order(column: str) -> int:
     first = column.split("|", 1)[0]
     columns = CSV_COLUMNS + OPTIONAL_COLUMNS
     return columns.index(first) if first in columns else len(columns)
-
-
-# --- reports ----------------------------------------------------------------------------------
-
-
-def _cell(value: object, width: int = 60) -> str:
-    text = " ".join(str(value).split())
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return text.replace("|", "\\|")
-
-
-def error_report_markdown(errors: pd.DataFrame, limit: int = 50) -> str:
-    """A Markdown table of the first ``limit`` errors, for run metadata and the operator UI."""
-    if errors.empty:
-        return "No errors."
-    lines = ["| row | column | value | reason |", "| ---: | --- | --- | --- |"]
-    for error in errors.head(limit).itertuples(index=False):
-        lines.append(f"| {error.row} | {_cell(error.column)} | {_cell(error.value)} | {_cell(error.reason, 200)} |")
-    if len(errors) > limit:
-        lines.append("")
-        lines.append(f"… and {len(errors) - limit} more")
-    return "\n".join(lines)
-
-
-def write_error_report(errors: pd.DataFrame, path: str | Path) -> Path:
-    """Write the full error table as UTF-8 CSV (columns ``row,column,value,reason``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    errors.loc[:, list(ERROR_COLUMNS)].to_csv(path, index=False, encoding="utf-8")
-    return path
