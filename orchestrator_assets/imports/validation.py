@@ -9,11 +9,12 @@ The split of work:
 * pandera (``RAW_CONTACTS_SCHEMA``, lazy) checks what is a property of one cell: required columns
   present, lengths within the store's column limits, tokens (consent values, language codes),
   integers, ISO-8601 timestamps. Its collected failure cases become the error table.
-* Small pure normalisers (``normalize_phone``, ``normalize_email``) do what needs a real library
-  and whose failure reason is worth showing verbatim.
-* A few cross-row/cross-column rules (duplicate ``external_id``, at least one address, a consent
-  decision needs a source) are plain pandas, and so is the one rule that needs a clock: a
-  ``consent_at`` further in the future than ``policies.consent_evidence`` allows.
+* ``normalise`` turns phones, e-mails, names and time zones into one spelling a column at a time
+  (its libraries' failure reasons are shown verbatim) and finds rows that are one person twice
+  (same ``external_id``, phone or e-mail: errors; an exact repeat: collapsed, with a notice).
+* A few cross-column rules (at least one address, a consent decision needs a source) are plain
+  pandas, and so is the one rule that needs a clock: a ``consent_at`` further in the future than
+  ``policies.consent_evidence`` allows.
 
 A row with any problem is reported (once per problem) and never lands in ``good``; nothing is
 half-imported. ``row`` everywhere is the row number a spreadsheet shows for the record (header =
@@ -22,16 +23,23 @@ half-imported. ``row`` everywhere is the row number a spreadsheet shows for the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pandera.errors import SchemaErrors
 
+from orchestrator_assets.imports.normalise import (
+    check_timezones,
+    derive_timezones,
+    in_file_duplicates,
+    normalise_emails,
+    normalise_names,
+    normalise_phones,
+)
 from policies.consent_evidence import future_dated
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -50,7 +58,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "consent_at",
 )
 # Columns a file may leave out (added with the VK and WhatsApp channels); absent means empty.
-OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp")
+# An empty ``timezone`` is derived from the phone (see ``normalise.derive_timezones``).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp", "timezone")
 CHANNELS: tuple[str, ...] = ("email", "telegram", "sms", "vk", "whatsapp")
 CONSENT_COLUMNS: tuple[str, ...] = tuple(f"consent_{channel}" for channel in CHANNELS)
 ADDRESS_COLUMNS: tuple[str, ...] = ("email", "phone", "telegram_chat_id", "vk_user_id")
@@ -81,41 +90,15 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """``good``: normalised rows ready for the store; ``errors``: one row per problem found."""
+    """``good``: normalised rows ready for the store; ``errors``: one row per problem found;
+    ``notices``: what was done without rejecting anything (exact repeats collapsed), same columns."""
 
     good: pd.DataFrame
     errors: pd.DataFrame
+    notices: pd.DataFrame = field(default_factory=lambda: _error_frame([]))
 
 
 # --- pure normalisers -----------------------------------------------------------------------
-
-
-def normalize_phone(text: str, default_region: str = "RU") -> str:
-    """E.164 form of a phone number; numbers without ``+country`` are read in ``default_region``.
-
-    Raises ``ValueError`` with an operator-readable reason when the text is not a valid number
-    (well-formed but unassigned ranges count as invalid: we would only waste a send on them).
-    """
-    try:
-        number = phonenumbers.parse(text, default_region)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"not a phone number ({exc._msg})") from exc
-    if not phonenumbers.is_valid_number(number):
-        hint = "" if text.lstrip().startswith("+") else f" (numbers without +country code are read as {default_region})"
-        raise ValueError(f"not a valid phone number{hint}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def normalize_email(text: str) -> str:
-    """Lower-cased, syntax-checked e-mail address (no DNS lookup: imports must work offline).
-
-    The whole address is lower-cased so that ``Ivan@Example.RU`` and ``ivan@example.ru`` are
-    recognised as the same contact address; no mail provider we send to is case-sensitive.
-    """
-    try:
-        return validate_email(text, check_deliverability=False).normalized.lower()
-    except EmailNotValidError as exc:
-        raise ValueError(f"invalid e-mail: {exc}") from exc
 
 
 def parse_consent(text: str) -> bool | None:
@@ -272,23 +255,8 @@ def _schema_errors(text: pd.DataFrame) -> list[dict]:
     return []
 
 
-def _normalise(column: pd.Series, normaliser, name: str, errors: list[dict]) -> pd.Series:
-    """Apply ``normaliser`` to the non-blank cells; failures go to ``errors``, value → None."""
-
-    def normalise(position: int, text: str) -> str | None:
-        if not text.strip():
-            return None
-        try:
-            return normaliser(text.strip())
-        except ValueError as exc:
-            errors.append({"row": position + FIRST_DATA_ROW, "column": name, "value": text, "reason": str(exc)})
-            return None
-
-    return pd.Series([normalise(p, t) for p, t in column.items()], index=column.index, dtype=object)
-
-
 def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
-    """Rules that span rows or columns, or need the clock, which per-cell checks cannot express."""
+    """Rules that span columns, or need the clock, which per-cell checks cannot express."""
     errors = []
     parse = _or_none(parse_timestamp)  # a malformed date is the schema's to report
     for position, value in text["consent_at"].items():
@@ -296,21 +264,6 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
         reason = future_dated(moment.to_pydatetime(), now) if moment is not None else None
         if reason:
             errors.append({"row": position + FIRST_DATA_ROW, "column": "consent_at", "value": value, "reason": reason})
-    first_seen: dict[str, int] = {}
-    for position, value in text["external_id"].str.strip().items():
-        if not value:
-            continue
-        if value not in first_seen:
-            first_seen[value] = position
-            continue
-        errors.append(
-            {
-                "row": position + FIRST_DATA_ROW,
-                "column": "external_id",
-                "value": text.at[position, "external_id"],
-                "reason": f"duplicate external_id, first seen on row {first_seen[value] + FIRST_DATA_ROW}",
-            }
-        )
     blank = text.map(lambda value: not value.strip()).astype(bool)
     no_address = blank[list(ADDRESS_COLUMNS)].all(axis=1)
     for position in text.index[no_address]:
@@ -355,19 +308,24 @@ def _or_none(parser):
     return parse
 
 
-def _tidy(value: str) -> str | None:
-    """Strip and collapse inner whitespace; empty → None."""
-    return " ".join(value.split()) or None
+def _objects(series: pd.Series) -> pd.Series:
+    """Text column as Python ``str``/``None`` cells, as the store and the IO manager expect."""
+    return series.astype(object).where(series.notna(), None)
 
 
-def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU", now: datetime | None = None) -> ValidationResult:
-    """Split a raw contacts table into normalised good rows and a table of every problem.
+def validate_contact_rows(
+    raw: pd.DataFrame, default_region: str = "RU", now: datetime | None = None, *, default_timezone: str | None = None
+) -> ValidationResult:
+    """Split a raw contacts table into normalised good rows, a table of every problem and notices.
 
-    ``raw`` is the file as text (see ``read_contacts_csv``); ``now`` (default: the clock) is what a
-    ``consent_at`` must not lie beyond, give or take the allowed clock skew. A missing required column makes
+    ``raw`` is the file as text (see ``read_contacts_csv``); phones without ``+country`` are read
+    in ``default_region`` (the tenant's ``country``); a row whose phone names no single time zone
+    gets ``default_timezone`` (the tenant's). ``now`` (default: the clock) is what a ``consent_at``
+    must not lie beyond, give or take the allowed clock skew. A missing required column makes
     every row meaningless, so then the only errors are one ``missing column`` per absent column
-    (row 1, the header) and ``good`` is empty. Among rows sharing an ``external_id`` the first
-    one is authoritative; later ones are errors pointing at it.
+    (row 1, the header) and ``good`` is empty. Among rows that are one person (same
+    ``external_id``, phone or e-mail) the first is kept and later ones are errors pointing at it;
+    a row repeating an earlier one exactly is dropped with a notice.
     """
     text = _as_text(raw)
     for column in OPTIONAL_COLUMNS:
@@ -378,35 +336,54 @@ def validate_contact_rows(raw: pd.DataFrame, default_region: str = "RU", now: da
     if missing:
         return ValidationResult(good=no_rows(), errors=_error_frame(missing))
 
-    good = _good_frame(text, default_region, errors)
+    good = _good_frame(text, default_region, errors, default_timezone)
     errors.extend(_row_rule_errors(text, now or datetime.now(UTC)))
+    keep, duplicates = in_file_duplicates(good)
+    notices = duplicates[duplicates["notice"]].drop(columns="notice")
+    errors.extend(duplicates[~duplicates["notice"]].drop(columns="notice").to_dict("records"))
     error_table = _error_frame(errors)
-    good = good[~good["row"].isin(set(error_table["row"]))].reset_index(drop=True)
-    return ValidationResult(good=good, errors=error_table)
+    good = good[keep & ~good["row"].isin(set(error_table["row"])).to_numpy()].reset_index(drop=True)
+    return ValidationResult(good=good, errors=error_table, notices=_error_frame(notices.to_dict("records")))
 
 
 def no_rows() -> pd.DataFrame:
     """A ``good`` frame without rows, typed like any other: what a file with no usable rows yields."""
     nothing = pd.DataFrame({column: pd.Series(dtype="str") for column in CSV_COLUMNS + OPTIONAL_COLUMNS})
-    return _good_frame(nothing, "RU", [])
+    return _good_frame(nothing, "RU", [], None)
 
 
-def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> pd.DataFrame:
+def _reasons(errors: list[dict], text: pd.DataFrame, column: str, reason: pd.Series) -> None:
+    """One error per cell a normaliser refused, quoting the cell as the file has it."""
+    for position in np.flatnonzero(reason.notna().to_numpy()):
+        errors.append({"row": position + FIRST_DATA_ROW, "column": column, "value": text[column].iat[position], "reason": reason.iat[position]})
+
+
+def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict], default_timezone: str | None) -> pd.DataFrame:
     """Every row normalised; cells that fail normalisation become None and land in ``errors``."""
+    phone, phone_ext, phone_reason = normalise_phones(text["phone"], default_region)
+    email, email_reason = normalise_emails(text["email"])
+    _reasons(errors, text, "phone", phone_reason)
+    _reasons(errors, text, "email", email_reason)
+    zone_reason = check_timezones(text["timezone"])
+    _reasons(errors, text, "timezone", zone_reason)
+    given_zone = normalise_names(text["timezone"]).where(zone_reason.isna())
+    timezone = given_zone.fillna(derive_timezones(phone, default_timezone) if default_timezone else derive_timezones(phone, pd.NA))
     return pd.DataFrame(
         {
             "row": pd.Series(text.index + FIRST_DATA_ROW, index=text.index, dtype="int64"),
-            "external_id": _each(text["external_id"], str.strip),
-            "first_name": _each(text["first_name"], _tidy),
-            "last_name": _each(text["last_name"], _tidy),
-            "email": _normalise(text["email"], normalize_email, "email", errors),
-            "phone": _normalise(text["phone"], lambda v: normalize_phone(v, default_region), "phone", errors),
+            "external_id": _objects(normalise_names(text["external_id"])),
+            "first_name": _objects(normalise_names(text["first_name"])),
+            "last_name": _objects(normalise_names(text["last_name"])),
+            "email": _objects(email),
+            "phone": _objects(phone),
+            "phone_ext": _objects(phone_ext),
             "telegram_chat_id": _each(text["telegram_chat_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
             "vk_user_id": _each(text["vk_user_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
-            "city": _each(text["city"], _tidy),
+            "city": _objects(normalise_names(text["city"])),
             "language": _each(text["language"], lambda v: v.strip().lower() or None),
+            "timezone": _objects(timezone),
             **{column: _each(text[column], _or_none(parse_consent)) for column in CONSENT_COLUMNS},
-            "consent_source": _each(text["consent_source"], _tidy),
+            "consent_source": _objects(normalise_names(text["consent_source"])),
             "consent_at": pd.to_datetime(_each(text["consent_at"], _or_none(parse_timestamp)), utc=True).astype(
                 "datetime64[us, UTC]"
             ),
