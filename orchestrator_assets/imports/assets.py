@@ -8,6 +8,7 @@ from pydantic import Field
 from orchestrator_assets.groups import IMPORTS
 from orchestrator_assets.imports.validation import error_report_markdown, no_rows, read_contacts_csv, validate_contact_rows, write_error_report
 from orchestrator_assets.partitions import tenant_partitions
+from policies.loader import load_tenants
 from resources.settings import get_settings
 
 IMPORT_CHECK = "import_has_no_rejected_rows"
@@ -47,7 +48,8 @@ def contact_import_rows(context: dg.AssetExecutionContext, config: ContactImport
     if not path.is_file():
         raise dg.Failure(f"contact CSV not found: {path} (config csv_path)")
     raw = read_contacts_csv(path)
-    result = validate_contact_rows(raw)
+    settings = load_tenants().tenants[tenant]
+    result = validate_contact_rows(raw, settings.country, default_timezone=settings.timezone)
     result.good.attrs["source_file"] = path.name  # travels with the rows as consent evidence
     report_path = get_settings().home / "import_errors" / tenant / f"{path.stem}.errors.csv"
     write_error_report(result.errors, report_path)
@@ -60,6 +62,8 @@ def contact_import_rows(context: dg.AssetExecutionContext, config: ContactImport
             "rows_read": len(raw),
             "rows_valid": len(result.good),
             "rows_rejected": rejected_rows,
+            # exact repeats of an earlier row, imported once (not errors: nothing is lost)
+            "rows_collapsed": len(result.notices),
             "error_report": dg.MetadataValue.path(str(report_path)),
             "errors": dg.MetadataValue.md(error_report_markdown(result.errors)),
         },

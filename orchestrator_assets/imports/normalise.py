@@ -158,7 +158,9 @@ def in_file_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     rows = frame["row"].to_numpy()
     exact = frame.drop(columns="row").duplicated(keep="first").to_numpy()
     records = []
-    first_exact = _first_row(frame.drop(columns="row").astype(str).agg("\x1f".join, axis=1), rows) if exact.any() else None
+    if exact.any():
+        fields = [column for column in frame.columns if column != "row"]
+        first_exact = frame.groupby(fields, dropna=False, sort=False)["row"].transform("first").to_numpy()
     for position in np.flatnonzero(exact):
         records.append((rows[position], "", "", f"row {rows[position]} is the same as row {first_exact[position]}; kept once", True))
     conflict = np.zeros(len(frame), dtype=bool)
