@@ -18,7 +18,7 @@ import pandas as pd
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-from orchestrator_assets.imports.phones import SPACES, TEXT, fast_e164, single_time_zones
+from orchestrator_assets.imports.phones import SPACES, TEXT, extract, fast_e164, single_time_zones
 
 # What people write before an extension: "доб. 12", "ext. 12", "x12", "#12" (phonenumbers reads
 # the same words on the numbers it parses itself).
@@ -70,7 +70,7 @@ def normalise_phones(series: pd.Series, region: str) -> tuple[pd.Series, pd.Seri
     A written extension (``доб. 12``, ``ext. 12``, ``x12``, ``#12``) is kept, never dropped.
     """
     text = _text(series)
-    parts = text.str.extract(_EXTENSION)
+    parts = extract(text, _EXTENSION)
     has_ext = parts["ext"].notna()
     main = text.where(~has_ext, parts["main"].astype(TEXT))
     e164 = fast_e164(main.dropna(), region).reindex(text.index)
@@ -122,7 +122,7 @@ def normalise_emails(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """
     text = _text(series)
     plain = text.str.fullmatch(_PLAIN_EMAIL).fillna(False) & ~text.str.contains(_SPECIAL_DOMAIN).fillna(False)
-    plain &= (text.str.len() <= 254) & (text.str.split("@").str[0].str.len() <= 64) & ~text.str.contains("--", regex=False).fillna(False)
+    plain &= (text.str.len() <= 254) & (text.str.find("@") <= 64) & ~text.str.contains("--", regex=False).fillna(False)
     normalised = text.str.lower().where(plain.astype(bool))
     reason = pd.Series(pd.NA, index=text.index, dtype=TEXT)
     rest = text[normalised.isna() & text.notna()]

@@ -23,14 +23,17 @@ from functools import cache
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 from phonenumbers.phonenumberutil import PhoneNumberType, is_number_type_geographical
 
 TEXT = pd.StringDtype("pyarrow")
+# Python's whitespace, spelled out as characters: pandas runs any pattern with ``\\s`` in Python's
+# re, per cell, because RE2's ``\\s`` is ASCII-only; with the characters themselves Arrow's RE2 runs it.
+SPACES = " \t\n\r\f\v\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Separators people type inside a number; anything else (letters, a second "+") is left to phonenumbers.
-# Unicode spaces spelled out: the patterns run on Arrow's RE2 and, for some calls, Python's re.
-SPACES = "\\s\u00a0\u2000-\u200a\u202f\u205f\u3000"
 SEPARATORS = f"[{SPACES}()\\-./]+"
 _SHAPE = r"\+?\d+"
 _MAX_NSN = 17  # phonenumbers._MAX_LENGTH_FOR_NSN
@@ -38,6 +41,32 @@ _SPECIAL_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_
 
 # Number kinds as far as validity and time zones need them.
 UNKNOWN, SPECIAL, FIXED_LINE, MOBILE, FIXED_OR_MOBILE = range(5)
+
+
+def extract(series: pd.Series, pattern: str) -> pd.DataFrame:
+    """``Series.str.extract`` on Arrow's RE2 (pandas runs it in Python, per cell): one text column
+    per named group, NA where the pattern does not match."""
+    found = pc.extract_regex(_arrow(series), pattern)
+    names = [field.name for field in found.type]
+    return pd.DataFrame({name: pd.Series(pc.struct_field(found, name), index=series.index, dtype=TEXT) for name in names})
+
+
+def _arrow(series: pd.Series) -> pa.Array:
+    return pa.chunked_array([pa.array(series.astype(TEXT))]).cast(pa.large_string()).combine_chunks()
+
+
+def lookup(series: pd.Series, table: dict[str, str]) -> pd.Series:
+    """``table[value]`` for each text, NA where absent, as one hash join (``isin``/``map`` with a
+    dict convert every key on every call)."""
+    keys = _keys(tuple(table))
+    positions = pc.index_in(_arrow(series), value_set=keys)
+    values = pa.array([table[key] for key in keys.to_pylist()], type=pa.large_string())
+    return pd.Series(pc.take(values, positions), index=series.index, dtype=TEXT)
+
+
+@cache
+def _keys(keys: tuple[str, ...]) -> pa.Array:
+    return pa.array(keys, type=pa.large_string())
 
 
 @dataclass(frozen=True)
@@ -182,7 +211,7 @@ def _strip_trunk(numbers: pd.Series, meta: _Parsing, *, check_length: bool = Tru
     undecided = np.zeros(len(numbers), dtype=bool)
     if meta.trunk_prefix is None or numbers.empty:
         return numbers, undecided
-    rest = numbers.str.extract(f"^(?:{meta.trunk_prefix})(?P<rest>.*)$")["rest"]
+    rest = extract(numbers, f"^(?:{meta.trunk_prefix})(?P<rest>.*)$")["rest"]
     matched = rest.notna().to_numpy()
     if meta.has_transform:
         return numbers, matched
@@ -194,15 +223,20 @@ def _strip_trunk(numbers: pd.Series, meta: _Parsing, *, check_length: bool = Tru
     return numbers.where(~strip, rest), undecided
 
 
+@cache
+def _country_codes() -> dict[str, str]:
+    return {str(code): str(code) for code in COUNTRY_CODE_TO_REGION_CODE}
+
+
 def _split_country_code(digits: pd.Series) -> tuple[pd.Series, pd.Series]:
     """The 1–3 digit country calling code each number starts with (codes are prefix-free) and the
     rest; NA where no code is known."""
-    codes = {str(code) for code in COUNTRY_CODE_TO_REGION_CODE}
+    codes = _country_codes()
     cc = pd.Series(pd.NA, index=digits.index, dtype=TEXT)
     nsn = pd.Series(pd.NA, index=digits.index, dtype=TEXT)
     for size in (1, 2, 3):
         head = digits.str.slice(0, size)
-        found = (cc.isna() & head.isin(codes)).to_numpy(dtype=bool)
+        found = (cc.isna() & lookup(head, codes).notna()).to_numpy(dtype=bool)
         cc[found] = head[found]
         nsn[found] = digits[found].str.slice(size)
     return cc, nsn
@@ -284,8 +318,8 @@ def single_time_zones(e164: pd.Series) -> pd.Series:
         zones[digits[rows].index[~geo]] = zones_of.get(code, "")
         looked_up = digits[rows][geo]
         for size in range(TIMEZONE_LONGEST_PREFIX, 0, -1):
-            head = looked_up.str.slice(0, size)
-            found = head.isin(zones_of).to_numpy(dtype=bool)
-            zones[looked_up.index[found]] = head[found].map(zones_of)
+            zone = lookup(looked_up.str.slice(0, size), zones_of)
+            found = zone.notna().to_numpy(dtype=bool)
+            zones[looked_up.index[found]] = zone[found]
             looked_up = looked_up[~found]
     return zones.where(zones != "")
