@@ -30,8 +30,8 @@ from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 from phonenumbers.phonenumberutil import PhoneNumberType, is_number_type_geographical
 
 TEXT = pd.StringDtype("pyarrow")
-# Python's whitespace, spelled out as characters: pandas runs any pattern with ``\\s`` in Python's
-# re, per cell, because RE2's ``\\s`` is ASCII-only; with the characters themselves Arrow's RE2 runs it.
+# Python's whitespace, spelled out as characters: pandas runs any pattern with ``\s`` in Python's
+# re, per cell, because RE2's ``\s`` is ASCII-only; with the characters themselves Arrow's RE2 runs it.
 SPACES = " \t\n\r\f\v\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Separators people type inside a number; anything else (letters, a second "+") is left to phonenumbers.
 SEPARATORS = f"[{SPACES}()\\-./]+"
