@@ -156,11 +156,12 @@ def in_file_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     ``row, column, value, reason, notice``; values are the normalised ones (mask before showing).
     """
     rows = frame["row"].to_numpy()
-    exact = frame.drop(columns="row").duplicated(keep="first").to_numpy()
+    fields = frame.drop(columns="row")
+    exact = fields.duplicated(keep="first").to_numpy()
     records = []
     if exact.any():
-        fields = [column for column in frame.columns if column != "row"]
-        first_exact = frame.groupby(fields, dropna=False, sort=False)["row"].transform("first").to_numpy()
+        # Equal rows hash equally; the hash only names the first of them, ``duplicated`` decided.
+        first_exact = _first_row(pd.Series(pd.util.hash_pandas_object(fields, index=False).to_numpy()), rows)
     for position in np.flatnonzero(exact):
         records.append((rows[position], "", "", f"row {rows[position]} is the same as row {first_exact[position]}; kept once", True))
     conflict = np.zeros(len(frame), dtype=bool)
@@ -177,6 +178,9 @@ def in_file_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
 
 def _first_row(values: pd.Series, rows: np.ndarray) -> np.ndarray:
     """For each value, the spreadsheet row where it first appears (0 for NA)."""
-    present = values.notna().to_numpy()
-    firsts = pd.Series(rows[present], index=values[present].to_numpy()).groupby(level=0, sort=False).first()
-    return values.map(firsts).fillna(0).to_numpy(dtype=np.int64)
+    codes, _ = pd.factorize(values, use_na_sentinel=True)
+    _, first = np.unique(codes, return_index=True)
+    firsts = np.zeros(codes.max() + 2 if len(codes) else 1, dtype=np.int64)
+    firsts[codes[first]] = rows[first]
+    firsts[-1] = 0  # NA (code -1)
+    return firsts[codes]

@@ -32,6 +32,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
+from orchestrator_assets.imports.columns import consent_decisions, int64_cells, utc_timestamps
 from orchestrator_assets.imports.normalise import (
     check_timezones,
     derive_timezones,
@@ -68,8 +69,6 @@ NO_ADDRESS_COLUMN = "|".join(ADDRESS_COLUMNS)
 ERROR_COLUMNS: tuple[str, ...] = ("row", "column", "value", "reason")
 
 LANGUAGES: tuple[str, ...] = ("en", "ru")  # the languages we have templates for
-CONSENT_TRUE = frozenset({"yes", "да", "1", "true"})
-CONSENT_FALSE = frozenset({"no", "нет", "0", "false"})
 
 # Spreadsheet row of the first data record: the header occupies row 1.
 FIRST_DATA_ROW = 2
@@ -85,7 +84,6 @@ _MAX_LENGTH = {
     "city": 128,
     "consent_source": 256,
 }
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -98,35 +96,6 @@ class ValidationResult:
     notices: pd.DataFrame = field(default_factory=lambda: _error_frame([]))
 
 
-# --- pure normalisers -----------------------------------------------------------------------
-
-
-def parse_consent(text: str) -> bool | None:
-    """``True``/``False`` for a consent decision, ``None`` for an empty cell (no decision)."""
-    token = text.strip().lower()
-    if not token:
-        return None
-    if token in CONSENT_TRUE:
-        return True
-    if token in CONSENT_FALSE:
-        return False
-    raise ValueError(f"not a consent value: {text!r}")
-
-
-def parse_timestamp(text: str) -> pd.Timestamp | None:
-    """UTC timestamp from ISO-8601 text that carries a timezone; ``None`` for an empty cell.
-
-    A timestamp without an offset is rejected rather than guessed: consent evidence must say
-    exactly when it was given.
-    """
-    if not text.strip():
-        return None
-    moment = datetime.fromisoformat(text.strip())  # ValueError when not ISO-8601
-    if moment.tzinfo is None:
-        raise ValueError("date-time has no timezone offset")
-    return pd.Timestamp(moment).tz_convert("UTC")
-
-
 # --- the pandera schema of the raw file ---------------------------------------------------------
 
 
@@ -134,34 +103,9 @@ def _blank(s: pd.Series) -> pd.Series:
     return s.str.strip() == ""
 
 
-def _parses(parser, s: pd.Series) -> pd.Series:
-    def ok(value: str) -> bool:
-        try:
-            parser(value)
-        except ValueError:
-            return False
-        return True
-
-    return s.map(ok).astype(bool)
-
-
-def _is_iso(value: str) -> bool:
-    try:
-        datetime.fromisoformat(value.strip())
-    except ValueError:
-        return False
-    return True
-
-
-def _is_int64(value: str) -> bool:
-    """Plain decimal digits with an optional minus (Telegram group chats are negative).
-
-    Excel's ``1.23E+09`` or a ``@username`` are rejected rather than converted: a guessed chat id
-    would message a stranger.
-    """
-    text = value.strip()
-    digits = text[1:] if text.startswith("-") else text
-    return digits.isascii() and digits.isdigit() and _INT64_MIN <= int(text) <= _INT64_MAX
+def _accepted(s: pd.Series, refused: np.ndarray) -> pd.Series:
+    """A column parser's refusals as the per-cell outcome pandera expects."""
+    return pd.Series(~refused, index=s.index)
 
 
 def _max_length(limit: int) -> pa.Check:
@@ -179,7 +123,7 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
             checks=[pa.Check(lambda s: ~_blank(s), error="required"), _max_length(_MAX_LENGTH["external_id"])]
         ),
         **{
-            column: pa.Column(checks=pa.Check(lambda s: _blank(s) | s.map(_is_int64).astype(bool), error="not an integer"))
+            column: pa.Column(checks=pa.Check(lambda s: _accepted(s, int64_cells(s)[1]), error="not an integer"))
             for column in ("telegram_chat_id", "vk_user_id")
         },
         "language": pa.Column(
@@ -189,17 +133,14 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
             )
         ),
         **{
-            column: pa.Column(checks=pa.Check(lambda s: _parses(parse_consent, s), error=_CONSENT_HINT))
+            column: pa.Column(checks=pa.Check(lambda s: _accepted(s, consent_decisions(s)[1]), error=_CONSENT_HINT))
             for column in CONSENT_COLUMNS
         },
         "consent_at": pa.Column(
             checks=[
-                pa.Check(lambda s: _blank(s) | s.map(_is_iso).astype(bool), error="not an ISO-8601 date-time"),
+                pa.Check(lambda s: _accepted(s, utc_timestamps(s)[1]), error="not an ISO-8601 date-time"),
                 # Only judged when the text parses, so a malformed date is reported once.
-                pa.Check(
-                    lambda s: _blank(s) | ~s.map(_is_iso).astype(bool) | _parses(parse_timestamp, s),
-                    error="date-time has no timezone offset",
-                ),
+                pa.Check(lambda s: _accepted(s, utc_timestamps(s)[2]), error="date-time has no timezone offset"),
             ]
         ),
     },
@@ -258,13 +199,13 @@ def _schema_errors(text: pd.DataFrame) -> list[dict]:
 def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
     """Rules that span columns, or need the clock, which per-cell checks cannot express."""
     errors = []
-    parse = _or_none(parse_timestamp)  # a malformed date is the schema's to report
-    for position, value in text["consent_at"].items():
-        moment = parse(value)
-        reason = future_dated(moment.to_pydatetime(), now) if moment is not None else None
+    moments = utc_timestamps(text["consent_at"])[0]  # a malformed date is the schema's to report
+    # A cheap vectorised bound first: only consents later than now can be too far ahead of it.
+    for position in np.flatnonzero((moments > pd.Timestamp(now)).to_numpy(dtype=bool)):
+        reason = future_dated(moments.iat[position].to_pydatetime(), now)
         if reason:
-            errors.append({"row": position + FIRST_DATA_ROW, "column": "consent_at", "value": value, "reason": reason})
-    blank = text.map(lambda value: not value.strip()).astype(bool)
+            errors.append({"row": position + FIRST_DATA_ROW, "column": "consent_at", "value": text["consent_at"].iat[position], "reason": reason})
+    blank = pd.DataFrame({column: _blank(text[column]) for column in (*ADDRESS_COLUMNS, *CONSENT_COLUMNS, "consent_source")})
     no_address = blank[list(ADDRESS_COLUMNS)].all(axis=1)
     for position in text.index[no_address]:
         errors.append(
@@ -287,25 +228,6 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
             }
         )
     return errors
-
-
-def _each(s: pd.Series, fn, dtype: str = "object") -> pd.Series:
-    """``fn`` applied to every cell, keeping ``None`` as ``None`` (``Series.map`` would infer a
-    dtype and turn it into NaN, or turn big integers into floats)."""
-    values = [fn(v) for v in s]
-    return pd.Series(values if dtype == "object" else pd.array(values, dtype=dtype), index=s.index, dtype=dtype)
-
-
-def _or_none(parser):
-    """The parser's value, or ``None`` where it fails (that cell is already an error)."""
-
-    def parse(value: str):
-        try:
-            return parser(value)
-        except ValueError:
-            return None
-
-    return parse
 
 
 def _objects(series: pd.Series) -> pd.Series:
@@ -377,16 +299,14 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict], def
             "email": _objects(email),
             "phone": _objects(phone),
             "phone_ext": _objects(phone_ext),
-            "telegram_chat_id": _each(text["telegram_chat_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
-            "vk_user_id": _each(text["vk_user_id"], lambda v: int(v) if _is_int64(v) else None, "Int64"),
+            "telegram_chat_id": int64_cells(text["telegram_chat_id"])[0],
+            "vk_user_id": int64_cells(text["vk_user_id"])[0],
             "city": _objects(normalise_names(text["city"])),
-            "language": _each(text["language"], lambda v: v.strip().lower() or None),
+            "language": _objects(normalise_names(text["language"]).str.lower()),
             "timezone": _objects(timezone),
-            **{column: _each(text[column], _or_none(parse_consent)) for column in CONSENT_COLUMNS},
+            **{column: consent_decisions(text[column])[0] for column in CONSENT_COLUMNS},
             "consent_source": _objects(normalise_names(text["consent_source"])),
-            "consent_at": pd.to_datetime(_each(text["consent_at"], _or_none(parse_timestamp)), utc=True).astype(
-                "datetime64[us, UTC]"
-            ),
+            "consent_at": utc_timestamps(text["consent_at"])[0],
         }
     )
 
