@@ -156,14 +156,9 @@ def in_file_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     ``row, column, value, reason, notice``; values are the normalised ones (mask before showing).
     """
     rows = frame["row"].to_numpy()
-    fields = frame.drop(columns="row")
-    exact = fields.duplicated(keep="first").to_numpy()
-    records = []
-    if exact.any():
-        # Equal rows hash equally; the hash only names the first of them, ``duplicated`` decided.
-        first_exact = _first_row(pd.Series(pd.util.hash_pandas_object(fields, index=False).to_numpy()), rows)
-    for position in np.flatnonzero(exact):
-        records.append((rows[position], "", "", f"row {rows[position]} is the same as row {first_exact[position]}; kept once", True))
+    same_as = _first_row(_row_key(frame.drop(columns="row")), rows)
+    exact = same_as != rows
+    records = [(rows[p], "", "", f"row {rows[p]} is the same as row {same_as[p]}; kept once", True) for p in np.flatnonzero(exact)]
     conflict = np.zeros(len(frame), dtype=bool)
     for column, reason in (("external_id", "duplicate external_id, first seen on row {}"), *((key, f"same {key} as row {{}}") for key in DUPLICATE_KEYS)):
         values = frame[column].astype(TEXT)
@@ -176,7 +171,17 @@ def in_file_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     return ~(exact | conflict), problems.astype({"row": "int64", "notice": "bool"})
 
 
-def _first_row(values: pd.Series, rows: np.ndarray) -> np.ndarray:
+def _row_key(fields: pd.DataFrame) -> np.ndarray:
+    """One integer per row, equal exactly for equal rows (NA equal to NA): each column's factorised
+    codes folded in, re-factorised at each step so the key never overflows."""
+    key = np.zeros(len(fields), dtype=np.int64)
+    for column in fields.columns:
+        codes, uniques = pd.factorize(fields[column], use_na_sentinel=False)
+        key, _ = pd.factorize(key * (len(uniques) + 1) + codes)
+    return key
+
+
+def _first_row(values: pd.Series | np.ndarray, rows: np.ndarray) -> np.ndarray:
     """For each value, the spreadsheet row where it first appears (0 for NA)."""
     codes, _ = pd.factorize(values, use_na_sentinel=True)
     _, first = np.unique(codes, return_index=True)
