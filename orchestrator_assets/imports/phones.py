@@ -52,7 +52,8 @@ def extract(series: pd.Series, pattern: str) -> pd.DataFrame:
 
 
 def _arrow(series: pd.Series) -> pa.Array:
-    return pa.chunked_array([pa.array(series.astype(TEXT))]).cast(pa.large_string()).combine_chunks()
+    array = pa.array(series.astype(TEXT))  # a ChunkedArray of the column's own buffers, no copy
+    return (array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array).cast(pa.large_string())
 
 
 def lookup(series: pd.Series, table: dict[str, str]) -> pd.Series:
