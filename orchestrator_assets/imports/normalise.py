@@ -156,16 +156,21 @@ def in_file_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     ``row, column, value, reason, notice``; values are the normalised ones (mask before showing).
     """
     rows = frame["row"].to_numpy()
-    same_as = _first_row(_row_key(frame.drop(columns="row")), rows)
+    ids = frame["external_id"].astype(TEXT)
+    # Equal rows share their external_id: only rows whose id repeats (or is missing) can be repeats.
+    maybe = (ids.duplicated(keep=False) | ids.isna()).to_numpy()
+    same_as = rows.copy()
+    if maybe.any():
+        same_as[maybe] = _first_row(_row_key(frame[maybe].drop(columns="row")), rows[maybe])
     exact = same_as != rows
-    records = [(rows[p], "", "", f"row {rows[p]} is the same as row {same_as[p]}; kept once", True) for p in np.flatnonzero(exact)]
+    records = [(row, "", "", f"row {row} is the same as row {first}; kept once", True) for row, first in zip(rows[exact], same_as[exact], strict=True)]
     conflict = np.zeros(len(frame), dtype=bool)
     for column, reason in (("external_id", "duplicate external_id, first seen on row {}"), *((key, f"same {key} as row {{}}") for key in DUPLICATE_KEYS)):
         values = frame[column].astype(TEXT)
         first = _first_row(values, rows)
         later = values.notna().to_numpy() & (first != rows) & ~exact & ~conflict
-        for position in np.flatnonzero(later):
-            records.append((rows[position], column, values.iat[position], reason.format(first[position]), False))
+        for row, value, earlier in zip(rows[later], values[later].tolist(), first[later], strict=True):
+            records.append((row, column, value, reason.format(earlier), False))
         conflict |= later
     problems = pd.DataFrame(records, columns=["row", "column", "value", "reason", "notice"])
     return ~(exact | conflict), problems.astype({"row": "int64", "notice": "bool"})

@@ -280,8 +280,9 @@ def no_rows() -> pd.DataFrame:
 
 def _reasons(errors: list[dict], text: pd.DataFrame, column: str, reason: pd.Series) -> None:
     """One error per cell a normaliser refused, quoting the cell as the file has it."""
-    for position in np.flatnonzero(reason.notna().to_numpy()):
-        errors.append({"row": position + FIRST_DATA_ROW, "column": column, "value": text[column].iat[position], "reason": reason.iat[position]})
+    refused = reason.notna().to_numpy()
+    cells = zip(np.flatnonzero(refused) + FIRST_DATA_ROW, text[column][refused].tolist(), reason[refused].tolist(), strict=True)
+    errors.extend({"row": int(row), "column": column, "value": value, "reason": why} for row, value, why in cells)
 
 
 def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict], default_timezone: str | None) -> pd.DataFrame:
