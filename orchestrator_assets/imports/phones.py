@@ -234,22 +234,24 @@ def _strip_trunk(numbers: pd.Series, meta: _Parsing, *, check_length: bool = Tru
 
 
 @cache
-def _country_codes() -> dict[str, str]:
-    return {str(code): str(code) for code in COUNTRY_CODE_TO_REGION_CODE}
+def _country_code_pattern() -> str:
+    codes = sorted((str(code) for code in COUNTRY_CODE_TO_REGION_CODE), key=len, reverse=True)
+    return f"^(?P<cc>{'|'.join(codes)})(?P<nsn>.*)$"
 
 
 def _split_country_code(digits: pd.Series) -> tuple[pd.Series, pd.Series]:
     """The 1–3 digit country calling code each number starts with (codes are prefix-free) and the
     rest; NA where no code is known."""
-    codes = _country_codes()
-    cc = pd.Series(pd.NA, index=digits.index, dtype=TEXT)
-    nsn = pd.Series(pd.NA, index=digits.index, dtype=TEXT)
-    for size in (1, 2, 3):
-        head = digits.str.slice(0, size)
-        found = (cc.isna() & lookup(head, codes).notna()).to_numpy(dtype=bool)
-        cc[found] = head[found]
-        nsn[found] = digits[found].str.slice(size)
-    return cc, nsn
+    parts = extract(digits, _country_code_pattern())
+    return parts["cc"], parts["nsn"]
+
+
+def _assemble(index: pd.Index, pieces: list[pd.Series]) -> pd.Series:
+    """Text column over ``index`` from pieces covering some of its labels; NA elsewhere (one
+    concat instead of an Arrow setitem per piece, which pandas does row by row)."""
+    if not pieces:
+        return pd.Series(pd.NA, index=index, dtype=TEXT)
+    return pd.concat(pieces).astype(TEXT).reindex(index)
 
 
 def _main_region(code: str) -> _Parsing | None:
@@ -277,15 +279,15 @@ def fast_e164(text: pd.Series, region: str) -> pd.Series:
     if home is not None and not national.empty:
         groups.append((home.country_code, *_national(national, home)))
 
-    result = pd.Series(pd.NA, index=text.index, dtype=TEXT)
+    pieces = []
     for code, numbers, meta in groups:
         if meta is None:  # non-geographic codes (+800, +882 …) are rare: phonenumbers decides
             continue
         numbers, undecided = _strip_trunk(numbers, meta)
         size = numbers.str.len().to_numpy(dtype=np.int64)
         valid = (number_kinds(code, numbers) != UNKNOWN) & ~undecided & (size >= 2) & (size <= _MAX_NSN)
-        result[numbers.index[valid]] = "+" + code + numbers[valid]
-    return result
+        pieces.append("+" + code + numbers[valid])
+    return _assemble(text.index, pieces)
 
 
 def _national(numbers: pd.Series, home: _Parsing) -> tuple[pd.Series, _Parsing]:
@@ -321,15 +323,16 @@ def single_time_zones(e164: pd.Series) -> pd.Series:
     zones_of = _zone_by_prefix()
     digits = e164.astype(TEXT).str.slice(1)
     cc, nsn = _split_country_code(digits)
-    zones = pd.Series(pd.NA, index=e164.index, dtype=TEXT)
+    pieces = []
     for code in cc.dropna().unique():
         rows = (cc == code).to_numpy(dtype=bool, na_value=False)
         geo = geographical(code, number_kinds(code, nsn[rows]))
-        zones[digits[rows].index[~geo]] = zones_of.get(code, "")
+        pieces.append(pd.Series(zones_of.get(code, ""), index=digits[rows].index[~geo], dtype=TEXT))
         looked_up = digits[rows][geo]
         for size in range(TIMEZONE_LONGEST_PREFIX, 0, -1):
             zone = lookup(looked_up.str.slice(0, size), zones_of)
             found = zone.notna().to_numpy(dtype=bool)
-            zones[looked_up.index[found]] = zone[found]
+            pieces.append(zone[found])
             looked_up = looked_up[~found]
+    zones = _assemble(e164.index, pieces)
     return zones.where(zones != "")
