@@ -152,7 +152,7 @@ def test_normalised_row():
     assert row["external_id"] == "c-7"
     assert (row["first_name"], row["last_name"], row["city"]) == ("Анна Мария", "Петрова", "Казань")
     assert row["email"] == "anna.petrova@example.ru"
-    assert row["phone"] is None
+    assert pd.isna(row["phone"])
     assert result.good["telegram_chat_id"].dtype == "Int64" and row["telegram_chat_id"] == 5007686286
     assert row["language"] == "ru"
     assert (row["consent_email"], row["consent_telegram"], row["consent_sms"]) == (True, False, None)
