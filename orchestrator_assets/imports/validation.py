@@ -8,7 +8,8 @@ The split of work:
 
 * pandera (``RAW_CONTACTS_SCHEMA``, lazy) checks what is a property of one cell: required columns
   present, lengths within the store's column limits, tokens (consent values, language codes),
-  integers, ISO-8601 timestamps. Its collected failure cases become the error table.
+  integers, ISO-8601 timestamps (parsed a column at a time by ``columns``). Its collected
+  failure cases become the error table.
 * ``normalise`` turns phones, e-mails, names and time zones into one spelling a column at a time
   (its libraries' failure reasons are shown verbatim) and finds rows that are one person twice
   (same ``external_id``, phone or e-mail: errors; an exact repeat: collapsed, with a notice).
@@ -33,7 +34,6 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from orchestrator_assets.imports.columns import consent_decisions, int64_cells, utc_timestamps
-from orchestrator_assets.imports.phones import TEXT
 from orchestrator_assets.imports.normalise import (
     check_timezones,
     derive_timezones,
@@ -42,6 +42,7 @@ from orchestrator_assets.imports.normalise import (
     normalise_names,
     normalise_phones,
 )
+from orchestrator_assets.imports.phones import TEXT
 from policies.consent_evidence import future_dated
 
 CSV_COLUMNS: tuple[str, ...] = (
