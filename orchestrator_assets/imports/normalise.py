@@ -22,7 +22,7 @@ from orchestrator_assets.imports.phones import SPACES, TEXT, extract, fast_e164,
 
 # What people write before an extension: "доб. 12", "ext. 12", "x12", "#12" (phonenumbers reads
 # the same words on the numbers it parses itself).
-_EXTENSION = f"(?i)^(?P<main>.*?)[{SPACES},;]*(?:доб|доп|ext|extension|x|#)\\.?[{SPACES}]*(?P<ext>\\d{{1,7}})$"
+_EXTENSION = f"(?i)^(?P<main>.*?)[{SPACES},;]*(?:доб|доп|ext|extension|x|#)\\.?[{SPACES}]*(?P<ext>[0-9]{{1,7}})$"
 _EXTENSION_MARK = "[a-zA-Zа-яА-Я#]"
 # Plain ASCII addresses email-validator accepts unchanged but for case; anything else goes to it.
 _PLAIN_EMAIL = (

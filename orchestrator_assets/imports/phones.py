@@ -35,7 +35,8 @@ TEXT = pd.StringDtype("pyarrow")
 SPACES = " \t\n\r\f\v\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Separators people type inside a number; anything else (letters, a second "+") is left to phonenumbers.
 SEPARATORS = f"[{SPACES}()\\-./]+"
-_SHAPE = r"\+?\d+"
+# ASCII digits only ([0-9], not \d): other scripts' digits go to phonenumbers, which reads them.
+_SHAPE = r"\+?[0-9]+"
 _MAX_NSN = 17  # phonenumbers._MAX_LENGTH_FOR_NSN
 _SPECIAL_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail")
 
