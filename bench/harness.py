@@ -21,11 +21,13 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from orchestrator_assets.contact_pii import contact_columns
 from orchestrator_assets.sends.ledger import LedgerKey, Wanted
 from orchestrator_assets.sends.run import Outgoing
 from resources.channels.base import ChannelConnector, OutboundMessage
 from resources.opstore import engine_for, migrate
 from resources.opstore_schema import contacts
+from resources.pii import tenant_cipher
 
 TENANT = "bench"
 FIRST_CHAT_ID = 700_000_000
@@ -98,16 +100,21 @@ def sandbox_reset(url: str) -> None:
 def scratch_ledger(path: Path, contacts_count: int, tenant: str = TENANT) -> sa.Engine:
     """A migrated SQLite operational store with ``contacts_count`` contacts of ``tenant`` (ids 1..n,
     Telegram chat FIRST_CHAT_ID + id; the ledger references contacts)."""
+    # Contacts are sealed under the installation's master key: a bench's own sits beside its scratch
+    # store (a master.key in the repository's .algor/ would make `make demo` refuse that home).
+    os.environ.setdefault("ALGOR_HOME", str(path.parent))
     url = f"sqlite:///{path}"
     migrate(url)
     engine = engine_for(url)
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         have = conn.execute(sa.select(sa.func.count()).select_from(contacts)).scalar_one()
-        rows = [
-            {"id": n, "tenant": tenant, "external_id": f"c{n}", "telegram_chat_id": FIRST_CHAT_ID + n, "created_at": now, "updated_at": now}
-            for n in range(have + 1, contacts_count + 1)
-        ]
+        cipher = tenant_cipher(conn, tenant)
+        rows = []
+        for n in range(have + 1, contacts_count + 1):
+            key = cipher.new_contact_key()
+            sealed = contact_columns(cipher, key, {"telegram_chat_id": FIRST_CHAT_ID + n})
+            rows.append({"id": n, "tenant": tenant, "external_id": f"c{n}", "data_key": key, **sealed, "created_at": now, "updated_at": now})
         for start in range(0, len(rows), 5000):
             conn.execute(sa.insert(contacts), rows[start : start + 5000])
     return engine

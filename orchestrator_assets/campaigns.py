@@ -9,29 +9,27 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
+from orchestrator_assets.consent_ledger import consent_state, has_consent
+from orchestrator_assets.contact_pii import CHANNEL_FIELD, CHANNEL_INDEX, INDEX_COLUMNS
 from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.segment_sql import segment_where
 from orchestrator_assets.tables import markdown_table
 from policies.campaigns import Campaign
+from policies.consent_purposes import required_consents
 from policies.loader import load_bundle
 from policies.rendering import render_message
 from policies.segments import Rule
 from resources.connectors import has_delivery_receipts
 from resources.links import rewrite_links, sign_click, sign_deep_link, sign_unsubscribe
 from resources.opstore import OperationalStore
-from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends
+from resources.opstore_schema import contacts, deliveries, segment_members, sends
+from resources.pii import TenantCipher, tenant_cipher
 from resources.settings import get_settings
 
-# The contact column that holds each channel's address.
-ADDRESS_COLUMNS = {
-    "telegram": contacts.c.telegram_chat_id,
-    "email": contacts.c.email,
-    "vk": contacts.c.vk_user_id,
-    "sms": contacts.c.phone,
-    "whatsapp": contacts.c.phone,
-}
+# What templates see of a contact besides its opened personal data: never keys or blind indexes.
+TEMPLATE_COLUMNS = [contacts.c[name] for name in ("id", "tenant", "external_id", "email_domain", "phone_country", "city", "language", "timezone", "created_at", "updated_at")]
 # Links are rewritten to signed click-tracking links except in SMS, where every character costs.
 TRACKED_CHANNELS = frozenset({"telegram", "email", "vk", "whatsapp"})
 MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url", "attachments", "template"]
@@ -63,33 +61,55 @@ def selected_campaigns(campaigns: dict[str, Campaign], config: CampaignSelection
     return [campaign]
 
 
-def audience_query(tenant: str, campaign: Campaign, channel: str, contact_ids: Sequence[int] = (), rule: Rule | None = None) -> sa.Select:
-    """Contacts with a granted consent for this channel and purpose and an address on it, out of
-    the campaign's materialised segment, or out of ``contact_ids`` (a trigger) that match the
-    segment's ``rule`` now: a contact a /start created a moment ago is in no materialised segment.
+def audience_query(
+    cipher: TenantCipher, campaign: Campaign, channel: str, now: dt.datetime, require_processing: bool, contact_ids: Sequence[int] = (), rule: Rule | None = None
+) -> sa.Select:
+    """Contacts holding every consent a ``campaign.purpose`` message on this channel needs at ``now``
+    (``policies.consent_purposes.required_consents``, asked of the ledger's derived state) and an
+    address on it, out of the campaign's materialised segment, or out of ``contact_ids`` (a trigger)
+    that match the segment's ``rule`` now: a contact a /start created a moment ago is in no
+    materialised segment.
 
     Consent is checked here, at the last moment before rendering, so a withdrawal recorded after
-    the segment was built still stops the message.
+    the segment was built still stops the message. The address is sealed: the query selects the
+    sealed data, ``open_audience`` opens it.
     """
-    address = ADDRESS_COLUMNS[channel]
+    tenant = cipher.tenant
+    address = INDEX_COLUMNS[CHANNEL_INDEX[channel]]
+    state = consent_state(now)
+    consented = [has_consent(state, tenant, contacts.c.id, purpose, on) for purpose, on in required_consents(campaign.purpose, channel, require_processing)]
     query = (
-        sa.select(contacts, address.label("address"))
-        .join(consents, sa.and_(consents.c.contact_id == contacts.c.id, consents.c.tenant == tenant))
+        sa.select(*TEMPLATE_COLUMNS, contacts.c.data_key, contacts.c.pii)
         .where(
             contacts.c.tenant == tenant,
-            consents.c.channel == channel,
-            consents.c.purpose == campaign.purpose,
-            consents.c.status == "granted",
+            contacts.c.merged_into.is_(None),  # a merged contact's tombstone: the survivor is messaged
             address.is_not(None),
+            *consented,
         )
         .order_by(contacts.c.id)
     )
     if contact_ids:
         query = query.where(contacts.c.id.in_(contact_ids))
-        return query if rule is None else query.where(segment_where(rule, contacts))
+        return query if rule is None else query.where(segment_where(rule, contacts, cipher))
     return query.join(segment_members, sa.and_(segment_members.c.contact_id == contacts.c.id, segment_members.c.tenant == tenant)).where(
         segment_members.c.segment == campaign.segment
     )
+
+
+def open_audience(cipher: TenantCipher, channel: str, rows: Sequence[sa.RowMapping], opened: dict[int, dict]) -> list[dict]:
+    """The audience's rows as templates and the send path need them: the contact's columns, its
+    opened personal data and the channel's ``address``. ``opened`` caches each contact's opened data
+    across the channels of a run, so each is decrypted once."""
+    field = CHANNEL_FIELD[channel]
+    contacts_: list[dict] = []
+    for row in rows:
+        personal = opened.get(row["id"])
+        if personal is None:
+            personal = opened[row["id"]] = cipher.open(row["data_key"], row["pii"])
+        contact = {key: value for key, value in row.items() if key not in ("data_key", "pii")} | personal
+        if personal.get(field) is not None:
+            contacts_.append(contact | {"address": personal[field]})
+    return contacts_
 
 
 def fallback_plan(conn: sa.Connection, tenant: str, campaign: Campaign, eligible: dict[str, list], now: dt.datetime) -> dict[str, list]:
@@ -140,15 +160,21 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     gateway_url = get_settings().gateway_url
     bundle = load_bundle()
     tenant_accounts = bundle.tenants[tenant].accounts
+    require_processing = bundle.policy.consent.require_processing
     due = selected_campaigns(bundle.campaigns[tenant], config, now)
     rows: list[dict] = []
     summary: list[tuple] = []
-    with opstore.engine().connect() as conn:
+    opened: dict[int, dict] = {}
+    with opstore.engine().begin() as conn:
+        cipher = tenant_cipher(conn, tenant)
         for campaign in due:
             rule = bundle.segments[tenant][campaign.segment].rule if campaign.segment else None
             candidates = len(config.contact_ids) if config.contact_ids else segment_size(conn, tenant, campaign.segment)
             eligible = {
-                content.channel: conn.execute(audience_query(tenant, campaign, content.channel, config.contact_ids, rule)).mappings().all()
+                content.channel: open_audience(
+                    cipher, content.channel,
+                    conn.execute(audience_query(cipher, campaign, content.channel, now, require_processing, config.contact_ids, rule)).mappings().all(), opened,
+                )
                 for content in campaign.channels
             }
             plan = eligible if campaign.fallback is None else fallback_plan(conn, tenant, campaign, eligible, now)

@@ -21,11 +21,12 @@ from resources.opstore import OperationalStore
     deps=[dg.AssetKey([CONTACTS, "contacts"])],
 )
 def contact_consents(context: dg.AssetExecutionContext, rows: pd.DataFrame, opstore: OperationalStore) -> dg.MaterializeResult:
-    """Marketing consents per contact × channel, with their source as evidence.
+    """The import's consent decisions, appended to the consent ledger with their evidence.
 
-    Grain: one row per (tenant, contact, channel, purpose) in ``consents`` (current state) plus an
-    append-only ``consent_events`` log, which is the proof under 152-FZ / 38-FZ art. 18.
-    Source: the import's consent columns (``consent_email``, ``consent_telegram``, ``consent_sms``).
+    Grain: one ``consent_events`` row per decision (tenant × contact × channel × purpose), hash-chained
+    per contact; the current state is derived from them (docs/consent.md), which is the proof under
+    152-FZ / 38-FZ art. 18. Source: the import's consent columns (``consent_<channel>`` advertising,
+    ``consent_processing``, ``consent_<channel>_transactional``).
     """
     tenant, now = context.partition_key, dt.datetime.now(dt.UTC)
     webhook_events = []

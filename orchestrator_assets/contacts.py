@@ -22,6 +22,7 @@ from policies.channels import Channel, Provider
 from resources.channels.smsc import ReachabilityResult
 from resources.connectors import ChannelConnectors
 from resources.opstore import OperationalStore
+from resources.pii import tenant_cipher
 
 
 @dg.asset(
@@ -74,13 +75,14 @@ def phone_reachability(context: dg.AssetExecutionContext, config: PhoneReachabil
         return
     engine = opstore.engine()
     now = dt.datetime.now(dt.UTC)
-    with engine.connect() as conn:
-        due = due_numbers(conn, tenant_id, now, dt.timedelta(days=config.recheck_after_days))
+    with engine.begin() as conn:
+        cipher = tenant_cipher(conn, tenant_id)
+        due = due_numbers(conn, cipher, now, dt.timedelta(days=config.recheck_after_days))
     batch = due[: config.max_lookups]
 
     def record(number: DueNumber, result: ReachabilityResult) -> int:
         with engine.begin() as conn:  # one small transaction per answer: a crash keeps what was paid for
-            return record_result(conn, tenant_id, number.contact_id, number.phone, result, dt.datetime.now(dt.UTC))
+            return record_result(conn, cipher, number.contact_id, number.phone, result, dt.datetime.now(dt.UTC))
 
     connector = connectors.for_provider(tenant, Provider.SMSC, Channel.SMS, tenant_id)
     lookups = asyncio.run(look_up(connector, batch, config.lookups_per_second, record))

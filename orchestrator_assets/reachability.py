@@ -31,8 +31,11 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import WITHDRAW, record_decision
+from orchestrator_assets.consent_decisions import WITHDRAW, record_decisions
+from orchestrator_assets.consent_ledger import ConsentFact, consent_state
+from orchestrator_assets.contact_pii import blind_index, read_contacts
 from orchestrator_assets.sends.limits import RateLimiter
+from policies.consent_purposes import Purpose, SourceKind
 from policies.policy import RateLimit
 from resources.channels.smsc import (
     ReachabilityResult,
@@ -40,12 +43,14 @@ from resources.channels.smsc import (
     phone_digits,
     reachability,
 )
-from resources.opstore_schema import consents, contacts, phone_reachability
+from resources.opstore_schema import contacts, phone_reachability
+from resources.pii import TenantCipher
 from resources.sql import upsert_insert
 
 SMS = "sms"
 SOURCE = "smsc:hlr"  # the consent source of a withdrawal for a dead number
 LOOKUP_TIMEOUT_S = 30.0
+HLR_LOOKUP = "hlr_lookup"  # blind index kind of SMSC's lookup ids
 
 
 @dataclass(frozen=True)
@@ -64,43 +69,50 @@ class Lookups:
     not_checked: list[tuple[int, str]] = field(default_factory=list)  # (contact id, why)
 
 
-def due_numbers(conn: sa.Connection, tenant: str, now: dt.datetime, recheck_after: dt.timedelta) -> list[DueNumber]:
+def due_numbers(conn: sa.Connection, cipher: TenantCipher, now: dt.datetime, recheck_after: dt.timedelta) -> list[DueNumber]:
     """Contacts whose phone needs a lookup: granted SMS consent, and never checked, checked before
-    ``now - recheck_after``, or checked under another number. Never-checked first, then oldest."""
-    granted_sms = sa.exists().where(
-        consents.c.tenant == tenant, consents.c.contact_id == contacts.c.id, consents.c.channel == SMS, consents.c.status == "granted"
-    )
+    ``now - recheck_after``, or checked under another number (blind indexes differ). Never-checked
+    first, then oldest; phones opened from the sealed contacts."""
+    tenant = cipher.tenant
+    state = consent_state(now).c
+    granted_sms = sa.exists().where(state.tenant == tenant, state.contact_id == contacts.c.id, state.channel == SMS, state.granted)
     last = phone_reachability
-    stale = sa.or_(last.c.contact_id.is_(None), last.c.checked_at < now - recheck_after, last.c.phone != contacts.c.phone)
+    stale = sa.or_(last.c.contact_id.is_(None), last.c.checked_at < now - recheck_after, last.c.phone_bidx != contacts.c.phone_bidx)
     query = (
-        sa.select(contacts.c.id, contacts.c.phone)
+        sa.select(contacts.c.id, contacts.c.data_key, contacts.c.pii)
         .select_from(contacts.outerjoin(last, sa.and_(last.c.tenant == contacts.c.tenant, last.c.contact_id == contacts.c.id)))
-        .where(contacts.c.tenant == tenant, contacts.c.phone.is_not(None), granted_sms, stale)
+        .where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None), contacts.c.phone_bidx.is_not(None), granted_sms, stale)
         .order_by(last.c.checked_at.asc().nulls_first(), contacts.c.id)
     )
-    return [DueNumber(row.id, row.phone) for row in conn.execute(query)]
+    return [DueNumber(row.id, cipher.open(row.data_key, row.pii)["phone"]) for row in conn.execute(query)]
 
 
-def record_result(conn: sa.Connection, tenant: str, contact_id: int, phone: str, result: ReachabilityResult, now: dt.datetime) -> int:
-    """Store the contact's latest lookup; a dead number withdraws its SMS consent. Returns the
-    number of consents withdrawn (0 or 1)."""
+def record_result(conn: sa.Connection, cipher: TenantCipher, contact_id: int, phone: str, result: ReachabilityResult, now: dt.datetime) -> int:
+    """Store the contact's latest lookup; a dead number withdraws its SMS consents (advertising and
+    transactional: nothing reaches it). Returns 1 when that ended an advertising consent, else 0.
+    The phone and SMSC's lookup id (which contains it) are kept as blind indexes only; the consent
+    evidence refers to the lookup by SMSC's id and holds the phone as sealed identity evidence."""
+    tenant = cipher.tenant
     values = {
-        "phone": phone,
+        "phone_bidx": blind_index(cipher, "phone", phone),
         "reachable": result.reachable,
         "reason": result.reason,
         "network": json.dumps(result.network, ensure_ascii=False) if result.network else None,
-        "lookup_id": result.lookup_id,
+        "lookup_bidx": cipher.index(HLR_LOOKUP, result.lookup_id) if result.lookup_id else None,
         "checked_at": now,
     }
     statement = upsert_insert(conn, phone_reachability).values(tenant=tenant, contact_id=contact_id, **values)
     conn.execute(statement.on_conflict_do_update(index_elements=[phone_reachability.c.tenant, phone_reachability.c.contact_id], set_=values))
     if result.reachable is not False:
         return 0
-    evidence = json.dumps(
-        {"lookup_id": result.lookup_id, "phone": phone_digits(phone), "status": result.status, "err": result.err, "reason": result.reason},
-        ensure_ascii=False,
-    )
-    return int(record_decision(conn, tenant, contact_id, SMS, WITHDRAW, SOURCE, evidence, now, now))
+    detail = json.dumps({"status": result.status, "err": result.err, "reason": result.reason}, ensure_ascii=False)
+    smsc_id = (result.lookup_id or "").partition(":")[0]
+    facts = [
+        ConsentFact(contact_id, SMS, purpose, WITHDRAW, SourceKind.PROVIDER_WEBHOOK, f"hlr:{smsc_id}", now, origin=SOURCE,
+                    identity={"phone": phone_digits(phone)}, detail=detail)
+        for purpose in (Purpose.ADVERTISING, Purpose.TRANSACTIONAL)
+    ]  # fmt: skip
+    return sum(record_decisions(conn, tenant, facts, now)[1][:1])
 
 
 async def look_up(
@@ -138,17 +150,21 @@ async def look_up(
     return outcome
 
 
-def apply_hlr_callback(conn: sa.Connection, tenant: str, provider_message_id: str | None, form: Mapping[str, Any], now: dt.datetime) -> bool:
+def apply_hlr_callback(conn: sa.Connection, cipher: TenantCipher, provider_message_id: str | None, form: Mapping[str, Any], now: dt.datetime) -> bool:
     """True when an SMSC status callback belongs to one of our HLR lookups (so it is done with);
     its result is recorded when it settles a lookup that polling left unsettled."""
     if not provider_message_id:
         return False
+    lookup = cipher.index(HLR_LOOKUP, provider_message_id)
     row = conn.execute(
-        sa.select(phone_reachability).where(phone_reachability.c.tenant == tenant, phone_reachability.c.lookup_id == provider_message_id)
+        sa.select(phone_reachability).where(phone_reachability.c.tenant == cipher.tenant, phone_reachability.c.lookup_bidx == lookup)
     ).first()
     if row is None:
         return False
-    result = replace(reachability(phone_digits(row.phone), form), lookup_id=row.lookup_id)
+    phone = read_contacts(conn, cipher, [row.contact_id]).get(row.contact_id, {}).get("phone")
+    if phone is None:  # erased (or the phone removed) since: nothing left to record it for
+        return True
+    result = replace(reachability(phone_digits(phone), form), lookup_id=provider_message_id)
     if row.reachable is None and result.reachable is not None:
-        record_result(conn, tenant, row.contact_id, row.phone, result, now)
+        record_result(conn, cipher, row.contact_id, phone, result, now)
     return True

@@ -12,6 +12,7 @@ from orchestrator_assets.tables import markdown_table
 from policies.loader import load_bundle
 from resources.opstore import OperationalStore
 from resources.opstore_schema import contacts, segment_members as members
+from resources.pii import tenant_cipher
 
 
 @dg.asset(
@@ -31,11 +32,12 @@ def segment_members(context: dg.AssetExecutionContext, opstore: OperationalStore
     now = dt.datetime.now(dt.UTC)
     counts: dict[str, int] = {}
     with opstore.engine().begin() as conn:
+        cipher = tenant_cipher(conn, tenant)
         for segment in load_bundle().segments[tenant].values():
             conn.execute(sa.delete(members).where(members.c.tenant == tenant, members.c.segment == segment.name))
             matching = sa.select(
                 sa.literal(tenant), sa.literal(segment.name), contacts.c.id, sa.literal(now, type_=members.c.materialized_at.type)
-            ).where(contacts.c.tenant == tenant, segment_where(segment.rule, contacts))
+            ).where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None), segment_where(segment.rule, contacts, cipher))
             conn.execute(sa.insert(members).from_select(["tenant", "segment", "contact_id", "materialized_at"], matching))
             counts[segment.name] = conn.execute(
                 sa.select(sa.func.count()).where(members.c.tenant == tenant, members.c.segment == segment.name)

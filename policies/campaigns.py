@@ -14,6 +14,7 @@ from jinja2 import TemplateSyntaxError
 from pydantic import AwareDatetime, Field, PrivateAttr, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from policies.channels import Channel, Provider
+from policies.consent_purposes import CampaignPurpose
 from policies.fields import NonBlank, Slug, StepName, StrictModel, TenantId
 from policies.templates import parse_template, referenced_variables, static_text_length
 
@@ -203,7 +204,7 @@ class Campaign(StrictModel):
     name: Slug
     tenant: TenantId
     segment: Slug | None = None
-    purpose: Slug = "marketing"
+    purpose: CampaignPurpose = CampaignPurpose.ADVERTISING
     channels: list[ChannelContent] = Field(min_length=1)
     schedule: Schedule | None = None
     trigger: Trigger | None = None

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from policies.campaigns import Campaign, CampaignsFile
+from policies.consent_texts import ConsentTextsFile
 from policies.policy import Policy
 from policies.segments import RULE_TAGS, Segment, SegmentsFile
 from policies.tenants import Tenant, TenantsFile
@@ -28,6 +29,7 @@ TENANTS_FILE = "tenants.yaml"
 SEGMENTS_FILE = "segments.yaml"
 CAMPAIGNS_FILE = "campaigns.yaml"
 POLICY_FILE = "policy.yaml"
+CONSENT_TEXTS_FILE = "consent_texts.yaml"
 
 PathLike = str | os.PathLike[str]
 Model = TypeVar("Model", bound=BaseModel)
@@ -66,6 +68,10 @@ def load_campaigns(path: PathLike | None = None) -> CampaignsFile:
 
 def load_policy(path: PathLike | None = None) -> Policy:
     return _load(Policy, Path(path) if path else DEFAULT_CONFIG_DIR / POLICY_FILE)
+
+
+def load_consent_texts(path: PathLike | None = None) -> ConsentTextsFile:
+    return _load(ConsentTextsFile, Path(path) if path else DEFAULT_CONFIG_DIR / CONSENT_TEXTS_FILE)
 
 
 def load_bundle(config_dir: PathLike | None = None) -> PolicyBundle:
@@ -111,9 +117,6 @@ def _campaign_problems(
         if campaign.trigger is not None and getattr(tenant.accounts, (provider := campaign.trigger.event.provider).value) is None:
             why = f"{campaign.trigger.event} comes from {provider}, and tenant {campaign.tenant!r} has no {provider} account in {TENANTS_FILE}"
             yield f"{at}.trigger.event", why
-        required = policy.consent.required_purpose
-        if campaign.purpose != required:
-            yield f"{at}.purpose", f"purpose {campaign.purpose!r} has no consent rule; {POLICY_FILE} requires {required!r}"
         for j, content in enumerate(campaign.channels):
             if tenant.accounts.for_channel(content.channel) is None:
                 yield (

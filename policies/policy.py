@@ -6,14 +6,15 @@ from __future__ import annotations
 from pydantic import Field, StrictBool, field_validator
 
 from policies.channels import Channel
-from policies.fields import Slug, StrictModel
+from policies.fields import StrictModel
 
 
 class ConsentPolicy(StrictModel):
-    """Sends on ``channels_requiring_consent`` need a granted consent row for
-    (tenant, contact, channel, ``required_purpose``); every campaign must declare that purpose."""
+    """Sends need a granted consent of the campaign's purpose on the channel
+    (``policies.consent_purposes``) and, with ``require_processing``, a granted 152-FZ processing
+    consent as well."""
 
-    required_purpose: Slug
+    require_processing: StrictBool
     channels_requiring_consent: list[Channel]
 
     @field_validator("channels_requiring_consent")

@@ -26,9 +26,15 @@ class ContactField(StrEnum):
     VK_USER_ID = "vk_user_id"
     CITY = "city"
     LANGUAGE = "language"
+    EMAIL_DOMAIN = "email_domain"
+    PHONE_COUNTRY = "phone_country"
 
 
 INTEGER_FIELDS = frozenset({ContactField.TELEGRAM_CHAT_ID, ContactField.VK_USER_ID})
+# Personal data is sealed in the store (docs/privacy.md): these fields are compared through keyed
+# blind indexes, which answer equality and presence only; names have no index at all.
+BLIND_INDEXED_FIELDS = frozenset({ContactField.EMAIL, ContactField.PHONE, ContactField.TELEGRAM_CHAT_ID, ContactField.VK_USER_ID})
+SEALED_ONLY_FIELDS = frozenset({ContactField.FIRST_NAME, ContactField.LAST_NAME})
 
 
 class Op(StrEnum):
@@ -62,6 +68,11 @@ class Condition(StrictModel):
         field, op = info.data.get("field"), info.data.get("op")
         if field is None or op is None:
             return value  # already reported on field/op
+        if field in SEALED_ONLY_FIELDS:
+            raise ValueError(f"{field} is encrypted at rest and cannot be selected on; segment on city, language, email_domain or phone_country")
+        if op in _TEXT_OPS and field in BLIND_INDEXED_FIELDS:
+            hint = "email_domain" if field == ContactField.EMAIL else "phone_country" if field == ContactField.PHONE else "eq or in"
+            raise ValueError(f"{field} is encrypted at rest: only eq, ne, in, not_in, is_set and is_not_set work on it; use {hint} instead")
         if op in _NO_VALUE_OPS:
             if value is not None:
                 raise ValueError(f"op {op} takes no value")

@@ -1,7 +1,7 @@
 """Tables of the operational store (SQLAlchemy Core).
 
-The operational store holds the current truth that sends depend on: contacts, consents and
-their append-only evidence, segment membership, the send ledger (with its dedup id sequences and
+The operational store holds the current truth that sends depend on: contacts, the consent
+ledger, segment membership, the send ledger (with its dedup id sequences and
 operators' decisions on ambiguous sends), deliveries, blocked senders, phone reachability, the
 webhook inbox, trigger events, and the outbox of tenants' webhooks with its attempts. Every table
 carries ``tenant`` and every unique key starts with it, so one tenant can never see or collide with
@@ -18,58 +18,87 @@ metadata = sa.MetaData()
 BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 UTCDateTime = sa.DateTime(timezone=True)
 
+# Personal data is sealed per contact (resources/pii.py): ``data_key`` is the contact's own key,
+# wrapped by the tenant's data key; ``pii`` is the AES-GCM of its names, e-mail, phone (+ extension),
+# Telegram chat id and VK user id. ``*_bidx`` are keyed blind indexes for equality lookups;
+# ``email_domain`` and ``phone_country`` are derived, non-identifying columns for segment rules.
+# Erasure deletes ``data_key`` (and nulls ``pii`` and the indexes) and stamps ``erased_at``.
 contacts = sa.Table(
     "contacts",
     metadata,
     sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("external_id", sa.String(128), nullable=False),
-    sa.Column("first_name", sa.String(128)),
-    sa.Column("last_name", sa.String(128)),
-    sa.Column("email", sa.String(320)),
-    sa.Column("phone", sa.String(32)),
-    sa.Column("telegram_chat_id", sa.BigInteger),
-    sa.Column("vk_user_id", sa.BigInteger),
+    sa.Column("data_key", sa.LargeBinary),
+    sa.Column("pii", sa.LargeBinary),
+    sa.Column("email_bidx", sa.String(32)),
+    sa.Column("phone_bidx", sa.String(32)),
+    sa.Column("telegram_bidx", sa.String(32)),
+    sa.Column("vk_bidx", sa.String(32)),
+    sa.Column("email_domain", sa.String(255)),
+    sa.Column("phone_country", sa.String(2)),
     sa.Column("city", sa.String(128)),
     sa.Column("language", sa.String(8)),
+    sa.Column("timezone", sa.String(64)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("erased_at", UTCDateTime),
+    # Set when the contact was merged into another (contact_merges): a tombstone, kept so that rows
+    # left pointing at it (warehouse events, colliding sends, its consent history) still add up.
+    sa.Column("merged_into", sa.BigInteger),
+    # The tenant's custom fields (tenants.yaml custom_fields) as one JSON object text, values in
+    # canonical spelling (orchestrator_assets/imports/custom_fields.py).
+    sa.Column("custom_fields", sa.Text),
     sa.UniqueConstraint("tenant", "external_id", name="uq_contacts_tenant_external_id"),
+    sa.Index("ix_contacts_email_bidx", "tenant", "email_bidx"),
+    sa.Index("ix_contacts_phone_bidx", "tenant", "phone_bidx"),
+    sa.Index("ix_contacts_telegram_bidx", "tenant", "telegram_bidx"),
+    sa.Index("ix_contacts_vk_bidx", "tenant", "vk_bidx"),
 )
 
-consents = sa.Table(
-    "consents",
+# Each tenant's data key and blind-index key, wrapped by the master key, one row per version.
+# The newest non-retired version wraps new contact keys; a key rotation adds a version, re-wraps
+# and then sets ``retired_at`` on the old one, whose wrapped contact keys no longer open.
+tenant_keys = sa.Table(
+    "tenant_keys",
     metadata,
-    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
-    sa.Column("tenant", sa.String(64), nullable=False),
-    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
-    sa.Column("channel", sa.String(32), nullable=False),
-    sa.Column("purpose", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # granted | withdrawn
-    sa.Column("source", sa.String(256), nullable=False),
-    sa.Column("evidence", sa.Text),
-    sa.Column("granted_at", UTCDateTime),
-    sa.Column("withdrawn_at", UTCDateTime),
-    sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.UniqueConstraint("tenant", "contact_id", "channel", "purpose", name="uq_consents_subject"),
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("wrapped_data_key", sa.LargeBinary, nullable=False),
+    sa.Column("wrapped_index_key", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("retired_at", UTCDateTime),
 )
 
 consent_events = sa.Table(
+    # The consent ledger: append-only, one hash chain per contact (policies/consent_chain.py), written
+    # only by orchestrator_assets/consent_ledger.append. The current state is derived from it.
     "consent_events",
     metadata,
     sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
-    sa.Column("channel", sa.String(32), nullable=False),
-    sa.Column("purpose", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),  # "any" for processing
+    sa.Column("purpose", sa.String(32), nullable=False),  # processing | advertising | transactional
     sa.Column("action", sa.String(16), nullable=False),  # grant | withdraw
-    sa.Column("source", sa.String(256), nullable=False),
-    sa.Column("evidence", sa.Text),
+    sa.Column("source_kind", sa.String(32), nullable=False),  # policies.consent_purposes.SourceKind
+    sa.Column("source_ref", sa.String(512), nullable=False),  # file + row, inbox row, send id, …
+    sa.Column("origin", sa.String(256)),  # where the person gave it, as the source states (form URL, CRM)
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("text_version", sa.String(64)),  # sha256 of the exact consent text (consent_texts.yaml)
+    sa.Column("valid_until", UTCDateTime),
+    sa.Column("withdrawal_channel", sa.String(64)),
+    sa.Column("evidence_identity", sa.LargeBinary),  # ip, user agent, chat id, phone: sealed with the contact's key
+    sa.Column("detail", sa.Text),  # non-identifying words of the source (a provider's reason)
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
     sa.UniqueConstraint(
-        "tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source", name="uq_consent_events_fact"
+        "tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source_kind", "source_ref", name="uq_consent_events_evidence"
     ),
+    # One successor per event: two writers can never fork a contact's chain.
+    sa.UniqueConstraint("tenant", "contact_id", "prev_hash", name="uq_consent_events_chain"),
+    sa.Index("ix_consent_events_subject", "tenant", "contact_id", "channel", "purpose", "id"),
 )
 
 segment_members = sa.Table(
@@ -91,7 +120,7 @@ sends = sa.Table(
     sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
     sa.Column("channel", sa.String(32), nullable=False),
     sa.Column("provider", sa.String(32), nullable=False),
-    sa.Column("address", sa.String(320), nullable=False),
+    sa.Column("address", sa.LargeBinary, nullable=False),  # sealed with the contact's key (resources/pii.py)
     sa.Column("status", sa.String(16), nullable=False),  # claimed | sent | failed | ambiguous
     sa.Column("run_id", sa.String(64), nullable=False),  # the run that claimed the row
     sa.Column("provider_message_id", sa.String(256)),
@@ -281,13 +310,13 @@ phone_reachability = sa.Table(
     metadata,
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),
-    sa.Column("phone", sa.String(32), nullable=False),  # as the contact had it when checked
+    sa.Column("phone_bidx", sa.String(32), nullable=False),  # blind index of the phone checked (resources/pii.py)
     sa.Column("reachable", sa.Boolean),  # null: the lookup settled nothing (subscriber offline, no answer)
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("network", sa.Text),  # JSON: imsi, mcc, mnc, operator … as SMSC reported them
-    sa.Column("lookup_id", sa.String(64)),  # SMSC "<id>:<phone digits>", the key of its status callback
+    sa.Column("lookup_bidx", sa.String(32)),  # blind index of SMSC's "<id>:<phone digits>", the key of its status callback
     sa.Column("checked_at", UTCDateTime, nullable=False),
-    sa.Index("ix_phone_reachability_lookup", "tenant", "lookup_id"),
+    sa.Index("ix_phone_reachability_lookup", "tenant", "lookup_bidx"),
 )
 
 # What operators and jobs did to tenants' data (imports, rollbacks, merges, erasures, exports, key
@@ -305,4 +334,53 @@ audit_log = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Index("ix_audit_log_tenant_id", "tenant", "id"),
+)
+
+# Pairs of a tenant's live contacts that may be one person (contacts/contact_duplicate_candidates,
+# replaced on every materialisation): ids, a score 0-100 and the reason in words; never the values.
+contact_duplicate_candidates = sa.Table(
+    "contact_duplicate_candidates",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),  # the older of the two
+    sa.Column("other_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),
+    sa.Column("score", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("found_at", UTCDateTime, nullable=False),
+)
+
+# One row per merge of a contact into a survivor (contact_merge_job) and, once undone, by whom
+# (contact_unmerge_job). What the merge changed is in contact_merge_moves, so the undo is exact.
+contact_merges = sa.Table(
+    "contact_merges",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("survivor_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
+    sa.Column("merged_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),  # now a tombstone
+    sa.Column("score", sa.Integer),  # the candidate's score; null for an explicit pair that was no candidate
+    sa.Column("operator", sa.String(128), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("merged_at", UTCDateTime, nullable=False),
+    sa.Column("undone_at", UTCDateTime),
+    sa.Column("undone_by", sa.String(128)),
+    sa.Column("undo_run_id", sa.String(64)),
+    sa.Index("ix_contact_merges_tenant_merged", "tenant", "merged_id"),
+)
+
+# Everything one merge changed, a row each: which table, which row (send id, trigger event id,
+# segment, field, channel/purpose), what was done (moved | kept | deleted | filled | appended) and
+# the non-personal values needed to put it back (JSON). Personal values are never copied here.
+contact_merge_moves = sa.Table(
+    "contact_merge_moves",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("merge_id", sa.BigInteger, sa.ForeignKey("contact_merges.id"), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("table_name", sa.String(64), nullable=False),
+    sa.Column("row_key", sa.String(256), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("before", sa.Text),
+    sa.Index("ix_contact_merge_moves_merge", "merge_id"),
 )

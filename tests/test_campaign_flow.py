@@ -6,12 +6,16 @@ from __future__ import annotations
 import httpx
 import sqlalchemy as sa
 
+import sealed
 from flow import build_reports, expected_funnel, funnel_rows, metadata, process_inbox, run_pipeline, running_stack
+from orchestrator_assets.contact_pii import read_contacts
 from orchestrator_assets.imports.sample_contacts import generate_sample, write_sample
 from policies.loader import load_bundle
 from resources.channels.mailgun import sign
 from resources.opstore import OperationalStore
-from resources.opstore_schema import consents, contacts, deliveries, segment_members, sends, webhook_inbox
+from resources.opstore_schema import contacts, deliveries, segment_members, sends, webhook_inbox
+from resources.pii import tenant_cipher
+from consents import granted_rows
 from resources.settings import get_settings
 
 
@@ -58,14 +62,13 @@ def test_campaign_end_to_end_two_tenants(algor_home, instance, monkeypatch, tmp_
             assert conn.execute(sa.select(sa.func.count()).where(webhook_inbox.c.processed_at.is_(None))).scalar_one() == 0
             recipients = _recipients_by_tenant(conn)
             complained = conn.execute(sa.select(sends.c.contact_id).join(deliveries).where(deliveries.c.status == "complained")).scalars().all()
-            still_granted = conn.execute(
-                sa.select(sa.func.count()).where(consents.c.contact_id.in_(complained), consents.c.status == "granted")
-            ).scalar_one()
+            granted = granted_rows()
+            still_granted = conn.execute(sa.select(sa.func.count()).select_from(granted).where(granted.c.contact_id.in_(complained))).scalar_one()
             blocked = conn.execute(
                 sa.select(sends.c.contact_id).where(sends.c.status == "failed", sends.c.error_class == "unreachable")
             ).scalars().all()
             blocked_still_granted = conn.execute(
-                sa.select(sa.func.count()).where(consents.c.contact_id.in_(blocked), consents.c.channel == "telegram", consents.c.status == "granted")
+                sa.select(sa.func.count()).select_from(granted).where(granted.c.contact_id.in_(blocked), granted.c.channel == "telegram")
             ).scalar_one()
         # A complaint suppresses every channel (policy.yaml), not just e-mail; a recipient the
         # provider calls unreachable (blocked the bot) is suppressed on that channel.
@@ -101,17 +104,18 @@ def test_forged_callback_refused_and_real_one_counted_once(algor_home, instance,
                 sa.select(sends).where(sends.c.tenant == "demo", sends.c.provider == "mailgun", sends.c.status == "sent").order_by(sends.c.send_id)
             ).first()
             inbox_before = conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one()
+            recipient = sealed.send_address(conn, send)
         key = get_settings().secret(load_bundle().tenants["demo"].accounts.mailgun.signing_key_env)
         url = f"{stack.gateway_url}/hooks/demo/mailgun"
 
-        forged = _mailgun_event(send, "opened", "forged-1", key="not-the-key")
+        forged = _mailgun_event(send, recipient, "opened", "forged-1", key="not-the-key")
         assert httpx.post(url, json=forged).status_code == 403  # not 406: Mailgun retries, in case our key is the wrong one
         unsigned = {"event-data": forged["event-data"]}
         assert httpx.post(url, json=unsigned).status_code == 403
         telegram = httpx.post(f"{stack.gateway_url}/hooks/demo/telegram", json={"update_id": 1}, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"})
         assert telegram.status_code == 403
 
-        genuine = _mailgun_event(send, "opened", "open-once", key=key)
+        genuine = _mailgun_event(send, recipient, "opened", "open-once", key=key)
         assert httpx.post(url, json=genuine).status_code == 200
         assert httpx.post(url, json=genuine).status_code == 200  # a provider retry: acknowledged, not stored again
         process_inbox(instance)
@@ -132,7 +136,7 @@ def test_forged_callback_refused_and_real_one_counted_once(algor_home, instance,
         assert opened == 1
 
 
-def _mailgun_event(send, event: str, event_id: str, key: str) -> dict:
+def _mailgun_event(send, recipient: str, event: str, event_id: str, key: str) -> dict:
     import time
 
     timestamp, token = str(int(time.time())), f"tok-{event_id}"
@@ -142,7 +146,7 @@ def _mailgun_event(send, event: str, event_id: str, key: str) -> dict:
             "id": event_id,
             "event": event,
             "timestamp": time.time(),
-            "recipient": send.address,
+            "recipient": recipient,
             "message": {"headers": {"message-id": send.provider_message_id}},
             "user-variables": {"send_id": send.send_id},
         },
@@ -152,28 +156,30 @@ def _mailgun_event(send, event: str, event_id: str, key: str) -> dict:
 def _recipients_by_tenant(conn: sa.Connection) -> dict[tuple[str, str], set[str]]:
     """Addresses each tenant's messages went to (a send the provider refused reached nobody)."""
     result: dict[tuple[str, str], set[str]] = {}
-    accepted = sa.select(sends.c.tenant, sends.c.channel, sends.c.address).where(sends.c.status != "failed")
-    for tenant, channel, address in conn.execute(accepted):
-        result.setdefault((tenant, channel), set()).add(address)
+    accepted = sa.select(sends.c.tenant, sends.c.channel, sends.c.contact_id, sends.c.address).where(sends.c.status != "failed")
+    for send in conn.execute(accepted):
+        result.setdefault((send.tenant, send.channel), set()).add(sealed.send_address(conn, send))
     return result
 
 
 def _consented_segment_members(conn: sa.Connection, bundle) -> dict[tuple[str, str], set[str]]:
     allowed: dict[tuple[str, str], set[str]] = {}
+    granted = granted_rows()
     for tenant, campaigns in bundle.campaigns.items():
         for campaign in campaigns.values():
             for content in campaign.channels:
-                column = contacts.c.telegram_chat_id if content.channel == "telegram" else contacts.c.email
-                rows = conn.execute(
-                    sa.select(column)
+                field = "telegram_chat_id" if content.channel == "telegram" else "email"
+                ids = conn.execute(
+                    sa.select(contacts.c.id)
                     .join(segment_members, segment_members.c.contact_id == contacts.c.id)
-                    .join(consents, consents.c.contact_id == contacts.c.id)
+                    .join(granted, granted.c.contact_id == contacts.c.id)
                     .where(
                         contacts.c.tenant == tenant,
                         segment_members.c.segment == campaign.segment,
-                        consents.c.channel == content.channel,
-                        consents.c.status == "granted",
+                        granted.c.channel == content.channel,
+                        granted.c.purpose == str(campaign.purpose),
                     )
-                )
-                allowed.setdefault((tenant, str(content.channel)), set()).update(str(value) for (value,) in rows)
+                ).scalars()
+                people = read_contacts(conn, tenant_cipher(conn, tenant), ids).values()
+                allowed.setdefault((tenant, str(content.channel)), set()).update(str(p[field]) for p in people if p.get(field) is not None)
     return allowed

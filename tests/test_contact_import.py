@@ -11,12 +11,13 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
+from orchestrator_assets.consent_ledger import consent_state
 from orchestrator_assets.consents import contact_consents
 from orchestrator_assets.contacts import contacts
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.validation import CSV_COLUMNS
 from resources.opstore import OperationalStore
-from resources.opstore_schema import consent_events, consents
+from resources.opstore_schema import consent_events
 from resources.opstore_schema import contacts as contacts_table
 
 IMPORT_OP = "imports__contact_import_rows"
@@ -44,7 +45,9 @@ def _write_csv(path: Path, *rows: dict[str, str]) -> Path:
 
 def _consent_states() -> dict[str, str]:
     with OperationalStore().engine().connect() as conn:
-        query = sa.select(contacts_table.c.external_id, consents.c.status).join(consents, consents.c.contact_id == contacts_table.c.id)
+        state = consent_state(dt.datetime.now(dt.UTC))
+        status = sa.case((state.c.granted, "granted"), else_="withdrawn")
+        query = sa.select(contacts_table.c.external_id, status).join(state, state.c.contact_id == contacts_table.c.id)
         return dict(conn.execute(query).all())
 
 
@@ -72,7 +75,7 @@ def test_without_csv_path_a_tenant_gets_no_contacts_and_no_consents(algor_home, 
     result = _materialize(instance, "acme")
 
     with OperationalStore().engine().connect() as conn:
-        for table in (contacts_table, consents, consent_events):
+        for table in (contacts_table, consent_events):
             assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0, table.name
     (imported,) = [e.materialization for e in result.get_asset_materialization_events() if e.materialization.asset_key.path == ["imports", "contact_import_rows"]]
     assert imported.metadata["source_file"].value == "no file given (csv_path is empty)"

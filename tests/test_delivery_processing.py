@@ -9,9 +9,11 @@ import json
 import pytest
 import sqlalchemy as sa
 
+import sealed
 from orchestrator_assets.deliveries.processing import process_rows
 from resources.opstore import OperationalStore
-from resources.opstore_schema import blocked_senders, consent_events, consents, contacts, deliveries, sends, webhook_inbox
+from resources.opstore_schema import blocked_senders, consent_events, deliveries, sends, webhook_inbox
+from consents import granted_rows, record
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
@@ -22,25 +24,15 @@ def engine(algor_home):
     store.migrate()
     engine = store.engine()
     with engine.begin() as conn:
-        conn.execute(
-            sa.insert(contacts),
-            [
-                {"id": 1, "tenant": "demo", "external_id": "c1", "phone": "+79160000001", "vk_user_id": 555, "created_at": NOW, "updated_at": NOW},
-                {"id": 2, "tenant": "acme", "external_id": "c1", "phone": "+79160000001", "vk_user_id": 555, "created_at": NOW, "updated_at": NOW},
-            ],
-        )
-        conn.execute(
-            sa.insert(consents),
-            [
-                {"tenant": t, "contact_id": cid, "channel": ch, "purpose": "marketing", "status": "granted", "source": "form", "granted_at": NOW, "updated_at": NOW}
-                for t, cid in (("demo", 1), ("acme", 2))
-                for ch in ("vk", "whatsapp")
-            ],
-        )
+        for tenant in ("demo", "acme"):  # ids 1 and 2
+            sealed.add_contact(conn, tenant, "c1", NOW, phone="+79160000001", vk_user_id=555)
+        for t, cid in (("demo", 1), ("acme", 2)):
+            for ch in ("vk", "whatsapp"):
+                record(conn, t, cid, ch, "grant", NOW)
         conn.execute(
             sa.insert(sends).values(
                 send_id="s1", tenant="demo", campaign="c", step="main", contact_id=1, channel="whatsapp", provider="d360",
-                address="+79160000001", status="sent", run_id="r", provider_message_id="wamid.1", claimed_at=NOW, finished_at=NOW,
+                address=sealed.sealed_address(conn, "demo", 1, "+79160000001"), status="sent", run_id="r", provider_message_id="wamid.1", claimed_at=NOW, finished_at=NOW,
             )
         )
     return engine
@@ -79,10 +71,10 @@ def test_vk_message_deny_withdraws_only_that_tenants_vk_consent_with_evidence(en
     deny = {"type": "message_deny", "event_id": "a1b2c5", "v": "5.199", "group_id": 123, "secret": "s", "object": {"user_id": 555}}
     apply(engine, "vk", deny)
     with engine.connect() as conn:
-        state = {(r.tenant, r.channel): r.status for r in conn.execute(sa.select(consents))}
-        (fact,) = conn.execute(sa.select(consent_events)).all()
-    assert state == {("demo", "vk"): "withdrawn", ("demo", "whatsapp"): "granted", ("acme", "vk"): "granted", ("acme", "whatsapp"): "granted"}
-    assert (fact.action, fact.source) == ("withdraw", "vk:opt_out") and "a1b2c5" in fact.evidence
+        granted = {(r.tenant, r.channel) for r in conn.execute(sa.select(granted_rows(NOW)))}
+        (fact,) = conn.execute(sa.select(consent_events).where(consent_events.c.action == "withdraw")).all()
+    assert granted == {("demo", "whatsapp"), ("acme", "vk"), ("acme", "whatsapp")}
+    assert (fact.tenant, fact.channel, fact.origin, fact.source_kind) == ("demo", "vk", "vk:opt_out", "provider_webhook") and "a1b2c5" in fact.detail
 
 
 def test_green_api_yellow_card_blocks_the_sender(engine):
@@ -103,7 +95,7 @@ def test_a_chat_id_too_large_for_any_contact_names_none_instead_of_failing_the_r
     batch = apply(engine, "telegram", kicked)
     assert batch.retry == {} and len(batch.processed_ids) == 1
     with engine.connect() as conn:
-        assert conn.execute(sa.select(consent_events)).all() == []
+        assert conn.execute(sa.select(consent_events).where(consent_events.c.action == "withdraw")).all() == []
 
 
 @pytest.mark.parametrize("timestamp", [1e300, 10**20, "1e400"], ids=["float", "int", "infinite"])

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from orchestrator_assets.contact_pii import read_contacts
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
-from orchestrator_assets.imports.validation import CSV_COLUMNS, read_contacts_csv, validate_contact_rows
+from orchestrator_assets.imports.reading import read_contacts_file
+from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from resources.opstore import migrate
-from resources.opstore_schema import consent_events, consents, contacts, metadata
+from orchestrator_assets.consent_ledger import ConsentFact, append, consent_state
+from policies.consent_purposes import Purpose, SourceKind
+from policies.loader import load_consent_texts
+from resources.opstore_schema import consent_events, contacts, metadata
+from resources.pii import tenant_cipher
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
+def engine(request, algor_home, tmp_path):
     url = f"sqlite:///{tmp_path / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     migrate(url)  # the schema as production gets it: from the Alembic migrations
     engine = sa.create_engine(url)
@@ -32,7 +37,7 @@ def engine(request, tmp_path):
 
 @pytest.fixture(scope="module")
 def sample_good():
-    return validate_contact_rows(read_contacts_csv(SAMPLE_PATH)).good
+    return validate_contact_rows(read_contacts_file(SAMPLE_PATH).frame).good
 
 
 def _good(*rows: dict[str, str]) -> pd.DataFrame:
@@ -49,7 +54,14 @@ def _import(engine, tenant, good, now=NOW):
 
 def _snapshot(engine):
     with engine.connect() as conn:
-        return {table.name: conn.execute(sa.select(table).order_by(table.c.id)).all() for table in (contacts, consents, consent_events)}
+        return {table.name: conn.execute(sa.select(table).order_by(table.c.id)).all() for table in (contacts, consent_events)}
+
+
+def _personal(conn, tenant):
+    """The personal data of the tenant's one contact, opened (it is sealed in the store)."""
+    cipher = tenant_cipher(conn, tenant)
+    (personal,) = read_contacts(conn, cipher, conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant)).scalars()).values()
+    return personal
 
 
 def _utc(moment: datetime) -> datetime:
@@ -58,14 +70,16 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _state(engine, tenant, external_id, channel):
+    """(granted | withdrawn, when the deciding event says it happened, where the person gave it)."""
+    state = consent_state(NOW + timedelta(days=30))
     with engine.connect() as conn:
         row = conn.execute(
-            sa.select(consents.c.status, consents.c.granted_at, consents.c.withdrawn_at, consents.c.source)
-            .join(contacts, contacts.c.id == consents.c.contact_id)
-            .where(contacts.c.tenant == tenant, contacts.c.external_id == external_id, consents.c.channel == channel)
+            sa.select(state.c.action, consent_events.c.occurred_at, consent_events.c.origin)
+            .join(consent_events, consent_events.c.id == state.c.event_id)
+            .join(contacts, contacts.c.id == state.c.contact_id)
+            .where(contacts.c.tenant == tenant, contacts.c.external_id == external_id, state.c.channel == channel, state.c.purpose == "advertising")
         ).one()
-    granted_at, withdrawn_at = (_utc(t) if t else None for t in (row.granted_at, row.withdrawn_at))
-    return row.status, granted_at, withdrawn_at, row.source
+    return {"grant": "granted", "withdraw": "withdrawn"}[row.action], _utc(row.occurred_at), row.origin
 
 
 def _decisions(good: pd.DataFrame) -> dict[bool, int]:
@@ -89,25 +103,19 @@ def test_second_import_of_the_sample_changes_nothing(engine, sample_good):
         {"granted": 0, "withdrawn": 0, "unchanged": decisions[True] + decisions[False]},
     )
     assert _snapshot(engine) == before
-    # One event and one current state per contact × channel decision.
-    assert len(before["consent_events"]) == len(before["consents"]) == decisions[True] + decisions[False]
+    # One event per contact × channel decision.
+    assert len(before["consent_events"]) == decisions[True] + decisions[False]
 
 
 def test_consent_state_and_evidence_come_from_the_row(engine, sample_good):
     dated = sample_good[sample_good["consent_email"].notna() & sample_good["consent_at"].notna()].head(1)
     _import(engine, "acme", dated)
     row = dated.iloc[0]
-    status, granted_at, withdrawn_at, source = _state(engine, "acme", row["external_id"], "email")
-    assert status == ("granted" if row["consent_email"] else "withdrawn")
-    assert (granted_at if row["consent_email"] else withdrawn_at) == row["consent_at"]
-    assert source == row["consent_source"]
+    assert _state(engine, "acme", row["external_id"], "email") == ("granted" if row["consent_email"] else "withdrawn", row["consent_at"], row["consent_source"])
     with engine.connect() as conn:
-        event = conn.execute(
-            sa.select(consent_events.c.evidence, consent_events.c.occurred_at, consent_events.c.recorded_at).where(
-                consent_events.c.channel == "email"
-            )
-        ).one()
-    assert json.loads(event.evidence) == {"file": "demo.csv", "row": int(row["row"])}
+        event = conn.execute(sa.select(consent_events).where(consent_events.c.channel == "email")).one()
+    assert (event.source_kind, event.source_ref, event.purpose) == ("import", f"demo.csv:row {row['row']}", "advertising")
+    assert event.text_version == load_consent_texts().current("acme", Purpose.ADVERTISING, row["language"])  # the tenant's current text
     assert (_utc(event.occurred_at), _utc(event.recorded_at)) == (row["consent_at"], NOW)
 
 
@@ -119,7 +127,7 @@ def test_tenants_with_the_same_external_id_stay_separate(engine):
     changed = _import(engine, "globex", _good({**row, "email": "anna@example.org"}))
     assert changed[0] == {"inserted": 0, "updated": 1, "unchanged": 0}
     with engine.connect() as conn:
-        emails = dict(conn.execute(sa.select(contacts.c.tenant, contacts.c.email).order_by(contacts.c.tenant)).all())
+        emails = {tenant: _personal(conn, tenant)["email"] for tenant in ("acme", "globex")}
     assert emails == {"acme": "anna@example.ru", "globex": "anna@example.org"}
 
 
@@ -133,7 +141,8 @@ def test_changed_fields_update_and_blank_cells_keep_stored_values(engine):
     assert counts[0] == {"inserted": 0, "updated": 1, "unchanged": 0}
     with engine.connect() as conn:
         row = conn.execute(sa.select(contacts)).one()
-    assert (row.first_name, row.email, row.phone, row.telegram_chat_id) == ("Аня", "anna@example.ru", "+79161234567", 5007686286)
+        personal = _personal(conn, "acme")
+    assert (personal["first_name"], personal["email"], personal["phone"], personal["telegram_chat_id"]) == ("Аня", "anna@example.ru", "+79161234567", 5007686286)
     assert (_utc(row.created_at), _utc(row.updated_at)) == (NOW, later)
 
 
@@ -146,15 +155,10 @@ def test_current_state_follows_the_newest_event_only(engine):
     # An older grant arriving late is logged as a fact but must not resurrect the consent.
     assert decide("да", "2026-01-10T12:00:00+03:00", "import:crm-2026-01") == {"granted": 1, "withdrawn": 0, "unchanged": 0}
     withdrawn_at = datetime(2026, 5, 1, 9, tzinfo=UTC)
-    assert _state(engine, "acme", "c-1", "email") == ("withdrawn", None, withdrawn_at, "form:unsubscribe")
+    assert _state(engine, "acme", "c-1", "email") == ("withdrawn", withdrawn_at, "form:unsubscribe")
 
     assert decide("yes", "2026-06-01T09:00:00Z", "bot:/start promo") == {"granted": 1, "withdrawn": 0, "unchanged": 0}
-    assert _state(engine, "acme", "c-1", "email") == (
-        "granted",
-        datetime(2026, 6, 1, 9, tzinfo=UTC),
-        withdrawn_at,
-        "bot:/start promo",
-    )
+    assert _state(engine, "acme", "c-1", "email") == ("granted", datetime(2026, 6, 1, 9, tzinfo=UTC), "bot:/start promo")
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(consent_events)).scalar() == 3
 
@@ -172,7 +176,7 @@ def test_undated_decision_is_dated_now_and_recorded_only_when_it_changes_the_sta
         "withdrawn": 1,
         "unchanged": 0,
     }
-    assert _state(engine, "acme", "c-1", "email") == ("withdrawn", NOW, withdraw_at, "import:crm-2026-10")
+    assert _state(engine, "acme", "c-1", "email") == ("withdrawn", withdraw_at, "import:crm-2026-10")
 
 
 def test_consents_need_the_contacts_first(engine):
@@ -186,9 +190,8 @@ def test_a_withdrawal_ends_a_grant_dated_2099_and_both_stay_on_record(engine):
     _import(engine, "acme", _good(row))
     with engine.begin() as conn:  # a grant dated 2099, as imports recorded it before the clock-skew rule
         contact_id = conn.execute(sa.select(contacts.c.id)).scalar_one()
-        fact = {"tenant": "acme", "contact_id": contact_id, "channel": "email", "purpose": "marketing", "source": "import:crm-2099", "evidence": '{"row":2}'}
-        conn.execute(sa.insert(consent_events).values(**fact, action="grant", occurred_at=datetime(2099, 1, 1, tzinfo=UTC), recorded_at=NOW))
-        conn.execute(sa.insert(consents).values(**fact, status="granted", granted_at=datetime(2099, 1, 1, tzinfo=UTC), updated_at=NOW))
+        fact = ConsentFact(contact_id, "email", Purpose.ADVERTISING, "grant", SourceKind.IMPORT, "crm-2099.csv:row 2", datetime(2099, 1, 1, tzinfo=UTC))
+        append(conn, "acme", [fact], NOW)
 
     later = NOW + timedelta(days=1)
     counts = _import(engine, "acme", _good({**row, "consent_email": "нет", "consent_at": "2026-11-03T10:00:00+03:00"}), later)[1]

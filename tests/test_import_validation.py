@@ -13,15 +13,15 @@ from orchestrator_assets.imports.sample_contacts import (
     generate_sample,
     write_sample,
 )
+from orchestrator_assets.imports.reading import read_contacts_file
+from orchestrator_assets.imports.report import first_problems_markdown, grouped_markdown, write_report
 from orchestrator_assets.imports.validation import (
     OPTIONAL_COLUMNS,
     CSV_COLUMNS,
     ERROR_COLUMNS,
-    error_report_markdown,
-    read_contacts_csv,
     validate_contact_rows,
-    write_error_report,
 )
+from policies.masking import mask_value
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def sample():
 
 @pytest.fixture(scope="module")
 def shipped():
-    raw = read_contacts_csv(SAMPLE_PATH)
-    return raw, validate_contact_rows(raw)
+    read = read_contacts_file(SAMPLE_PATH)
+    return read.frame, validate_contact_rows(read.frame, rows=read.rows)
 
 
 def _raw(**overrides: str) -> dict[str, str]:
@@ -71,7 +71,7 @@ def test_shipped_sample_reports_exactly_the_planted_mistakes(sample, shipped):
 @pytest.mark.parametrize(("rows", "seed"), [(1, 1), (40, 2)])
 def test_generator_plants_exactly_at_any_size(rows, seed, tmp_path):
     sample = generate_sample(rows, seed)
-    result = validate_contact_rows(read_contacts_csv(write_sample(sample, tmp_path / "s.csv")))
+    result = validate_contact_rows(read_contacts_file(write_sample(sample, tmp_path / "s.csv")).frame)
     assert set(zip(result.errors["row"], result.errors["column"], strict=True)) == {(e.row, e.column) for e in sample.planted}
     assert len(result.good) == rows
 
@@ -242,28 +242,29 @@ def test_a_consent_dated_beyond_the_clock_skew_is_a_row_error_and_one_within_it_
     assert result.good.at[0, "consent_at"] == pd.Timestamp("2026-11-24T12:01:00Z")
 
 
-def test_header_only_file(tmp_path):
-    path = tmp_path / "empty.csv"
-    path.write_text(",".join(CSV_COLUMNS) + "\n", encoding="utf-8")
-    result = validate_contact_rows(read_contacts_csv(path))
-    assert result.errors.empty and result.good.empty
-
-
-def test_markdown_report_is_cut_with_a_count(shipped):
+def test_markdown_reports_group_by_reason_and_cut_with_a_count(shipped):
     _, result = shipped
-    report = error_report_markdown(result.errors, limit=5)
-    lines = report.splitlines()
-    assert lines[0] == "| row | column | value | reason |"
-    assert len([line for line in lines if line.startswith("| ") and line[2].isdigit()]) == 5
-    assert lines[-1] == f"… and {len(result.errors) - 5} more"
-    assert "email\\|phone\\|telegram_chat_id" in error_report_markdown(result.errors)
-    assert "more" not in error_report_markdown(result.errors)
-    assert error_report_markdown(result.errors.iloc[:0]) == "No errors."
+    first = first_problems_markdown(result.errors, limit=5).splitlines()
+    assert first[0] == "| row | column | value | reason |"
+    assert len([line for line in first if line.startswith("| ") and line[2].isdigit()]) == 5
+    assert first[-1] == f"… and {len(result.errors) - 5} more in the report CSV"
+    assert "email\\|phone\\|telegram_chat_id" in first_problems_markdown(result.errors, limit=len(result.errors))
+    grouped = grouped_markdown(result.errors).splitlines()
+    counts = result.errors["reason"].value_counts()
+    assert grouped[0] == "| reason | count | rows |"
+    assert len(grouped) == 2 + len(counts)
+    for reason, count in counts.items():
+        assert f"| {reason.replace('|', chr(92) + '|')} | {count} |" in "\n".join(grouped)
+    assert [int(line.split(" | ")[1]) for line in grouped[2:]] == sorted(counts, reverse=True)
+    assert first_problems_markdown(result.errors.iloc[:0]) == grouped_markdown(result.errors.iloc[:0]) == "_No problems._"
 
 
-def test_error_report_csv_round_trips(shipped, tmp_path):
+def test_error_report_csv_keeps_rows_and_reasons_and_masks_values(shipped, tmp_path):
     _, result = shipped
-    path = write_error_report(result.errors, tmp_path / "reports" / "errors.csv")
-    again = pd.read_csv(path, dtype={"row": "int64"}, keep_default_na=False)
+    path = write_report(result.errors, tmp_path / "reports" / "errors.csv")
+    again = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     assert list(again.columns) == list(ERROR_COLUMNS)
-    pd.testing.assert_frame_equal(again, result.errors, check_dtype=False)
+    assert list(again["row"].astype(int)) == list(result.errors["row"])
+    assert list(again["reason"]) == list(result.errors["reason"])
+    masked = [str(mask_value(column, value)) for column, value in zip(result.errors["column"], result.errors["value"])]
+    assert list(again["value"].str.removeprefix("'")) == masked

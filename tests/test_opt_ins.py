@@ -10,10 +10,14 @@ import json
 import pytest
 import sqlalchemy as sa
 
+import sealed
 from orchestrator_assets.deliveries.processing import process_rows
 from resources.links import sign_deep_link
 from resources.opstore import migrate
-from resources.opstore_schema import consent_events, consents, contacts, metadata, trigger_events, webhook_inbox
+from orchestrator_assets.consent_ledger import ConsentFact, append
+from policies.consent_purposes import Purpose, SourceKind
+from resources.opstore_schema import consent_events, contacts, metadata, trigger_events, webhook_inbox
+from consents import consent_status
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 T0 = int(dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC).timestamp())
@@ -69,33 +73,39 @@ def apply(engine, provider: str, *payloads: dict, tenant: str = "demo", now: dt.
 
 def add_contact(engine, external_id: str, tenant: str = "demo", **fields) -> int:
     with engine.begin() as conn:
-        return conn.execute(
-            sa.insert(contacts).values(tenant=tenant, external_id=external_id, created_at=NOW, updated_at=NOW, **fields).returning(contacts.c.id)
-        ).scalar_one()
+        return sealed.add_contact(conn, tenant, external_id, NOW, **fields)
 
 
 def state(engine, contact_id: int, channel: str = "telegram") -> str | None:
-    with engine.connect() as conn:
-        return conn.execute(sa.select(consents.c.status).where(consents.c.contact_id == contact_id, consents.c.channel == channel)).scalar()
+    return consent_status(engine, contact_id, channel, now=NOW)
 
 
 def contact_by_chat(engine, chat: int):
     with engine.connect() as conn:
-        return conn.execute(sa.select(contacts).where(contacts.c.telegram_chat_id == chat)).all()
+        return sealed.contacts_with(conn, "demo", "telegram_chat_id", chat)
+
+
+def newcomer(engine, channel: str, address: int) -> str:
+    with engine.connect() as conn:
+        return sealed.newcomer_external_id(conn, "demo", channel, address)
 
 
 def test_start_from_an_unknown_chat_creates_a_contact_grants_with_evidence_and_records_the_trigger(engine):
     batch = apply(engine, "telegram", start(700001))
     (contact,) = contact_by_chat(engine, 700001)
-    assert (contact.tenant, contact.external_id, contact.email, contact.first_name) == ("demo", "telegram:700001", None, None)
+    assert (contact.tenant, contact.external_id) == ("demo", newcomer(engine, "telegram", 700001))
+    with engine.connect() as conn:
+        assert sealed.personal(conn, "demo", contact.id) == {"telegram_chat_id": 700001}  # the chat id, sealed, and nothing else
     assert state(engine, contact.id) == "granted"
     with engine.connect() as conn:
         (fact,) = conn.execute(sa.select(consent_events)).all()
         (trigger,) = conn.execute(sa.select(trigger_events)).all()
         inbox_id = conn.execute(sa.select(webhook_inbox.c.id)).scalar_one()
-    evidence = json.loads(fact.evidence)
-    assert (fact.action, fact.channel, fact.purpose, fact.source) == ("grant", "telegram", "marketing", "telegram:opt_in")
-    assert evidence["inbox_id"] == inbox_id and evidence["event"].startswith("update:") and evidence["reason"] == "command:/start"
+    detail = json.loads(fact.detail)
+    assert (fact.action, fact.channel, fact.purpose, fact.origin) == ("grant", "telegram", "advertising", "telegram:opt_in")
+    assert (fact.source_kind, fact.source_ref, fact.withdrawal_channel) == ("bot_command", f"inbox:{inbox_id}", "telegram")
+    assert detail["event"].startswith("update:") and detail["reason"] == "command:/start"
+    assert b"700001" not in fact.detail.encode() and fact.evidence_identity  # the chat id is identifying evidence, kept apart
     assert fact.occurred_at.replace(tzinfo=dt.UTC) == dt.datetime.fromtimestamp(T0, dt.UTC)  # Telegram's date, not ours
     assert (trigger.event, trigger.contact_id, trigger.inbox_id) == ("telegram_start", contact.id, inbox_id)
     assert batch.tally["opt_in_contact_created"] == 1 and batch.tally["consents_granted"] == 1
@@ -131,13 +141,13 @@ def test_unverifiable_payload_binds_nothing_and_the_chat_gets_its_own_contact(en
     ivan = add_contact(engine, "crm-2", email="ivan@example.ru")
     apply(engine, "telegram", start(700004, payload=token(ivan)))
     (contact,) = contact_by_chat(engine, 700004)
-    assert contact.external_id == "telegram:700004" and state(engine, ivan) is None
+    assert contact.external_id == newcomer(engine, "telegram", 700004) and state(engine, ivan) is None
 
 
 def test_deep_link_never_moves_a_contact_that_already_has_another_chat(engine):
     ivan = add_contact(engine, "crm-3", telegram_chat_id=111)
     apply(engine, "telegram", start(700005, payload=sign_deep_link("demo", ivan)))
-    assert [c.external_id for c in contact_by_chat(engine, 700005)] == ["telegram:700005"]
+    assert [c.external_id for c in contact_by_chat(engine, 700005)] == [newcomer(engine, "telegram", 700005)]
     assert [c.id for c in contact_by_chat(engine, 111)] == [ivan] and state(engine, ivan) is None
 
 
@@ -166,7 +176,8 @@ def test_vk_message_allow_from_an_unknown_user_grants_vk_and_records_its_trigger
         (contact,) = conn.execute(sa.select(contacts)).all()
         (trigger,) = conn.execute(sa.select(trigger_events)).all()
         fact = conn.execute(sa.select(consent_events)).one()
-    assert (contact.external_id, contact.vk_user_id) == ("vk:777", 777)
+        assert sealed.personal(conn, "demo", contact.id) == {"vk_user_id": 777}
+    assert contact.external_id == newcomer(engine, "vk", 777)
     assert state(engine, contact.id, "vk") == "granted" and trigger.event == "vk_message_allow"
     # VK events carry no time of their own: they are dated by the gateway's receipt, not by processing.
     assert fact.occurred_at.replace(tzinfo=dt.UTC) == NOW
@@ -220,21 +231,10 @@ def _at(moment: dt.datetime) -> int:
 
 
 def _record_as_before_this_rule(engine, contact_id: int, action: str, occurred_at: dt.datetime, recorded_at: dt.datetime) -> None:
-    """A fact and the state it set, written as the code before the clock-skew rule wrote them."""
-    status = {"grant": "granted", "withdraw": "withdrawn"}[action]
+    """A fact as the code before the clock-skew rule recorded it: dated as its source said."""
+    fact = ConsentFact(contact_id, "telegram", Purpose.ADVERTISING, action, SourceKind.IMPORT, "crm.csv:row 2", occurred_at, origin="import:crm-2026-10")
     with engine.begin() as conn:
-        conn.execute(
-            sa.insert(consent_events).values(
-                tenant="demo", contact_id=contact_id, channel="telegram", purpose="marketing", action=action, source="import:crm-2026-10",
-                evidence='{"row":2}', occurred_at=occurred_at, recorded_at=recorded_at,
-            )
-        )
-        conn.execute(
-            sa.insert(consents).values(
-                tenant="demo", contact_id=contact_id, channel="telegram", purpose="marketing", status=status, source="import:crm-2026-10",
-                evidence='{"row":2}', updated_at=recorded_at, **{f"{status}_at": occurred_at},
-            )
-        )
+        append(conn, "demo", [fact], recorded_at)
 
 
 def test_an_opt_out_after_a_grant_dated_ahead_of_our_clock_withdraws(engine):
@@ -268,7 +268,7 @@ def test_a_grant_dated_beyond_the_clock_skew_is_not_applied_and_retried_with_the
     assert "grant dated 2099-01-01T00:00:00Z, more than 5 minutes after now (2026-11-24T12:00:00Z)" in batch.retry[inbox_id]
     assert batch.tally["grant_dated_in_the_future"] == 1 and not batch.webhook_events
     with engine.connect() as conn:  # nothing half-done: no contact made for it, no fact, no trigger
-        for table in (contacts, consents, consent_events, trigger_events):
+        for table in (contacts, consent_events, trigger_events):
             assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0, table.name
 
 

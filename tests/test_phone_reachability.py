@@ -17,23 +17,27 @@ import pytest
 import sqlalchemy as sa
 from flow import process_inbox
 
+import sealed
 from definitions import defs
+from orchestrator_assets.consent_ledger import consent_state
 from gateway.app import create_app
+from orchestrator_assets.contact_pii import blind_index, contact_columns
 from policies.loader import load_tenants
 from resources.channels import smsc
 from resources.connectors import sandbox_accounts
 from resources.opstore import OperationalStore
 from resources.opstore_schema import (
     consent_events,
-    consents,
     contacts,
     phone_reachability,
     webhook_inbox,
 )
+from resources.pii import tenant_cipher
 from resources.settings import get_settings
 from sandbox.config import SandboxConfig
 from sandbox.outcomes import outcome_for
 from sandbox.server import run_uvicorn_in_thread, running_sandbox
+from consents import record
 
 OP = "contacts__phone_reachability"
 SANDBOX_LIMIT_PER_S = 2
@@ -78,30 +82,12 @@ def engine(stack):
     engine = OperationalStore().engine()
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
-        rows = [
-            {"id": cid, "tenant": "acme", "external_id": f"c{cid}", "phone": phone, "created_at": now, "updated_at": now} for cid, (phone, _) in PEOPLE.items()
-        ]
-        rows.append({"id": 100, "tenant": "demo", "external_id": "d1", "phone": phone_with("undeliverable", skip=1), "created_at": now, "updated_at": now})
-        conn.execute(sa.insert(contacts), rows)
+        for cid, (phone, _) in PEOPLE.items():
+            sealed.add_contact(conn, "acme", f"c{cid}", now, contact_id=cid, phone=phone)
+        sealed.add_contact(conn, "demo", "d1", now, contact_id=100, phone=phone_with("undeliverable", skip=1))
         granted = [(cid, status) for cid, (_, status) in PEOPLE.items() if status] + [(100, "granted")]
-        conn.execute(
-            sa.insert(consents),
-            [
-                {
-                    "tenant": "demo" if cid == 100 else "acme",
-                    "contact_id": cid,
-                    "channel": "sms",
-                    "purpose": "marketing",
-                    "status": status,
-                    "source": "form",
-                    "evidence": None,
-                    "granted_at": now - dt.timedelta(days=1),
-                    "withdrawn_at": None,
-                    "updated_at": now,
-                }
-                for cid, status in granted
-            ],
-        )
+        for cid, status in granted:
+            record(conn, "demo" if cid == 100 else "acme", cid, "sms", "grant" if status == "granted" else "withdraw", now - dt.timedelta(days=1))
     return engine
 
 
@@ -120,14 +106,27 @@ def hlr_requests(sandbox_url: str) -> list[dict]:
     return [m for m in messages if m["hlr"]]
 
 
+def phone_index(engine, phone: str) -> str:
+    with engine.connect() as conn:
+        return blind_index(tenant_cipher(conn, "acme"), "phone", phone)
+
+
 def reachability(engine) -> dict[int, sa.Row]:
     with engine.connect() as conn:
         return {row.contact_id: row for row in conn.execute(sa.select(phone_reachability))}
 
 
 def sms_consents(engine) -> dict[int, sa.Row]:
+    """Per contact, the SMS advertising decision in force: status and the event it rests on."""
+    state = consent_state(dt.datetime.now(dt.UTC))
+    status = sa.case((state.c.action == "grant", "granted"), else_="withdrawn").label("status")
+    query = (
+        sa.select(state.c.contact_id, status, consent_events.c.origin, consent_events.c.detail, consent_events.c.source_ref)
+        .join(consent_events, consent_events.c.id == state.c.event_id)
+        .where(state.c.channel == "sms", state.c.purpose == "advertising")
+    )
     with engine.connect() as conn:
-        return {row.contact_id: row for row in conn.execute(sa.select(consents).where(consents.c.channel == "sms"))}
+        return {row.contact_id: row for row in conn.execute(query)}
 
 
 def test_hlr_lookups_record_reachability_suppress_dead_numbers_and_skip_recent_ones(engine, stack, instance):
@@ -148,21 +147,23 @@ def test_hlr_lookups_record_reachability_suppress_dead_numbers_and_skip_recent_o
 
     rows = reachability(engine)
     assert {cid: row.reachable for cid, row in rows.items()} == {1: True, 2: False, 3: None, 4: False, 5: False, 6: True}
-    assert json.loads(rows[1].network)["imsi"] and rows[1].lookup_id.endswith(":" + PEOPLE[1][0].lstrip("+"))
+    # The phone and SMSC's lookup id ("<id>:<phone digits>") are kept as blind indexes only.
+    assert json.loads(rows[1].network)["imsi"] and rows[1].lookup_bidx and rows[1].phone_bidx == phone_index(engine, PEOPLE[1][0])
     assert rows[2].reason == "status 20 (cannot deliver), err 1 (subscriber does not exist)"
     assert rows[3].reason == "status 20 (cannot deliver), err 6 (subscriber offline)"
-    assert rows[4].reason.startswith("HLR request refused: 8") and rows[4].lookup_id is None
+    assert rows[4].reason.startswith("HLR request refused: 8") and rows[4].lookup_bidx is None
 
     # Dead numbers lose their SMS consent, with the lookup as evidence, exactly like an
     # "unreachable" send answer; live and offline ones keep it; other tenants are untouched.
     after = sms_consents(engine)
     assert {cid for cid, row in after.items() if row.status == "withdrawn"} == {2, 4, 5, 7}
-    assert {after[cid].source for cid in (2, 4, 5)} == {"smsc:hlr"}
-    assert json.loads(after[2].evidence)["reason"] == rows[2].reason
+    assert {after[cid].origin for cid in (2, 4, 5)} == {"smsc:hlr"}
+    assert json.loads(after[2].detail)["reason"] == rows[2].reason and after[2].source_ref.startswith("hlr:")
+    assert PEOPLE[2][0].lstrip("+") not in after[2].source_ref + after[2].detail  # the phone is sealed identity evidence only
     assert after[100].status == "granted"
     with engine.connect() as conn:
-        facts = conn.execute(sa.select(consent_events.c.contact_id).where(consent_events.c.source == "smsc:hlr")).scalars().all()
-    assert sorted(facts) == [2, 4, 5]
+        facts = conn.execute(sa.select(consent_events.c.contact_id, consent_events.c.purpose).where(consent_events.c.origin == "smsc:hlr")).all()
+    assert sorted(facts) == [(cid, purpose) for cid in (2, 4, 5) for purpose in ("advertising", "transactional")]  # nothing reaches a dead number
 
     # SMSC also posts each lookup's result as a status callback: the gateway stores it and delivery
     # processing recognises it as an HLR result (not a status of an unknown message to retry).
@@ -178,7 +179,9 @@ def test_hlr_lookups_record_reachability_suppress_dead_numbers_and_skip_recent_o
 
     # A contact whose phone changed is due again at once; nobody else is.
     with engine.begin() as conn:
-        conn.execute(sa.update(contacts).where(contacts.c.id == 6).values(phone=phone_with("undeliverable", skip=2)))
+        cipher = tenant_cipher(conn, "acme")
+        key = conn.execute(sa.select(contacts.c.data_key).where(contacts.c.id == 6)).scalar_one()
+        conn.execute(sa.update(contacts).where(contacts.c.id == 6).values(contact_columns(cipher, key, {"phone": phone_with("undeliverable", skip=2)})))
     third = materialized(look_up(instance, max_lookups=50, lookups_per_second=SANDBOX_LIMIT_PER_S))
     assert (third["due"], third["looked_up"], third["unreachable"]) == (1, 1, 1)
     assert reachability(engine)[6].reachable is False and sms_consents(engine)[6].status == "withdrawn"
@@ -206,10 +209,10 @@ def test_a_status_callback_settles_a_lookup_that_polling_left_pending(engine, st
             sa.insert(phone_reachability).values(
                 tenant="acme",
                 contact_id=1,
-                phone=PEOPLE[1][0],
+                phone_bidx=phone_index(engine, PEOPLE[1][0]),
                 reachable=None,
                 reason="status -1 (awaiting send)",
-                lookup_id=f"9001:{digits}",
+                lookup_bidx=tenant_cipher(conn, "acme").index("hlr_lookup", f"9001:{digits}"),
                 checked_at=dt.datetime.now(dt.UTC),
             )
         )
@@ -220,4 +223,6 @@ def test_a_status_callback_settles_a_lookup_that_polling_left_pending(engine, st
     row = reachability(engine)[1]
     assert (row.reachable, row.reason) == (False, "status 20 (cannot deliver), err 1 (subscriber does not exist)")
     consent = sms_consents(engine)[1]
-    assert (consent.status, consent.source, json.loads(consent.evidence)["lookup_id"]) == ("withdrawn", "smsc:hlr", f"9001:{digits}")
+    # SMSC's lookup id holds the phone: the evidence refers to the lookup by SMSC's id only, the phone is sealed.
+    assert (consent.status, consent.origin, consent.source_ref) == ("withdrawn", "smsc:hlr", "hlr:9001")
+    assert digits not in (consent.detail or "") and digits not in consent.source_ref

@@ -12,9 +12,11 @@ import sqlalchemy as sa
 import yaml
 from pydantic import TypeAdapter
 
+from orchestrator_assets.contact_pii import contact_columns
 from orchestrator_assets.segment_sql import segment_where
 from policies.campaigns import Campaign
 from policies.channels import Channel, Provider
+from policies.consent_purposes import CampaignPurpose
 from policies.loader import (
     DEFAULT_CONFIG_DIR,
     PolicyError,
@@ -28,6 +30,7 @@ from policies.rendering import TemplateRenderError, render_message
 from policies.segments import Rule
 from resources.opstore import register_sqlite_unicode_lower
 from resources.opstore_schema import contacts, metadata
+from resources.pii import TenantCipher
 
 RULE = TypeAdapter(Rule)
 
@@ -44,7 +47,7 @@ def test_shipped_config_loads_and_cross_references_hold():
         for campaign in campaigns.values():
             assert campaign.tenant == tenant
             assert campaign.segment in bundle.segments[tenant] or (campaign.segment is None and campaign.trigger is not None)
-            assert campaign.purpose == bundle.policy.consent.required_purpose
+            assert campaign.purpose in (CampaignPurpose.ADVERTISING, CampaignPurpose.TRANSACTIONAL)
             for content in campaign.channels:
                 assert bundle.tenants[tenant].accounts.for_channel(content.channel) is not None
 
@@ -206,10 +209,10 @@ BAD_EDITS = [
     ),
     pytest.param(
         "campaigns.yaml",
-        lambda d: d["campaigns"][1].update(purpose="service"),
+        lambda d: d["campaigns"][1].update(purpose="processing"),
         "campaigns[1].purpose",
-        "purpose 'service' has no consent rule",
-        id="purpose without consent rule",
+        "Input should be 'advertising' or 'transactional'",
+        id="processing is no campaign purpose",
     ),
     pytest.param(
         "tenants.yaml",
@@ -384,12 +387,12 @@ def test_merge_key_override_is_not_a_duplicate(tmp_path: Path):
     path = tmp_path / "policy.yaml"
     path.write_text(
         "consent:\n"
-        "  <<: {required_purpose: other, channels_requiring_consent: [email]}\n"
-        "  required_purpose: marketing\n"
+        "  <<: {require_processing: true, channels_requiring_consent: [email]}\n"
+        "  require_processing: false\n"
         "suppression: {complaint_suppresses_all_channels: false}\n",
         encoding="utf-8",
     )
-    assert load_policy(path).consent.required_purpose == "marketing"
+    assert load_policy(path).consent.require_processing is False
 
 
 def test_yaml_syntax_error_reports_line_and_column(config_dir: Path):
@@ -425,16 +428,18 @@ def test_every_problem_in_a_file_is_reported_at_once(config_dir: Path):
 
 # (tenant, external_id, first_name, email, telegram_chat_id, city, language)
 ROWS = [
-    ("demo", "d1", "Иван", "ivan@example.ru", None, "Москва", "ru"),
+    ("demo", "d1", "Иван", "Ivan@Example.ru", None, "Москва", "ru"),
     ("demo", "d2", "Ольга", None, 1001, "Санкт-Петербург", "en"),
     ("demo", "d3", "Пётр", "petr@example.ru", None, "Санкт-Петербург", "en"),
     ("demo", "d4", None, "", None, "Казань", "ru"),
-    ("demo", "d5", "Anna_B", "anna@example.com", 1002, None, None),
-    ("demo", "d6", "100% Mary", "mary@example.com", None, "москва", "ru"),
+    ("demo", "d5", "Anna_B", "anna@exa_mple.com", 1002, None, None),
+    ("demo", "d6", "100% Mary", "mary@100%.example.com", None, "москва", "ru"),
     ("acme", "a1", "Hans", "hans@example.de", None, "Москва", "ru"),
     ("acme", "a2", "Greta", "greta@example.de", 2001, "Berlin", "en"),
 ]
 DEMO = {row[1] for row in ROWS if row[0] == "demo"}
+# Each tenant's keys, made up here: segment rules on sealed fields compare blind indexes.
+CIPHERS = {tenant: TenantCipher(tenant, {1: bytes([n]) * 32}, bytes([n + 10]) * 32) for n, tenant in enumerate(("demo", "acme"))}
 
 
 @pytest.fixture(scope="module")
@@ -443,16 +448,21 @@ def engine(tmp_path_factory):
     sa.event.listen(engine, "connect", lambda dbapi_conn, _record: register_sqlite_unicode_lower(dbapi_conn))
     metadata.create_all(engine)
     now = datetime(2026, 11, 1, tzinfo=UTC)
-    keys = ("tenant", "external_id", "first_name", "email", "telegram_chat_id", "city", "language")
+    rows = []
+    for tenant, external_id, first_name, email, chat, city, language in ROWS:
+        cipher = CIPHERS[tenant]
+        key = cipher.new_contact_key()
+        sealed = contact_columns(cipher, key, {"first_name": first_name, "email": email, "telegram_chat_id": chat})
+        rows.append({"tenant": tenant, "external_id": external_id, "data_key": key, **sealed, "city": city, "language": language, "created_at": now, "updated_at": now})
     with engine.begin() as conn:
-        conn.execute(contacts.insert(), [dict(zip(keys, row), created_at=now, updated_at=now) for row in ROWS])
+        conn.execute(contacts.insert(), rows)
     yield engine
     engine.dispose()
 
 
 def members(engine: sa.Engine, tenant: str, rule: Any) -> set[str]:
     rule = RULE.validate_python(rule) if isinstance(rule, dict) else rule
-    query = sa.select(contacts.c.external_id).where(contacts.c.tenant == tenant, segment_where(rule, contacts))
+    query = sa.select(contacts.c.external_id).where(contacts.c.tenant == tenant, segment_where(rule, contacts, CIPHERS[tenant]))
     with engine.connect() as conn:
         return set(conn.scalars(query))
 
@@ -466,7 +476,7 @@ def test_shipped_segments_select_the_right_contacts(engine):
 
 def test_tenant_filter_is_the_callers_job(engine):
     rule = RULE.validate_python({"field": "city", "op": "eq", "value": "Москва"})
-    clause = segment_where(rule, contacts)
+    clause = segment_where(rule, contacts, CIPHERS["demo"])
     assert "tenant" not in str(clause.compile())
     with engine.connect() as conn:
         unfiltered = set(conn.scalars(sa.select(contacts.c.external_id).where(clause)))
@@ -484,14 +494,19 @@ def test_tenant_filter_is_the_callers_job(engine):
         ({"field": "city", "op": "not_in", "value": ["Казань", "Москва"]}, {"d2", "d3", "d5", "d6"}),
         ({"field": "city", "op": "contains", "value": "МОСК"}, {"d1", "d6"}),  # Unicode case folding
         ({"field": "city", "op": "starts_with", "value": "санкт"}, {"d2", "d3"}),
-        ({"field": "first_name", "op": "contains", "value": "_"}, {"d5"}),  # LIKE wildcards are escaped
-        ({"field": "first_name", "op": "starts_with", "value": "100%"}, {"d6"}),
+        ({"field": "email_domain", "op": "contains", "value": "_"}, {"d5"}),  # LIKE wildcards are escaped
+        ({"field": "email_domain", "op": "starts_with", "value": "100%"}, {"d6"}),
+        ({"field": "email_domain", "op": "eq", "value": "example.ru"}, {"d1", "d3"}),  # derived, lowercased
         ({"field": "email", "op": "is_set"}, {"d1", "d3", "d5", "d6"}),  # '' counts as not set
         ({"field": "email", "op": "is_not_set"}, {"d2", "d4"}),
+        ({"field": "email", "op": "eq", "value": "ivan@example.ru"}, {"d1"}),  # blind index of the canonical spelling
+        ({"field": "email", "op": "ne", "value": "ivan@example.ru"}, {"d2", "d3", "d4", "d5", "d6"}),
+        ({"field": "email", "op": "in", "value": ["petr@example.ru", "hans@example.de"]}, {"d3"}),  # acme's Hans: another index
         ({"field": "telegram_chat_id", "op": "is_set"}, {"d2", "d5"}),
         ({"field": "telegram_chat_id", "op": "eq", "value": 1002}, {"d5"}),
+        ({"field": "telegram_chat_id", "op": "not_in", "value": [1001, 2001]}, {"d1", "d3", "d4", "d5", "d6"}),
         ({"not": {"field": "language", "op": "eq", "value": "ru"}}, {"d2", "d3", "d5"}),  # NULL language included
-        ({"any": [{"field": "city", "op": "is_not_set"}, {"field": "first_name", "op": "is_not_set"}]}, {"d4", "d5"}),
+        ({"any": [{"field": "city", "op": "is_not_set"}, {"field": "email_domain", "op": "is_not_set"}]}, {"d2", "d4", "d5"}),
         (
             {"all": [{"field": "language", "op": "eq", "value": "en"}, {"not": {"field": "telegram_chat_id", "op": "is_set"}}]},
             {"d3"},
@@ -507,7 +522,8 @@ def test_condition_semantics(engine, rule, expected):
     [
         {"field": "city", "op": "eq", "value": "Москва"},
         {"field": "language", "op": "in", "value": ["ru", "en"]},
-        {"field": "first_name", "op": "contains", "value": "а"},
+        {"field": "email_domain", "op": "contains", "value": "example"},
+        {"field": "email", "op": "eq", "value": "petr@example.ru"},
         {"all": [{"field": "city", "op": "ne", "value": "Казань"}, {"field": "email", "op": "is_set"}]},
     ],
 )
@@ -517,8 +533,23 @@ def test_not_is_an_exact_complement_despite_nulls(engine, rule):
 
 def test_values_are_bind_parameters():
     rule = RULE.validate_python({"field": "city", "op": "in", "value": ["Москва'; DROP TABLE contacts; --"]})
-    sql = str(segment_where(rule, contacts).compile())
+    sql = str(segment_where(rule, contacts, CIPHERS["demo"]).compile())
     assert "DROP" not in sql and "Москва" not in sql
+
+
+@pytest.mark.parametrize(
+    ("rule", "pointer"),
+    [
+        ({"field": "first_name", "op": "eq", "value": "Иван"}, "segment on city, language, email_domain or phone_country"),
+        ({"field": "last_name", "op": "is_set"}, "segment on city, language, email_domain or phone_country"),
+        ({"field": "email", "op": "contains", "value": "@mail.ru"}, "use email_domain instead"),
+        ({"field": "phone", "op": "starts_with", "value": "+7"}, "use phone_country instead"),
+    ],
+)
+def test_rules_sealed_fields_cannot_answer_are_refused_at_load(rule, pointer):
+    with pytest.raises(ValueError, match="encrypted at rest") as caught:
+        RULE.validate_python(rule)
+    assert pointer in str(caught.value)
 
 
 # --- template rendering ----------------------------------------------------------------------

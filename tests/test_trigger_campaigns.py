@@ -13,12 +13,14 @@ import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
+import sealed
 from flow import metadata, process_inbox, running_stack
 
 from definitions import defs
 from policies.loader import load_bundle, load_tenants
 from resources.opstore import OperationalStore
-from resources.opstore_schema import consent_events, consents, contacts, deliveries, sends, trigger_events
+from resources.opstore_schema import consent_events, contacts, deliveries, sends, trigger_events
+from consents import consent_status
 from resources.settings import get_settings
 from sandbox.outcomes import outcome_for
 from sensors.campaigns import CAMPAIGN_OP
@@ -70,12 +72,13 @@ def test_telegram_start_grants_consent_and_sends_the_welcome_exactly_once(algor_
         _, inbox_cursor = process_inbox(instance)
 
         with engine.connect() as conn:
-            (contact,) = conn.execute(sa.select(contacts).where(contacts.c.telegram_chat_id == chat)).all()
-            consent = conn.execute(sa.select(consents).where(consents.c.contact_id == contact.id)).one()
+            (contact,) = sealed.contacts_with(conn, "demo", "telegram_chat_id", chat)
+            newcomer = sealed.newcomer_external_id(conn, "demo", "telegram", chat)
             (fact,) = conn.execute(sa.select(consent_events).where(consent_events.c.contact_id == contact.id)).all()
-        assert contact.external_id == f"telegram:{chat}"
-        assert (consent.channel, consent.purpose, consent.status) == ("telegram", "marketing", "granted")
-        assert fact.action == "grant" and json.loads(fact.evidence)["reason"] == "command:/start"
+        assert contact.external_id == newcomer
+        assert consent_status(engine, contact.id, "telegram") == "granted"
+        assert (fact.action, fact.channel, fact.purpose, fact.source_kind) == ("grant", "telegram", "advertising", "bot_command")
+        assert json.loads(fact.detail)["reason"] == "command:/start"
 
         first = evaluate_trigger_sensor(instance, None)
         (request,) = first.run_requests

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
+import sealed
 from flow import process_inbox
 from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
@@ -44,7 +45,8 @@ from policies.loader import PolicyError, load_bundle
 from policies.policy import WebhookDeliveryPolicy
 from policies.tenants import WebhookEventType, WebhookSubscription
 from resources.opstore import OperationalStore, migrate
-from resources.opstore_schema import consents, contacts, metadata, sends, webhook_attempts, webhook_inbox, webhook_outbox
+from resources.opstore_schema import contacts, metadata, sends, webhook_attempts, webhook_inbox, webhook_outbox
+from consents import record
 from resources.settings import SettingsError
 from resources.warehouse import Warehouse
 from sandbox.server import run_uvicorn_in_thread
@@ -173,29 +175,10 @@ def engine(subscribed):
 def seed(engine: sa.Engine) -> None:
     """Two demo contacts and one acme contact, each with a sent e-mail and a granted e-mail consent."""
     with engine.begin() as conn:
-        conn.execute(
-            sa.insert(contacts),
-            [
-                {"id": cid, "tenant": tenant, "external_id": ext, "email": f"{ext}@example.ru", "created_at": NOW, "updated_at": NOW}
-                for cid, tenant, ext in ((1, "demo", "crm-1"), (2, "demo", "crm-2"), (3, "acme", "crm-1"))
-            ],
-        )
-        conn.execute(
-            sa.insert(consents),
-            [
-                {
-                    "tenant": t,
-                    "contact_id": cid,
-                    "channel": "email",
-                    "purpose": "marketing",
-                    "status": "granted",
-                    "source": "form",
-                    "granted_at": GRANTED,
-                    "updated_at": NOW,
-                }
-                for cid, t in ((1, "demo"), (2, "demo"), (3, "acme"))
-            ],
-        )
+        for cid, tenant, ext in ((1, "demo", "crm-1"), (2, "demo", "crm-2"), (3, "acme", "crm-1")):
+            sealed.add_contact(conn, tenant, ext, NOW, contact_id=cid, email=f"{ext}@example.ru")
+        for cid, t in ((1, "demo"), (2, "demo"), (3, "acme")):
+            record(conn, t, cid, "email", "grant", GRANTED)
         conn.execute(
             sa.insert(sends),
             [
@@ -207,7 +190,7 @@ def seed(engine: sa.Engine) -> None:
                     "contact_id": cid,
                     "channel": "email",
                     "provider": "mailgun",
-                    "address": f"c{cid}@example.ru",
+                    "address": sealed.sealed_address(conn, tenant, cid, f"c{cid}@example.ru"),
                     "status": "sent",
                     "run_id": "r",
                     "provider_message_id": f"m{cid}@mg",
@@ -438,7 +421,7 @@ def test_final_send_outcomes_are_announced_once(engine, subscribed):
             "contact_id": contact_id,
             "channel": channel,
             "provider": provider,
-            "address": "a",
+            "address": b"sealed, not read here",
             "status": status,
             "run_id": "r",
             "provider_message_id": message_id,

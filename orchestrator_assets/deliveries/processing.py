@@ -7,6 +7,7 @@ by the provider's own event id.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections import Counter
@@ -14,31 +15,26 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import WITHDRAW, FutureDatedGrant, record_decision
+from orchestrator_assets.consent_decisions import WITHDRAW, FutureDatedGrant, record_decisions
+from orchestrator_assets.consent_ledger import ConsentFact
+from orchestrator_assets.contact_pii import CHANNEL_INDEX, find_contact_id
 from orchestrator_assets.deliveries.opt_ins import Origin, apply_opt_in
 from orchestrator_assets.delivery_status import RANKS, advances
 from orchestrator_assets.reachability import apply_hlr_callback
 from orchestrator_assets.webhooks.events import WebhookEvent, message_event
 from resources import warehouse as wh
-from resources.callbacks import CLICKS, PARSERS, consent_channel
+from policies.consent_purposes import Purpose, SourceKind
+from resources.callbacks import CLICKS, PARSERS, UNSUBSCRIBE, consent_channel
 from resources.channels.base import JOINED, OPT_IN, UNBLOCKED, CallbackEvent
 from resources.channels.greenapi import SENDER_BLOCKED
 from resources.opstore_schema import blocked_senders, contacts, deliveries, sends
+from resources.pii import TenantCipher, tenant_cipher
 from resources.sql import upsert_insert
 
 STATUS_KINDS = set(RANKS) - {wh.SENT}
 OPT_OUT_KINDS = {"opt_out", wh.UNSUBSCRIBED, wh.COMPLAINED}
 RECORDED_ONLY_KINDS = {UNBLOCKED, JOINED}  # authentic, but no one asked for messages: no consent change
 ALL_CHANNELS = ("telegram", "email", "vk", "sms", "whatsapp")
-# Which contact column holds the address a provider reports for each channel.
-ADDRESS_COLUMNS = {
-    "telegram": contacts.c.telegram_chat_id,
-    "vk": contacts.c.vk_user_id,
-    "email": contacts.c.email,
-    "sms": contacts.c.phone,
-    "whatsapp": contacts.c.phone,
-}
-INTEGER_ADDRESSES = frozenset({"telegram", "vk"})
 
 
 @dataclass
@@ -65,29 +61,17 @@ def _find_send(conn: sa.Connection, tenant: str, provider: str, event: CallbackE
     return conn.execute(sa.select(sends).where(sends.c.tenant == tenant, condition)).first()
 
 
-def _find_contact_id(conn: sa.Connection, tenant: str, channel: str, event: CallbackEvent, send) -> int | None:
+def _find_contact_id(conn: sa.Connection, cipher: TenantCipher, channel: str, event: CallbackEvent, send) -> int | None:
+    """The contact an event is about: its send's, the one our unsubscribe link names, or the one
+    whose address on the channel is the event's (by blind index: addresses are sealed)."""
     if send is not None:
         return send.contact_id
     if not event.address:
         return None
     if event.address.startswith("contact:"):  # our own unsubscribe links name the contact
         contact_id = int(event.address.removeprefix("contact:"))
-        return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, contacts.c.id == contact_id)).scalar()
-    column = ADDRESS_COLUMNS[channel]
-    value: str | int | None = _bigint(event.address) if channel in INTEGER_ADDRESSES else event.address
-    if value is None:
-        return None
-    return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == tenant, column == value)).scalar()
-
-
-def _bigint(text: str) -> int | None:
-    """``text`` as an integer the BIGINT address columns can hold, else None: a provider's chat id
-    of 30 digits names no contact of ours, and would make the query itself fail."""
-    digits = text.removeprefix("-")
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19):
-        return None
-    value = int(text)
-    return value if -(2**63) <= value < 2**63 else None
+        return conn.execute(sa.select(contacts.c.id).where(contacts.c.tenant == cipher.tenant, contacts.c.id == contact_id)).scalar()
+    return find_contact_id(conn, cipher, CHANNEL_INDEX[channel], event.address)
 
 
 def _advance_delivery(conn: sa.Connection, tenant: str, send, event: CallbackEvent, now: dt.datetime) -> bool:
@@ -101,23 +85,38 @@ def _advance_delivery(conn: sa.Connection, tenant: str, send, event: CallbackEve
 
 
 def withdraw_consents(
-    conn: sa.Connection, tenant: str, contact_id: int, channels: tuple[str, ...], source: str, evidence: str, occurred_at: dt.datetime, now: dt.datetime,
+    conn: sa.Connection,
+    tenant: str,
+    withdrawal: ConsentFact,
+    channels: tuple[str, ...],
+    now: dt.datetime,
     webhook_events: list[WebhookEvent] | None = None,
+    purposes: tuple[Purpose, ...] = (Purpose.ADVERTISING,),
 ) -> int:
-    """Record a withdrawal (an append-only fact) and suppress the channels at once; returns channels changed.
-    Each change is announced in ``webhook_events`` (consent.withdrawn) when the caller passes it.
-    A withdrawal ends a grant on record whatever their dates (``orchestrator_assets.consent_decisions``)."""
-    return sum(
-        record_decision(conn, tenant, contact_id, channel, WITHDRAW, source, evidence, occurred_at, now, webhook_events) for channel in channels
-    )
+    """Append ``withdrawal`` (its evidence, dated by its source) for each of ``channels`` × ``purposes``;
+    returns how many of those consents it ended. Each is announced in ``webhook_events``
+    (consent.withdrawn) when the caller passes it. A withdrawal ends a grant on record whatever
+    their dates (``orchestrator_assets.consent_ledger``)."""
+    facts = [dataclasses.replace(withdrawal, channel=channel, purpose=purpose, action=WITHDRAW) for channel in channels for purpose in purposes]
+    return sum(record_decisions(conn, tenant, facts, now, webhook_events)[1])
 
 
-def _process_row(conn: sa.Connection, tenant: str, row, complaint_suppresses_all: bool, now: dt.datetime, batch: Batch) -> str | None:
+def source_kind(provider: str) -> SourceKind:
+    """How an inbox row's decision reached us: a messenger command, our own unsubscribe link, or a provider."""
+    if provider == "telegram":
+        return SourceKind.BOT_COMMAND
+    return SourceKind.WEB_FORM if provider == UNSUBSCRIBE else SourceKind.PROVIDER_WEBHOOK
+
+
+def _process_row(
+    conn: sa.Connection, cipher: TenantCipher, row, complaint_suppresses_all: bool, now: dt.datetime, batch: Batch
+) -> str | None:
     """Apply one inbox row; returns why it must be retried, or None when it is done.
 
     A status for a message we do not know yet is retried rather than dropped: a fast provider
     can call back before the send's ledger row is finalised with its provider id.
     """
+    tenant = cipher.tenant
     parser = PARSERS.get(row.provider)
     if parser is None:
         return f"no parser for provider {row.provider!r}"
@@ -133,8 +132,8 @@ def _process_row(conn: sa.Connection, tenant: str, row, complaint_suppresses_all
             batch.tally[f"{event.kind} (no consent change)"] += 1
             continue
         if event.kind == OPT_IN:
-            known = _find_contact_id(conn, tenant, channel, event, None)
-            apply_opt_in(conn, tenant, Origin(row.id, row.provider, channel), event, known, now, batch.tally, batch.webhook_events)
+            known = _find_contact_id(conn, cipher, channel, event, None)
+            apply_opt_in(conn, cipher, Origin(row.id, row.provider, channel), event, known, now, batch.tally, batch.webhook_events)
             continue
         if event.kind == SENDER_BLOCKED:
             values = {"tenant": tenant, "provider": row.provider, "reason": event.reason or "provider blocked the sender", "blocked_at": event.occurred_at}
@@ -143,17 +142,19 @@ def _process_row(conn: sa.Connection, tenant: str, row, complaint_suppresses_all
             continue
         send = _find_send(conn, tenant, row.provider, event)
         if event.kind in OPT_OUT_KINDS:
-            contact_id = _find_contact_id(conn, tenant, channel, event, send)
+            contact_id = _find_contact_id(conn, cipher, channel, event, send)
             if contact_id is not None:
                 everywhere = event.kind == wh.COMPLAINED and complaint_suppresses_all
                 channels = ALL_CHANNELS if everywhere else (channel,)
-                evidence = json.dumps({"inbox_id": row.id, "provider": row.provider, "event": event.event_key, "kind": event.kind})
-                batch.tally["consents_withdrawn"] += withdraw_consents(
-                    conn, tenant, contact_id, channels, f"{row.provider}:{event.kind}", evidence, event.occurred_at, now, batch.webhook_events
-                )
+                withdrawal = ConsentFact(
+                    contact_id, channel, Purpose.ADVERTISING, WITHDRAW, source_kind(row.provider), f"inbox:{row.id}", event.occurred_at,
+                    origin=f"{row.provider}:{event.kind}", withdrawal_channel=channel,
+                    detail=json.dumps({"provider": row.provider, "event": event.event_key, "kind": event.kind, "reason": event.reason}, ensure_ascii=False),
+                )  # fmt: skip
+                batch.tally["consents_withdrawn"] += withdraw_consents(conn, tenant, withdrawal, channels, now, batch.webhook_events)
         if event.kind not in STATUS_KINDS:
             continue
-        if send is None and row.provider == "smsc" and apply_hlr_callback(conn, tenant, event.provider_message_id, payload, now):
+        if send is None and row.provider == "smsc" and apply_hlr_callback(conn, cipher, event.provider_message_id, payload, now):
             batch.tally["hlr_lookup_result"] += 1  # SMSC reports HLR lookups like deliveries
             continue
         if send is None:
@@ -176,9 +177,10 @@ def process_rows(conn: sa.Connection, tenant: str, rows, complaint_suppresses_al
     """Apply inbox rows within the caller's transaction; returns warehouse events, a tally and the
     rows to retry. Every step is idempotent, so a retried row re-applies harmlessly."""
     batch = Batch()
+    cipher = tenant_cipher(conn, tenant)
     for row in rows:
         try:
-            problem = _process_row(conn, tenant, row, complaint_suppresses_all, now, batch)
+            problem = _process_row(conn, cipher, row, complaint_suppresses_all, now, batch)
         except FutureDatedGrant as exc:  # not applied before its time: retried, then dead-lettered
             batch.tally["grant_dated_in_the_future"] += 1
             problem = f"{row.provider} opt-in not applied: {exc}"

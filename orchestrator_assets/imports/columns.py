@@ -41,6 +41,11 @@ def consent_decisions(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return pd.Series(values, index=series.index, dtype=object), ~(granted | refused | blank)
 
 
+def is_int64(value: str) -> bool:
+    """One cell as ``int64_cells`` judges it (custom fields of type int use it)."""
+    return not int64_cells(pd.Series([value]))[1][0] and bool(value.strip())
+
+
 def int64_cells(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """Plain decimal integers within int64 (Telegram group chats are negative), ``Int64`` with NA for
     blanks; and the mask of anything else. Excel's ``1.23E+09`` or a ``@username`` are refused

@@ -7,12 +7,11 @@ the only dialect-specific piece is the ``INSERT … ON CONFLICT`` construct, cho
 
 Re-importing the same file is a no-op and is reported as such (``unchanged`` counts): contacts
 are compared with what is stored before writing, consent events are keyed by their facts and
-inserted with ``ON CONFLICT DO NOTHING``.
+appended to the consent ledger once (``orchestrator_assets.consent_ledger``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,14 +20,22 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import GRANT, PURPOSE, STATUS, WITHDRAW, FutureDatedGrant, consent_state_upsert, fact_time, state_row
+from orchestrator_assets.consent_decisions import GRANT, WITHDRAW, FutureDatedGrant, fact_time, record_decisions
+from orchestrator_assets.consent_ledger import ConsentFact, consent_state
+from orchestrator_assets.contact_pii import PII_FIELDS, contact_columns
 from orchestrator_assets.imports.validation import CHANNELS
-from orchestrator_assets.webhooks.events import WebhookEvent, consent_event
-from resources.opstore_schema import consent_events, consents, contacts
+from orchestrator_assets.webhooks.events import WebhookEvent
+from policies.consent_purposes import ANY_CHANNEL, Purpose, SourceKind
+from policies.consent_texts import ConsentTextsFile
+from policies.loader import load_consent_texts
+from resources.opstore_schema import contacts
+from resources.pii import tenant_cipher
 from resources.sql import upsert_insert
 
 BATCH_SIZE = 500
-CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "vk_user_id", "city", "language")
+PLAIN_FIELDS = ("city", "language", "timezone")  # not personal on their own: stored as they are, for segment rules
+CONTACT_FIELDS = (*PII_FIELDS, *PLAIN_FIELDS)
+SEALED_COLUMNS = ("email_bidx", "phone_bidx", "telegram_bidx", "vk_bidx", "email_domain", "phone_country")
 
 
 def _utc(moment: datetime | pd.Timestamp) -> datetime:
@@ -74,23 +81,23 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
     An empty cell never erases a stored value: a CRM export without telegram ids must not wipe
     the chat ids our bot collected. Returns ``{"inserted", "updated", "unchanged"}``; a contact
     is ``unchanged`` when every non-empty field equals what is stored, and is then not written
-    at all (its ``updated_at`` stays put).
+    at all (its ``updated_at`` stays put). Personal data is sealed (``contact_pii``): stored
+    contacts are opened, merged with the file here, and sealed again under their own key.
     """
     now = _utc(now)
-    records = _records(good_df, ("external_id", *CONTACT_FIELDS))
+    fields = [field for field in CONTACT_FIELDS if field in good_df.columns]
+    records = _records(good_df, ("external_id", *fields))
     counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+    cipher = tenant_cipher(conn, tenant)
     insert = upsert_insert(conn, contacts)
+    written = ("data_key", "pii", *SEALED_COLUMNS, *PLAIN_FIELDS, "updated_at")
     upsert = insert.on_conflict_do_update(
-        index_elements=[contacts.c.tenant, contacts.c.external_id],
-        set_={
-            **{field: sa.func.coalesce(insert.excluded[field], contacts.c[field]) for field in CONTACT_FIELDS},
-            "updated_at": insert.excluded.updated_at,
-        },
+        index_elements=[contacts.c.tenant, contacts.c.external_id], set_={column: insert.excluded[column] for column in written}
     )
-    stored_columns = [contacts.c.external_id, *(contacts.c[field] for field in CONTACT_FIELDS)]
+    stored_columns = [contacts.c.external_id, contacts.c.data_key, contacts.c.pii, *(contacts.c[field] for field in PLAIN_FIELDS)]
     for batch in _batches(records):
         stored = {
-            row.external_id: row._mapping
+            row.external_id: {**cipher.open(row.data_key, row.pii), **{f: row._mapping[f] for f in PLAIN_FIELDS}, "data_key": row.data_key}
             for row in conn.execute(
                 sa.select(*stored_columns).where(
                     contacts.c.tenant == tenant, contacts.c.external_id.in_([r["external_id"] for r in batch])
@@ -102,12 +109,17 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
             old = stored.get(record["external_id"])
             if old is None:
                 counts["inserted"] += 1
-            elif any(record[f] is not None and record[f] != old[f] for f in CONTACT_FIELDS):
+                old = {"data_key": cipher.new_contact_key()}
+            elif any(record[f] is not None and record[f] != old.get(f) for f in fields):
                 counts["updated"] += 1
             else:
                 counts["unchanged"] += 1
                 continue
-            writes.append({"tenant": tenant, **record, "created_at": now, "updated_at": now})
+            merged = {f: old.get(f) if record.get(f) is None else record[f] for f in (*PII_FIELDS, *PLAIN_FIELDS)}
+            key = old["data_key"] or cipher.new_contact_key()  # an erased contact's key is gone for good
+            sealed = contact_columns(cipher, key, merged)
+            plain = {f: merged[f] for f in PLAIN_FIELDS}
+            writes.append({"tenant": tenant, "external_id": record["external_id"], "data_key": key, **sealed, **plain, "created_at": now, "updated_at": now})
         if writes:
             conn.execute(upsert, writes)
     return counts
@@ -129,67 +141,61 @@ def _contact_ids(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) 
     return found
 
 
+# Which consent each decision column records: (purpose, channel).
+DECISION_COLUMNS: dict[str, tuple[Purpose, str]] = {
+    **{f"consent_{channel}": (Purpose.ADVERTISING, channel) for channel in CHANNELS},
+    "consent_processing": (Purpose.PROCESSING, ANY_CHANNEL),
+    **{f"consent_{channel}_transactional": (Purpose.TRANSACTIONAL, channel) for channel in CHANNELS},
+}
+
+
 def record_consents(
     conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now: datetime, *, file: str | None = None,
-    webhook_events: list[WebhookEvent] | None = None,
+    webhook_events: list[WebhookEvent] | None = None, texts: ConsentTextsFile | None = None,
 ) -> dict[str, int]:
-    """Log every consent decision of the import and advance the current consent state.
+    """Append every consent decision of the import to the consent ledger.
 
-    For each contact × channel with a decision (``consent_<channel>`` True/False; None = no
-    decision) a ``consent_events`` row is appended (action grant|withdraw, source =
-    ``consent_source``, evidence = import file and row, occurred_at = ``consent_at``) unless that
-    exact fact is already logged. Newly logged facts then move ``consents`` by the rule of
-    ``orchestrator_assets.consent_decisions`` (the one every consent writer follows): dated beyond
-    the allowed clock skew, a grant is refused (``ValueError`` naming the row; validation reports
-    such rows first) and a withdrawal is dated ``now``; a grant must be newer than the state, a
-    withdrawal always ends a grant.
+    Each non-empty decision column (``DECISION_COLUMNS``: True = grant, False = withdraw) of a row
+    becomes one ``ConsentFact``: source ``import`` with the file and row as its reference, the
+    row's ``consent_source`` as its origin, dated ``consent_at``, citing the text the row names
+    (``consent_text_version``, which must be one of the tenant's texts) or else the tenant's current
+    text for the purpose in the contact's language (``texts``, default ``consent_texts.yaml``).
+    Dating follows ``orchestrator_assets.consent_decisions``: a grant beyond the allowed clock skew
+    is refused (``ValueError`` naming the row; validation reports such rows first), such a
+    withdrawal is dated ``now``. A fact already on record is not appended again.
 
     A decision without ``consent_at`` is dated ``now``; since that date differs on every run, it
-    is recorded only when it changes the current status (otherwise re-importing the file would
-    log it again).
+    is recorded only when the subject's latest decision differs (otherwise re-importing the file
+    would log it again).
 
-    Returns ``{"granted", "withdrawn", "unchanged"}``: newly logged grant and withdraw events,
+    Returns ``{"granted", "withdrawn", "unchanged"}``: newly appended grant and withdraw events,
     and decisions that were already on record. Contacts must exist (``upsert_contacts`` first).
     Each decision that changed the current state is announced in ``webhook_events`` (consent.granted /
     consent.withdrawn) when the caller passes it.
     """
     now = _utc(now)
-    consent_columns = tuple(f"consent_{channel}" for channel in CHANNELS)
-    records = _records(good_df, ("row", "external_id", *consent_columns, "consent_source", "consent_at"))
+    texts = texts if texts is not None else load_consent_texts()
+    columns = [column for column in DECISION_COLUMNS if column in good_df.columns]
+    extra = [column for column in ("language", "consent_text_version") if column in good_df.columns]
+    records = _records(good_df, ("row", "external_id", *columns, *extra, "consent_source", "consent_at"))
     counts = {"granted": 0, "withdrawn": 0, "unchanged": 0}
-    fact = [consent_events.c[name] for name in ("tenant", "contact_id", "channel", "purpose", "action", "occurred_at", "source")]
-    log_event = (
-        upsert_insert(conn, consent_events)
-        .on_conflict_do_nothing(index_elements=fact)
-        .returning(consent_events.c.contact_id, consent_events.c.channel)
-    )
-    set_state = consent_state_upsert(conn).returning(consents.c.contact_id, consents.c.channel)
     for batch in _batches(records):
-        decisions = [
-            (record, channel, record[f"consent_{channel}"])
-            for record in batch
-            for channel in CHANNELS
-            if record[f"consent_{channel}"] is not None
-        ]
+        decisions = [(record, column, record[column]) for record in batch for column in columns if record[column] is not None]
         if not decisions:
             continue
         ids = _contact_ids(conn, tenant, (record["external_id"] for record, _, _ in decisions))
-        status_now = {
-            (row.contact_id, row.channel): row.status
-            for row in conn.execute(
-                sa.select(consents.c.contact_id, consents.c.channel, consents.c.status).where(
-                    consents.c.tenant == tenant,
-                    consents.c.purpose == PURPOSE,
-                    consents.c.contact_id.in_(list(ids.values())),
-                )
-            )
+        state = consent_state(now)
+        latest = {
+            (row.contact_id, row.channel, row.purpose): row.action
+            for row in conn.execute(sa.select(state.c.contact_id, state.c.channel, state.c.purpose, state.c.action).where(state.c.tenant == tenant, state.c.contact_id.in_(list(ids.values()))))
         }
-        events = []
-        for record, channel, granted in decisions:
+        facts = []
+        for record, column, granted in decisions:
+            purpose, channel = DECISION_COLUMNS[column]
             contact_id, action = ids[record["external_id"]], GRANT if granted else WITHDRAW
             occurred_at = record["consent_at"]
             if occurred_at is None:
-                if status_now.get((contact_id, channel)) == STATUS[action]:
+                if latest.get((contact_id, channel, str(purpose))) == action:
                     counts["unchanged"] += 1
                     continue
                 occurred_at = now
@@ -199,33 +205,25 @@ def record_consents(
                 occurred_at = fact_time(action, _utc(occurred_at), now)
             except FutureDatedGrant as exc:  # validation reports these rows; a frame built elsewhere may not
                 raise ValueError(f"row {record['row']}: consent_at: {exc}") from exc
-            evidence = {"file": file, "row": record["row"]} if file else {"row": record["row"]}
-            events.append(
-                {
-                    "tenant": tenant,
-                    "contact_id": contact_id,
-                    "channel": channel,
-                    "purpose": PURPOSE,
-                    "action": action,
-                    "source": record["consent_source"],
-                    "evidence": json.dumps(evidence, ensure_ascii=False, separators=(",", ":")),
-                    "occurred_at": occurred_at,
-                    "recorded_at": now,
-                }
-            )
-        if not events:
-            continue
-        logged = {(row.contact_id, row.channel) for row in conn.execute(log_event, events)}
-        new_events = [event for event in events if (event["contact_id"], event["channel"]) in logged]
-        counts["unchanged"] += len(events) - len(new_events)
-        for event in new_events:
-            counts["granted" if event["action"] == GRANT else "withdrawn"] += 1
-        if new_events:
-            applied = conn.execute(set_state, [state_row(event) for event in new_events])
-            changed = {(row.contact_id, row.channel) for row in applied}
-            for event in new_events:
-                if webhook_events is not None and (event["contact_id"], event["channel"]) in changed:
-                    webhook_events.append(
-                        consent_event(event["action"], tenant, event["contact_id"], event["channel"], PURPOSE, event["source"], event["occurred_at"])
-                    )
+            facts.append(
+                ConsentFact(
+                    contact_id, channel, purpose, action, SourceKind.IMPORT, f"{file}:row {record['row']}" if file else f"row {record['row']}",
+                    occurred_at, origin=record["consent_source"], text_version=_text_version(texts, tenant, purpose, record),
+                )
+            )  # fmt: skip
+        appended, _ = record_decisions(conn, tenant, facts, now, webhook_events)
+        counts["unchanged"] += appended.count(False)
+        for fact, new in zip(facts, appended, strict=True):
+            if new:
+                counts["granted" if fact.action == GRANT else "withdrawn"] += 1
     return counts
+
+
+def _text_version(texts: ConsentTextsFile, tenant: str, purpose: Purpose, record: dict[str, Any]) -> str | None:
+    """The consent text version a row's decision rests on: the one it names, else the current one."""
+    named = record.get("consent_text_version")
+    if named is None:
+        return texts.current(tenant, purpose, record.get("language"))
+    if texts.text(tenant, named) is None:
+        raise ValueError(f"row {record['row']}: consent_text_version {named!r} is not one of tenant {tenant!r}'s consent texts (consent_texts.yaml)")
+    return named

@@ -24,16 +24,16 @@ half-imported. ``row`` everywhere is the row number a spreadsheet shows for the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from orchestrator_assets.imports.columns import consent_decisions, int64_cells, utc_timestamps
+from orchestrator_assets.imports.columns import CONSENT_FALSE, CONSENT_TRUE, consent_decisions, int64_cells, is_int64, utc_timestamps
 from orchestrator_assets.imports.normalise import (
     check_timezones,
     derive_timezones,
@@ -43,6 +43,7 @@ from orchestrator_assets.imports.normalise import (
     normalise_phones,
 )
 from orchestrator_assets.imports.phones import TEXT
+
 from policies.consent_evidence import future_dated
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -60,17 +61,22 @@ CSV_COLUMNS: tuple[str, ...] = (
     "consent_source",
     "consent_at",
 )
-# Columns a file may leave out (added with the VK and WhatsApp channels); absent means empty.
-# An empty ``timezone`` is derived from the phone (see ``normalise.derive_timezones``).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp", "timezone")
 CHANNELS: tuple[str, ...] = ("email", "telegram", "sms", "vk", "whatsapp")
-CONSENT_COLUMNS: tuple[str, ...] = tuple(f"consent_{channel}" for channel in CHANNELS)
+# Consent decisions by purpose (policies/consent_purposes.py): consent_<channel> is advertising on
+# that channel, consent_processing the 152-FZ consent to processing, consent_<channel>_transactional
+# service messages; consent_text_version names the text shown (sha256, consent_texts.yaml).
+TRANSACTIONAL_COLUMNS: tuple[str, ...] = tuple(f"consent_{channel}_transactional" for channel in CHANNELS)
+CONSENT_COLUMNS: tuple[str, ...] = (*(f"consent_{channel}" for channel in CHANNELS), "consent_processing", *TRANSACTIONAL_COLUMNS)
+# Columns a file may leave out (added with later channels and purposes); absent means empty.
+# An empty ``timezone`` is derived from the phone (see ``normalise.derive_timezones``).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp", "consent_processing", *TRANSACTIONAL_COLUMNS, "consent_text_version", "timezone")
 ADDRESS_COLUMNS: tuple[str, ...] = ("email", "phone", "telegram_chat_id", "vk_user_id")
 # The error-table "column" of a row that has no address at all: no single cell is at fault.
 NO_ADDRESS_COLUMN = "|".join(ADDRESS_COLUMNS)
 ERROR_COLUMNS: tuple[str, ...] = ("row", "column", "value", "reason")
 
 LANGUAGES: tuple[str, ...] = ("en", "ru")  # the languages we have templates for
+__all__ = ["CONSENT_FALSE", "CONSENT_TRUE", "is_int64"]  # custom_fields reads consent tokens and ids the same way
 
 # Spreadsheet row of the first data record: the header occupies row 1.
 FIRST_DATA_ROW = 2
@@ -154,21 +160,15 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
 _PANDERA_REASONS = {"column_in_dataframe": "missing column"}
 
 
-def read_contacts_csv(path: str | Path) -> pd.DataFrame:
-    """Read a contacts CSV with every cell as text and empty cells as ``""`` (never NaN).
+def _as_text(raw: pd.DataFrame, rows: Sequence[int] | None) -> pd.DataFrame:
+    """Every cell as text with ``NaN``/``None`` → ``""``, indexed by spreadsheet row.
 
-    ``utf-8-sig`` accepts files saved by Excel (which prepend a byte-order mark) as well as plain
-    UTF-8.
+    ``rows`` are the rows the reader found the records on; without them (a frame built in a test
+    or an asset) the records are taken as consecutive rows under the header.
     """
-    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-
-
-def _as_text(raw: pd.DataFrame) -> pd.DataFrame:
-    """Every cell as text with ``NaN``/``None`` → ``""``, positional index.
-
-    Accepts frames not read by ``read_contacts_csv`` too (e.g. built in a test or an asset).
-    """
-    return raw.reset_index(drop=True).astype(TEXT).fillna("")
+    frame = raw.astype(TEXT).fillna("")
+    frame.index = pd.Index(rows if rows is not None else range(FIRST_DATA_ROW, FIRST_DATA_ROW + len(raw)), dtype="int64")
+    return frame
 
 
 def _error_frame(records: list[dict]) -> pd.DataFrame:
@@ -178,9 +178,10 @@ def _error_frame(records: list[dict]) -> pd.DataFrame:
     return errors.astype({"row": "int64", "column": "str", "value": "str", "reason": "str"})
 
 
-def _schema_errors(text: pd.DataFrame) -> list[dict]:
+def _schema_errors(text: pd.DataFrame, extra_columns: Mapping[str, pa.Column] | None) -> list[dict]:
+    schema = RAW_CONTACTS_SCHEMA.add_columns(dict(extra_columns)) if extra_columns else RAW_CONTACTS_SCHEMA
     try:
-        RAW_CONTACTS_SCHEMA.validate(text, lazy=True)
+        schema.validate(text, lazy=True)
     except SchemaErrors as exc:
         records = []
         for case in exc.failure_cases.itertuples(index=False):
@@ -191,8 +192,7 @@ def _schema_errors(text: pd.DataFrame) -> list[dict]:
                 records.append({"row": 1, "column": case.column, "value": "", "reason": reason})
             else:
                 row = int(case.index)
-                value = text.at[row, case.column]
-                records.append({"row": row + FIRST_DATA_ROW, "column": case.column, "value": value, "reason": reason})
+                records.append({"row": row, "column": case.column, "value": text.at[row, case.column], "reason": reason})
         return records
     return []
 
@@ -205,13 +205,13 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
     for position in np.flatnonzero((moments > pd.Timestamp(now)).to_numpy(dtype=bool)):
         reason = future_dated(moments.iat[position].to_pydatetime(), now)
         if reason:
-            errors.append({"row": position + FIRST_DATA_ROW, "column": "consent_at", "value": text["consent_at"].iat[position], "reason": reason})
+            errors.append({"row": int(text.index[position]), "column": "consent_at", "value": text["consent_at"].iat[position], "reason": reason})
     blank = pd.DataFrame({column: _blank(text[column]) for column in (*ADDRESS_COLUMNS, *CONSENT_COLUMNS, "consent_source")})
     no_address = blank[list(ADDRESS_COLUMNS)].all(axis=1)
-    for position in text.index[no_address]:
+    for row in text.index[no_address]:
         errors.append(
             {
-                "row": position + FIRST_DATA_ROW,
+                "row": row,
                 "column": NO_ADDRESS_COLUMN,
                 "value": "",
                 "reason": "no address: need an email, phone, telegram_chat_id or vk_user_id",
@@ -219,10 +219,10 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
         )
     # Consent law asks us to prove where each decision came from; the store requires a source.
     has_decision = ~blank[list(CONSENT_COLUMNS)].all(axis=1)
-    for position in text.index[has_decision & blank["consent_source"]]:
+    for row in text.index[has_decision & blank["consent_source"]]:
         errors.append(
             {
-                "row": position + FIRST_DATA_ROW,
+                "row": row,
                 "column": "consent_source",
                 "value": "",
                 "reason": "required when a consent decision is given",
@@ -232,24 +232,32 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
 
 
 def validate_contact_rows(
-    raw: pd.DataFrame, default_region: str = "RU", now: datetime | None = None, *, default_timezone: str | None = None
+    raw: pd.DataFrame,
+    default_region: str = "RU",
+    now: datetime | None = None,
+    rows: Sequence[int] | None = None,
+    extra_columns: Mapping[str, pa.Column] | None = None,
+    *,
+    default_timezone: str | None = None,
 ) -> ValidationResult:
     """Split a raw contacts table into normalised good rows, a table of every problem and notices.
 
-    ``raw`` is the file as text (see ``read_contacts_csv``); phones without ``+country`` are read
-    in ``default_region`` (the tenant's ``country``); a row whose phone names no single time zone
-    gets ``default_timezone`` (the tenant's). ``now`` (default: the clock) is what a ``consent_at``
-    must not lie beyond, give or take the allowed clock skew. A missing required column makes
+    ``raw`` is the file as text and ``rows`` the spreadsheet row of each record (see
+    ``reading.read_contacts_file``); phones without ``+country`` are read in ``default_region``
+    (the tenant's ``country``); a row whose phone names no single time zone gets
+    ``default_timezone`` (the tenant's). ``now`` (default: the clock) is what a
+    ``consent_at`` must not lie beyond, give or take the allowed clock skew. A missing required column makes
     every row meaningless, so then the only errors are one ``missing column`` per absent column
     (row 1, the header) and ``good`` is empty. Among rows that are one person (same
     ``external_id``, phone or e-mail) the first is kept and later ones are errors pointing at it;
-    a row repeating an earlier one exactly is dropped with a notice.
+    a row repeating an earlier one exactly is dropped with a notice. ``extra_columns`` (a tenant's
+    custom fields, ``custom_fields.schema_columns``) are checked in the same lazy pass.
     """
-    text = _as_text(raw)
+    text = _as_text(raw, rows)
     for column in OPTIONAL_COLUMNS:
         if column not in text.columns:
             text[column] = ""
-    errors = _schema_errors(text)
+    errors = _schema_errors(text, extra_columns)
     missing = [error for error in errors if error["reason"] == "missing column"]
     if missing:
         return ValidationResult(good=no_rows(), errors=_error_frame(missing))
@@ -273,7 +281,7 @@ def no_rows() -> pd.DataFrame:
 def _reasons(errors: list[dict], text: pd.DataFrame, column: str, reason: pd.Series) -> None:
     """One error per cell a normaliser refused, quoting the cell as the file has it."""
     refused = reason.notna().to_numpy()
-    cells = zip(np.flatnonzero(refused) + FIRST_DATA_ROW, text[column][refused].tolist(), reason[refused].tolist(), strict=True)
+    cells = zip(text.index[refused], text[column][refused].tolist(), reason[refused].tolist(), strict=True)
     errors.extend({"row": int(row), "column": column, "value": value, "reason": why} for row, value, why in cells)
 
 
@@ -285,15 +293,14 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict], def
     """
     phone, phone_ext, phone_reason = normalise_phones(text["phone"], default_region)
     email, email_reason = normalise_emails(text["email"])
-    _reasons(errors, text, "phone", phone_reason)
-    _reasons(errors, text, "email", email_reason)
     zone_reason = check_timezones(text["timezone"])
-    _reasons(errors, text, "timezone", zone_reason)
-    given_zone = normalise_names(text["timezone"]).where(zone_reason.isna())
-    timezone = given_zone.fillna(derive_timezones(phone, default_timezone) if default_timezone else derive_timezones(phone, pd.NA))
+    for column, reason in (("phone", phone_reason), ("email", email_reason), ("timezone", zone_reason)):
+        _reasons(errors, text, column, reason)
+    derived = derive_timezones(phone, default_timezone) if default_timezone else derive_timezones(phone, pd.NA)
+    timezone = normalise_names(text["timezone"]).where(zone_reason.isna()).fillna(derived)
     return pd.DataFrame(
         {
-            "row": pd.Series(text.index + FIRST_DATA_ROW, index=text.index, dtype="int64"),
+            "row": pd.Series(text.index, index=text.index, dtype="int64"),
             "external_id": normalise_names(text["external_id"]),
             "first_name": normalise_names(text["first_name"]),
             "last_name": normalise_names(text["last_name"]),
@@ -307,6 +314,7 @@ def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict], def
             "timezone": timezone,
             **{column: consent_decisions(text[column])[0] for column in CONSENT_COLUMNS},
             "consent_source": normalise_names(text["consent_source"]),
+            "consent_text_version": normalise_names(text["consent_text_version"]).str.lower(),
             "consent_at": utc_timestamps(text["consent_at"])[0],
         }
     )
@@ -316,34 +324,3 @@ def _column_order(column: str) -> int:
     first = column.split("|", 1)[0]
     columns = CSV_COLUMNS + OPTIONAL_COLUMNS
     return columns.index(first) if first in columns else len(columns)
-
-
-# --- reports ----------------------------------------------------------------------------------
-
-
-def _cell(value: object, width: int = 60) -> str:
-    text = " ".join(str(value).split())
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return text.replace("|", "\\|")
-
-
-def error_report_markdown(errors: pd.DataFrame, limit: int = 50) -> str:
-    """A Markdown table of the first ``limit`` errors, for run metadata and the operator UI."""
-    if errors.empty:
-        return "No errors."
-    lines = ["| row | column | value | reason |", "| ---: | --- | --- | --- |"]
-    for error in errors.head(limit).itertuples(index=False):
-        lines.append(f"| {error.row} | {_cell(error.column)} | {_cell(error.value)} | {_cell(error.reason, 200)} |")
-    if len(errors) > limit:
-        lines.append("")
-        lines.append(f"… and {len(errors) - limit} more")
-    return "\n".join(lines)
-
-
-def write_error_report(errors: pd.DataFrame, path: str | Path) -> Path:
-    """Write the full error table as UTF-8 CSV (columns ``row,column,value,reason``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    errors.loc[:, list(ERROR_COLUMNS)].to_csv(path, index=False, encoding="utf-8")
-    return path

@@ -8,6 +8,8 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
+from orchestrator_assets.consent_ledger import granted_subjects
+from orchestrator_assets.contact_pii import CHANNEL_FIELD
 from orchestrator_assets.groups import CAMPAIGNS, SENDS
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.sends.decisions import (
@@ -18,11 +20,13 @@ from orchestrator_assets.sends.ledger import LedgerKey, Wanted
 from orchestrator_assets.sends.outcomes import publish_send_outcomes
 from orchestrator_assets.sends.run import Outgoing, SendReport, send_messages
 from orchestrator_assets.tables import markdown_table
+from policies.consent_purposes import required_consents
 from policies.loader import load_bundle
+from policies.masking import mask_value
 from resources.channels.base import Attachment, OutboundMessage, TemplateRef
 from resources.connectors import ChannelConnectors
 from resources.opstore import OperationalStore
-from resources.opstore_schema import blocked_senders, consents
+from resources.opstore_schema import blocked_senders
 from resources.warehouse import WAREHOUSE_POOL, Warehouse
 
 AMBIGUOUS_CHECK = "no_ambiguous_sends"
@@ -63,19 +67,18 @@ def campaign_sends(
     # fails here, with nothing half-sent.
     by_channel = {channel: connectors.connector(bundle.tenants[tenant], channel, tenant) for channel in sorted(set(messages["channel"]))}
     purposes = {name: campaign.purpose for name, campaign in bundle.campaigns.get(tenant, {}).items()}
+    require_processing = bundle.policy.consent.require_processing
     outgoing = [_outgoing(tenant, row, by_channel[row.channel]) for row in messages.itertuples(index=False)]
     refuse_before_sending(engine, tenant, by_channel, outgoing)
 
     def still_allowed(conn: sa.Connection, keys: list[LedgerKey]) -> set[LedgerKey]:
-        granted = {
-            tuple(row)
-            for row in conn.execute(
-                sa.select(consents.c.contact_id, consents.c.channel, consents.c.purpose).where(
-                    consents.c.tenant == tenant, consents.c.contact_id.in_({key.contact_id for key in keys}), consents.c.status == "granted"
-                )
-            )
-        }
-        return {key for key in keys if (key.contact_id, key.channel, purposes.get(key.campaign)) in granted}
+        granted = granted_subjects(conn, tenant, {key.contact_id for key in keys}, dt.datetime.now(dt.UTC))
+
+        def allowed(key: LedgerKey) -> bool:
+            purpose = purposes.get(key.campaign)
+            return purpose is not None and all((key.contact_id, on, str(p)) in granted for p, on in required_consents(purpose, key.channel, require_processing))
+
+        return {key for key in keys if allowed(key)}
 
     report = asyncio.run(
         send_messages(engine, tenant, context.run.run_id, outgoing, bundle.policy.dispatch, still_allowed=still_allowed, log=context.log.info)
@@ -163,7 +166,8 @@ def refuse_before_sending(engine: sa.Engine, tenant: str, by_channel: dict, outg
         try:
             validate(item.message)
         except ValueError as exc:
-            problems.append((item.message.campaign, item.message.channel, item.message.address, str(exc)))
+            address = mask_value(CHANNEL_FIELD.get(item.message.channel, "address"), item.message.address)
+            problems.append((item.message.campaign, item.message.channel, address, str(exc)))
     if problems:
         raise dg.Failure(
             f"{len(problems)} message(s) would be refused by their provider; nothing was sent",

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from orchestrator_assets.contact_pii import ContactKeys
 from resources.channels.base import RATE_LIMITED, TRANSIENT, SendResult
 from resources.opstore_schema import dedup_sequences, sends
 from resources.sql import upsert_insert
@@ -82,9 +83,11 @@ class Plan:
     abandoned: int = 0  # rows found claimed by a dead run (now ambiguous: held or resent)
 
 
-def plan(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicating: Collection[str], keyed: Collection[str] = ()) -> Plan:
+def plan(
+    conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicating: Collection[str], keys: ContactKeys, keyed: Collection[str] = ()
+) -> Plan:
     """Sort ``wanted`` into new, retryable, final and held rows; rows a dead run left claimed become
-    ambiguous here. ``deduplicating`` names the providers whose connectors drop repeated send ids;
+    ambiguous here. ``keys`` opens the sealed address of an ambiguous row. ``deduplicating`` names the providers whose connectors drop repeated send ids;
     ``keyed`` those of them that drop repeats of the row's ``dedup_id``, so an ambiguous row
     without one (claimed before dedup ids existed) cannot be repeated safely and is held."""
     campaigns = sorted({w.key.campaign for w in wanted})
@@ -116,7 +119,7 @@ def plan(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicati
         elif status == AMBIGUOUS:
             # Safe to resend only to the provider and address that may already have it: a repeat
             # is dropped there, nowhere else.
-            unchanged = row.provider == want.provider and row.address == want.address
+            unchanged = row.provider == want.provider and keys.open_address(row.contact_id, row.address) == want.address
             repeatable = want.provider in deduplicating and (row.dedup_id is not None or want.provider not in keyed)
             if unchanged and repeatable:
                 result.to_send.append((want, row.send_id))
@@ -128,9 +131,13 @@ def plan(conn: sa.Connection, tenant: str, wanted: Sequence[Wanted], deduplicati
 
 
 def claim(
-    conn: sa.Connection, tenant: str, run_id: str, batch: Sequence[tuple[Wanted, str | None]], now: dt.datetime, keyed: Collection[str] = ()
+    conn: sa.Connection, tenant: str, run_id: str, batch: Sequence[tuple[Wanted, str | None]], now: dt.datetime, keys: ContactKeys,
+    keyed: Collection[str] = (),
 ) -> list[tuple[Wanted, str, int | None]]:
     """Claim ``batch`` for ``run_id``; returns the (wanted, send_id, dedup_id) this run now owns.
+
+    Each row's address is stored sealed with its contact's key (``keys``); the plaintext the
+    dispatch needs stays in memory, in ``Wanted``.
 
     New rows are inserted-or-ignored on the ledger key and retryable rows are updated only from a
     retryable state, so when two runs race for a row exactly one owns it afterwards. Rows of a
@@ -151,7 +158,7 @@ def claim(
                 "contact_id": want.key.contact_id,
                 "channel": want.key.channel,
                 "provider": want.provider,
-                "address": want.address,
+                "address": keys.seal_address(want.key.contact_id, want.address),
                 "status": CLAIMED,
                 "run_id": run_id,
                 "claimed_at": now,
@@ -177,7 +184,10 @@ def claim(
         )
         conn.execute(
             statement,
-            [{"b_send_id": send_id, "b_provider": want.provider, "b_address": want.address, "b_dedup_id": dedup_ids.get(want.key)} for want, send_id in again],
+            [
+                {"b_send_id": send_id, "b_provider": want.provider, "b_address": keys.seal_address(want.key.contact_id, want.address), "b_dedup_id": dedup_ids.get(want.key)}
+                for want, send_id in again
+            ],
         )
         reclaimed = sa.select(sends.c.send_id, sends.c.dedup_id).where(
             sends.c.send_id.in_([send_id for _, send_id in again]), sends.c.status == CLAIMED, sends.c.run_id == run_id

@@ -17,16 +17,22 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from orchestrator_assets.consent_decisions import WITHDRAW
+from orchestrator_assets.consent_ledger import ConsentFact
 from orchestrator_assets.deliveries.processing import withdraw_consents
 from orchestrator_assets.delivery_status import RANKS
 from orchestrator_assets.sends.ledger import FAILED, RETRYABLE_CLASSES, SENT
 from orchestrator_assets.webhooks.events import WebhookEvent, message_event
 from orchestrator_assets.webhooks.outbox import enqueue
+from policies.consent_purposes import Purpose, SourceKind
 from policies.tenants import WebhookSubscription
 from resources import warehouse as wh
 from resources.channels.base import UNREACHABLE
 from resources.opstore_schema import deliveries, sends
 from resources.sql import upsert_insert
+
+# Nothing reaches an address the provider calls unreachable: advertising and service messages stop alike.
+UNREACHABLE_PURPOSES = (Purpose.ADVERTISING, Purpose.TRANSACTIONAL)
 
 
 def publish_send_outcomes(
@@ -64,10 +70,11 @@ def publish_send_outcomes(
         # opted out, not on the network): suppress the channel, with the answer as evidence.
         for row in rows:
             if row.status == FAILED and row.error_class == UNREACHABLE:
-                evidence = json.dumps({"send_id": row.send_id, "provider": row.provider, "error": row.error}, ensure_ascii=False)
-                suppressed += withdraw_consents(
-                    conn, tenant, row.contact_id, (row.channel,), f"{row.provider}:unreachable", evidence, row.finished_at or now, now, webhook_events
-                )
+                withdrawal = ConsentFact(
+                    row.contact_id, row.channel, Purpose.ADVERTISING, WITHDRAW, SourceKind.PROVIDER_WEBHOOK, f"send:{row.send_id}", row.finished_at or now,
+                    origin=f"{row.provider}:unreachable", detail=json.dumps({"provider": row.provider, "error": row.error}, ensure_ascii=False),
+                )  # fmt: skip
+                suppressed += withdraw_consents(conn, tenant, withdrawal, (row.channel,), now, webhook_events, purposes=UNREACHABLE_PURPOSES)
         if delivery_rows:
             conn.execute(upsert_insert(conn, deliveries).on_conflict_do_nothing(), delivery_rows)
         ids = [row.send_id for row in rows]

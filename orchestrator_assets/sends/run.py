@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from orchestrator_assets.contact_pii import ContactKeys
 from orchestrator_assets.sends.dispatch import CIRCUIT_OPEN, Dispatcher, Outcome
 from orchestrator_assets.sends.http import provider_client
 from orchestrator_assets.sends.ledger import (
@@ -34,6 +35,7 @@ from orchestrator_assets.sends.ledger import (
 )
 from orchestrator_assets.sends.limits import RateLimiter
 from policies.policy import DispatchPolicy
+from resources.pii import tenant_cipher
 from resources.channels.base import (
     ChannelConnector,
     HttpClient,
@@ -96,7 +98,8 @@ async def send_messages(
     deduplicating = {item.connector.provider for item in outgoing if item.connector.provider_deduplicates}
     keyed = {item.connector.provider for item in outgoing if item.connector.ledger_dedup_ids}
     with engine.begin() as conn:
-        todo = plan(conn, tenant, [item.want for item in outgoing], deduplicating, keyed)
+        contact_keys = ContactKeys.load(conn, tenant_cipher(conn, tenant), {item.want.key.contact_id for item in outgoing})
+        todo = plan(conn, tenant, [item.want for item in outgoing], deduplicating, contact_keys, keyed)
     report.abandoned = todo.abandoned
     for keys, name in ((todo.final, "already_final"), (todo.held, "held")):
         for key in keys:
@@ -158,7 +161,7 @@ async def send_messages(
                         if want.key not in allowed:
                             report.by_campaign[(want.key.campaign, want.key.channel)]["suppressed"] += 1
                     batch = [(want, send_id) for want, send_id in batch if want.key in allowed]
-                claimed = claim(conn, tenant, run_id, batch, dt.datetime.now(dt.UTC), keyed)
+                claimed = claim(conn, tenant, run_id, batch, dt.datetime.now(dt.UTC), contact_keys, keyed)
             for want, send_id, dedup_id in claimed:
                 item = by_key[want.key]
                 message = dataclasses.replace(item.message, send_id=send_id, dedup_id=dedup_id)

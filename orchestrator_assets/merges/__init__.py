@@ -1,0 +1,1 @@
+"""Duplicate contacts: fuzzy candidates (``matching``), merges and their exact reversal (``merge``)."""

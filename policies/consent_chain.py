@@ -1,0 +1,56 @@
+"""The hash chain of the consent ledger: one rule, used by the writer, the verifier and the migration.
+
+Each consent event stores ``prev_hash`` (the hash of the contact's previous event, ``GENESIS`` for
+the first) and ``hash = sha256(prev_hash ‖ canonical JSON of the event's fields)``. Changing any
+hashed field of a stored event, deleting or re-ordering one breaks the link to its successor, so the
+verifier can name the first broken event. Bytes (sealed identity evidence) are hashed as base64, so
+the chain still verifies after crypto-shredding made them unreadable.
+
+Times are hashed as UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``: SQLite hands them back without an offset
+and PostgreSQL with one, and both must hash the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+GENESIS = "0" * 64
+HASHED_FIELDS = (
+    "tenant",
+    "contact_id",
+    "channel",
+    "purpose",
+    "action",
+    "source_kind",
+    "source_ref",
+    "origin",
+    "occurred_at",
+    "recorded_at",
+    "text_version",
+    "valid_until",
+    "withdrawal_channel",
+    "evidence_identity",
+    "detail",
+)
+
+
+def canonical_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        moment = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return value
+
+
+def canonical_json(event: Mapping[str, Any]) -> str:
+    return json.dumps({name: canonical_value(event.get(name)) for name in HASHED_FIELDS}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_hash(prev_hash: str, event: Mapping[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(event).encode("utf-8")).hexdigest()
