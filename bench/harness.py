@@ -100,6 +100,9 @@ def sandbox_reset(url: str) -> None:
 def scratch_ledger(path: Path, contacts_count: int, tenant: str = TENANT) -> sa.Engine:
     """A migrated SQLite operational store with ``contacts_count`` contacts of ``tenant`` (ids 1..n,
     Telegram chat FIRST_CHAT_ID + id; the ledger references contacts)."""
+    # Contacts are sealed under the installation's master key: a bench's own sits beside its scratch
+    # store (a master.key in the repository's .algor/ would make `make demo` refuse that home).
+    os.environ.setdefault("ALGOR_HOME", str(path.parent))
     url = f"sqlite:///{path}"
     migrate(url)
     engine = engine_for(url)

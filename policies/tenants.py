@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, StringConstraints, field_validator, model_validator
 
 from policies.accounts import ChannelAccounts
 from policies.fields import EnvVarName, NonBlank, StepName, StrictModel, TenantId
@@ -71,12 +71,53 @@ class WebhookSubscription(StrictModel):
         return events
 
 
+class CustomFieldType(StrEnum):
+    """What a tenant's own contact field holds; an import cell that is not one is a row error."""
+
+    STRING = "string"
+    INT = "int"
+    DECIMAL = "decimal"  # "12.5" or Russian Excel's "12,5"
+    BOOL = "bool"  # yes/no, да/нет, true/false, 1/0
+    DATE = "date"  # 2025-03-01 or 01.03.2025
+    ENUM = "enum"  # one of ``values``, any case
+
+
+class CustomField(StrictModel):
+    """A tenant's own contact field (loyalty level, birthday, …), read from the import column of the
+    same name or of one of its ``aliases`` (header spellings as in the tenant's CRM export)."""
+
+    type: CustomFieldType
+    values: list[NonBlank] = []  # the allowed values of an enum
+    aliases: list[NonBlank] = []
+    required: bool = False  # every row must have it (an import without the column is refused)
+
+    @model_validator(mode="after")
+    def _values_for_enums_only(self) -> CustomField:
+        if (self.type is CustomFieldType.ENUM) != bool(self.values):
+            raise ValueError("values are required for an enum field and allowed for no other type")
+        if len({value.casefold() for value in self.values}) != len(self.values):
+            raise ValueError("an enum value is listed more than once (values compare case-insensitively)")
+        return self
+
+
+# ISO 3166-1 alpha-2, upper case: the region phonenumbers reads numbers without +country in.
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+
 class Tenant(StrictModel):
     name: NonBlank
     operator_legal_entity: NonBlank  # the personal-data operator named in consent texts
     timezone: str
+    # Where the tenant's contacts live: imported phones written without +country code are numbers
+    # of this country. Required, not defaulted: guessing Russia for a tenant in Germany turned
+    # every national German number into an error or, worse, a valid Russian one.
+    country: CountryCode
     accounts: ChannelAccounts
     webhooks: list[WebhookSubscription] = []
+    # Contact fields of the tenant's own, by name (slugs like step names). A header that is one of
+    # our columns or its aliases (phone, Телефон, …) always means our column; a custom field named
+    # like one of our columns makes imports refuse to run until it is renamed.
+    custom_fields: dict[StepName, CustomField] = {}
 
     @field_validator("webhooks")
     @classmethod

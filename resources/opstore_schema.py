@@ -46,6 +46,9 @@ contacts = sa.Table(
     # Set when the contact was merged into another (contact_merges): a tombstone, kept so that rows
     # left pointing at it (warehouse events, colliding sends, its consent history) still add up.
     sa.Column("merged_into", sa.BigInteger),
+    # The tenant's custom fields (tenants.yaml custom_fields) as one JSON object text, values in
+    # canonical spelling (orchestrator_assets/imports/custom_fields.py).
+    sa.Column("custom_fields", sa.Text),
     sa.UniqueConstraint("tenant", "external_id", name="uq_contacts_tenant_external_id"),
     sa.Index("ix_contacts_email_bidx", "tenant", "email_bidx"),
     sa.Index("ix_contacts_phone_bidx", "tenant", "phone_bidx"),

@@ -25,6 +25,7 @@ from resources.channels.base import RATE_LIMITED, TRANSIENT, OutboundMessage, Se
 from resources.channels.telegram import TelegramConnector
 from resources.opstore import engine_for, migrate
 from resources.opstore_schema import contacts, sends
+from resources.pii import tenant_cipher
 from sandbox.config import SandboxConfig, TelegramBot
 from sandbox.outcomes import outcome_for
 from sandbox.server import running_sandbox
@@ -41,13 +42,15 @@ def deliverable_chats(count: int) -> list[str]:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> sa.Engine:
+def ledger(algor_home, tmp_path: Path) -> sa.Engine:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     migrate(url)
     engine = engine_for(url)
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
-        conn.execute(sa.insert(contacts), [{"id": n, "tenant": TENANT, "external_id": f"c{n}", "created_at": now, "updated_at": now} for n in range(1, 201)])
+        cipher = tenant_cipher(conn, TENANT)  # the ledger seals each address with its contact's key
+        rows = [{"id": n, "tenant": TENANT, "external_id": f"c{n}", "data_key": cipher.new_contact_key(), "created_at": now, "updated_at": now} for n in range(1, 201)]
+        conn.execute(sa.insert(contacts), rows)
     return engine
 
 

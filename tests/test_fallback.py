@@ -86,7 +86,7 @@ def test_fallback_plan_over_published_sends_moves_on_only_where_delivery_could_b
             sa.insert(sends),
             [
                 {"send_id": f"s{cid}", "tenant": "demo", "campaign": "reach_once", "step": "main", "contact_id": cid,
-                 "channel": channel, "provider": provider, "address": "a", "status": "sent", "run_id": "r",
+                 "channel": channel, "provider": provider, "address": b"sealed, not read here", "status": "sent", "run_id": "r",
                  "provider_message_id": f"m{cid}", "claimed_at": accepted_at, "finished_at": accepted_at}
                 for cid, (channel, provider) in first_channel.items()
             ],

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from orchestrator_assets.contact_pii import read_contacts
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
-from orchestrator_assets.imports.validation import CSV_COLUMNS, read_contacts_csv, validate_contact_rows
+from orchestrator_assets.imports.reading import read_contacts_file
+from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from resources.opstore import migrate
 from orchestrator_assets.consent_ledger import ConsentFact, append, consent_state
 from policies.consent_purposes import Purpose, SourceKind
@@ -36,7 +37,7 @@ def engine(request, algor_home, tmp_path):
 
 @pytest.fixture(scope="module")
 def sample_good():
-    return validate_contact_rows(read_contacts_csv(SAMPLE_PATH)).good
+    return validate_contact_rows(read_contacts_file(SAMPLE_PATH).frame).good
 
 
 def _good(*rows: dict[str, str]) -> pd.DataFrame:

@@ -13,15 +13,15 @@ from orchestrator_assets.imports.sample_contacts import (
     generate_sample,
     write_sample,
 )
+from orchestrator_assets.imports.reading import read_contacts_file
+from orchestrator_assets.imports.report import first_problems_markdown, grouped_markdown, write_report
 from orchestrator_assets.imports.validation import (
     OPTIONAL_COLUMNS,
     CSV_COLUMNS,
     ERROR_COLUMNS,
-    error_report_markdown,
-    read_contacts_csv,
     validate_contact_rows,
-    write_error_report,
 )
+from policies.masking import mask_value
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +31,18 @@ def sample():
 
 @pytest.fixture(scope="module")
 def shipped():
-    raw = read_contacts_csv(SAMPLE_PATH)
-    return raw, validate_contact_rows(raw)
+    read = read_contacts_file(SAMPLE_PATH)
+    return read.frame, validate_contact_rows(read.frame, rows=read.rows)
 
 
 def _raw(**overrides: str) -> dict[str, str]:
-    """One valid raw row; tests override the cells they are about."""
+    """One valid raw row; tests override the cells they are about. Rows of other external ids get
+    their own e-mail, or they would be one person twice."""
     row = dict.fromkeys(CSV_COLUMNS, "")
-    row.update(external_id="c-1", first_name="Анна", email="anna@example.ru")
+    row.update(external_id="c-1", first_name="Анна")
     row.update(overrides)
+    if "email" not in overrides:
+        row["email"] = "anna@example.ru" if row["external_id"] == "c-1" else f"anna+{row['external_id'].strip()}@example.ru"
     return row
 
 
@@ -68,7 +71,7 @@ def test_shipped_sample_reports_exactly_the_planted_mistakes(sample, shipped):
 @pytest.mark.parametrize(("rows", "seed"), [(1, 1), (40, 2)])
 def test_generator_plants_exactly_at_any_size(rows, seed, tmp_path):
     sample = generate_sample(rows, seed)
-    result = validate_contact_rows(read_contacts_csv(write_sample(sample, tmp_path / "s.csv")))
+    result = validate_contact_rows(read_contacts_file(write_sample(sample, tmp_path / "s.csv")).frame)
     assert set(zip(result.errors["row"], result.errors["column"], strict=True)) == {(e.row, e.column) for e in sample.planted}
     assert len(result.good) == rows
 
@@ -119,7 +122,7 @@ def test_russian_phone_formats_become_e164(phone):
 
 
 def test_foreign_phones_and_default_region():
-    result = _validate(_raw(phone="+44 20 7946 0123"), _raw(external_id="c-2", phone="+49 30 12345678"))
+    result = _validate(_raw(phone="+44 20 7946 0123"), _raw(external_id="c-2", email="", phone="+49 30 12345678"))
     assert list(result.good["phone"]) == ["+442079460123", "+493012345678"]
     national_uk = pd.DataFrame([_raw(phone="020 7946 0123")], columns=list(CSV_COLUMNS))
     assert validate_contact_rows(national_uk, default_region="GB").good.at[0, "phone"] == "+442079460123"
@@ -149,7 +152,7 @@ def test_normalised_row():
     assert row["external_id"] == "c-7"
     assert (row["first_name"], row["last_name"], row["city"]) == ("Анна Мария", "Петрова", "Казань")
     assert row["email"] == "anna.petrova@example.ru"
-    assert row["phone"] is None
+    assert pd.isna(row["phone"])
     assert result.good["telegram_chat_id"].dtype == "Int64" and row["telegram_chat_id"] == 5007686286
     assert row["language"] == "ru"
     assert (row["consent_email"], row["consent_telegram"], row["consent_sms"]) == (True, False, None)
@@ -169,7 +172,7 @@ def test_missing_column_is_one_clear_error():
     raw = pd.DataFrame([_raw()], columns=list(CSV_COLUMNS)).drop(columns="phone")
     result = validate_contact_rows(raw)
     assert result.errors.to_dict("records") == [{"row": 1, "column": "phone", "value": "", "reason": "missing column"}]
-    assert result.good.empty and set(result.good.columns) == {"row", *CSV_COLUMNS, *OPTIONAL_COLUMNS}
+    assert result.good.empty and set(result.good.columns) == {"row", *CSV_COLUMNS, *OPTIONAL_COLUMNS, "phone_ext"}
 
 
 def test_optional_channel_columns_may_be_absent_or_filled():
@@ -239,28 +242,29 @@ def test_a_consent_dated_beyond_the_clock_skew_is_a_row_error_and_one_within_it_
     assert result.good.at[0, "consent_at"] == pd.Timestamp("2026-11-24T12:01:00Z")
 
 
-def test_header_only_file(tmp_path):
-    path = tmp_path / "empty.csv"
-    path.write_text(",".join(CSV_COLUMNS) + "\n", encoding="utf-8")
-    result = validate_contact_rows(read_contacts_csv(path))
-    assert result.errors.empty and result.good.empty
-
-
-def test_markdown_report_is_cut_with_a_count(shipped):
+def test_markdown_reports_group_by_reason_and_cut_with_a_count(shipped):
     _, result = shipped
-    report = error_report_markdown(result.errors, limit=5)
-    lines = report.splitlines()
-    assert lines[0] == "| row | column | value | reason |"
-    assert len([line for line in lines if line.startswith("| ") and line[2].isdigit()]) == 5
-    assert lines[-1] == f"… and {len(result.errors) - 5} more"
-    assert "email\\|phone\\|telegram_chat_id" in error_report_markdown(result.errors)
-    assert "more" not in error_report_markdown(result.errors)
-    assert error_report_markdown(result.errors.iloc[:0]) == "No errors."
+    first = first_problems_markdown(result.errors, limit=5).splitlines()
+    assert first[0] == "| row | column | value | reason |"
+    assert len([line for line in first if line.startswith("| ") and line[2].isdigit()]) == 5
+    assert first[-1] == f"… and {len(result.errors) - 5} more in the report CSV"
+    assert "email\\|phone\\|telegram_chat_id" in first_problems_markdown(result.errors, limit=len(result.errors))
+    grouped = grouped_markdown(result.errors).splitlines()
+    counts = result.errors["reason"].value_counts()
+    assert grouped[0] == "| reason | count | rows |"
+    assert len(grouped) == 2 + len(counts)
+    for reason, count in counts.items():
+        assert f"| {reason.replace('|', chr(92) + '|')} | {count} |" in "\n".join(grouped)
+    assert [int(line.split(" | ")[1]) for line in grouped[2:]] == sorted(counts, reverse=True)
+    assert first_problems_markdown(result.errors.iloc[:0]) == grouped_markdown(result.errors.iloc[:0]) == "_No problems._"
 
 
-def test_error_report_csv_round_trips(shipped, tmp_path):
+def test_error_report_csv_keeps_rows_and_reasons_and_masks_values(shipped, tmp_path):
     _, result = shipped
-    path = write_error_report(result.errors, tmp_path / "reports" / "errors.csv")
-    again = pd.read_csv(path, dtype={"row": "int64"}, keep_default_na=False)
+    path = write_report(result.errors, tmp_path / "reports" / "errors.csv")
+    again = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     assert list(again.columns) == list(ERROR_COLUMNS)
-    pd.testing.assert_frame_equal(again, result.errors, check_dtype=False)
+    assert list(again["row"].astype(int)) == list(result.errors["row"])
+    assert list(again["reason"]) == list(result.errors["reason"])
+    masked = [str(mask_value(column, value)) for column, value in zip(result.errors["column"], result.errors["value"])]
+    assert list(again["value"].str.removeprefix("'")) == masked

@@ -11,9 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator_assets.contact_pii import ContactKeys, contact_columns, find_contact_id, read_contacts
+from orchestrator_assets.imports.reading import read_contacts_file
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
-from orchestrator_assets.imports.validation import read_contacts_csv, validate_contact_rows
+from orchestrator_assets.imports.validation import validate_contact_rows
 from resources.opstore import migrate
 from resources.opstore_schema import contacts, metadata, tenant_keys
 from resources.pii import PiiKeyError, tenant_cipher, wrap_tenant_key
@@ -140,7 +141,7 @@ def test_sample_import_leaves_no_plaintext_personal_data_in_the_sqlite_file(algo
     path = tmp_path / "opstore.db"
     migrate(f"sqlite:///{path}")
     engine = sa.create_engine(f"sqlite:///{path}")
-    good = validate_contact_rows(read_contacts_csv(SAMPLE_PATH)).good
+    good = validate_contact_rows(read_contacts_file(SAMPLE_PATH).frame).good
     with engine.begin() as conn:
         upsert_contacts(conn, "demo", good, NOW)
         record_consents(conn, "demo", good, NOW, file="sample.csv")

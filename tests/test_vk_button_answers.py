@@ -18,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
+import sealed
 from flow import process_inbox
 from test_gateway_providers import TENANT
 from starlette.applications import Starlette
@@ -33,7 +34,8 @@ from resources.channels import OutboundMessage, vk
 from resources.channels.vk import VkConnector
 from resources.connectors import sandbox_accounts
 from resources.opstore import engine_for
-from resources.opstore_schema import contacts, deliveries, sends, webhook_inbox
+from resources.inbox_payloads import open_payload
+from resources.opstore_schema import deliveries, sends, webhook_inbox
 from resources.settings import get_settings
 from resources.warehouse import Warehouse
 from sandbox import vk as sandbox_vk
@@ -109,13 +111,11 @@ def seed_send(peer: str) -> str:
     """A contact with that VK id and a sent VK message to it, as a send run leaves them."""
     send_id = str(uuid.uuid4())
     with engine_for(get_settings().database_url).begin() as conn:
-        contact_id = conn.execute(
-            sa.insert(contacts).values(tenant="acme", external_id="vk-1", vk_user_id=int(peer), created_at=NOW, updated_at=NOW).returning(contacts.c.id)
-        ).scalar_one()
+        contact_id = sealed.add_contact(conn, "acme", "vk-1", NOW, vk_user_id=int(peer))
         conn.execute(
             sa.insert(sends).values(
                 send_id=send_id, tenant="acme", campaign="autumn", step="main", contact_id=contact_id, channel="vk", provider="vk",
-                address=peer, status="sent", run_id="r", provider_message_id="1", dedup_id=1, claimed_at=NOW, finished_at=NOW,
+                address=sealed.sealed_address(conn, "acme", contact_id, peer), status="sent", run_id="r", provider_message_id="1", dedup_id=1, claimed_at=NOW, finished_at=NOW,
             )
         )
     return send_id
@@ -136,8 +136,8 @@ def test_a_press_is_answered_once_and_counted_once_even_when_re_delivered(stack,
 
     # VK re-delivers the same event (our `ok` got lost, say): stored once, so not answered again.
     with engine_for(get_settings().database_url).connect() as conn:
-        [(stored,)] = conn.execute(sa.select(webhook_inbox.c.payload).where(webhook_inbox.c.provider == "vk")).all()
-    replay = httpx.post(f"{gateway_url}/hooks/acme/vk", json=json.loads(stored), headers={"X-Retry-Counter": "1"})
+        [stored] = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.provider == "vk")).all()
+    replay = httpx.post(f"{gateway_url}/hooks/acme/vk", json=open_payload(stored.tenant, stored.provider, stored.event_key, stored.payload), headers={"X-Retry-Counter": "1"})
     assert (replay.status_code, replay.text) == (200, "ok")
     wait_until(lambda: answers.in_flight == 0, "any answer the replay started to finish")
     [press] = presses(sandbox_url)

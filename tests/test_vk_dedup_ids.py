@@ -9,10 +9,12 @@ import datetime as dt
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import sqlalchemy as sa
+import sealed
 from pg import create_database, drop_database
 
 from orchestrator_assets.sends.ledger import (
@@ -28,6 +30,7 @@ from resources.channels.base import OutboundMessage
 from resources.channels.vk import VkConnector
 from resources.opstore import engine_for, migrate
 from resources.opstore_schema import contacts, sends
+from resources.pii import tenant_cipher
 from sandbox.config import SandboxConfig, VkGroup
 from sandbox.outcomes import outcome_for
 from sandbox.server import running_sandbox
@@ -36,7 +39,7 @@ GROUP, TOKEN = 2001, "vk1.a.dedup-ids"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def ledger(request, tmp_path: Path) -> Iterator[sa.Engine]:
+def ledger(request, algor_home, tmp_path: Path) -> Iterator[sa.Engine]:
     """A migrated, empty ledger with contacts, on SQLite and on a throw-away PostgreSQL database."""
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}" if request.param == "sqlite" else create_database()
     try:
@@ -44,7 +47,11 @@ def ledger(request, tmp_path: Path) -> Iterator[sa.Engine]:
         engine = engine_for(url)
         now = dt.datetime.now(dt.UTC)
         with engine.begin() as conn:
-            rows = [{"id": n, "tenant": tenant, "external_id": f"{tenant}{n}", "created_at": now, "updated_at": now} for tenant, n in _contacts()]
+            ciphers = {tenant: tenant_cipher(conn, tenant) for tenant in ("t1", "t2")}
+            rows = [
+                {"id": n, "tenant": tenant, "external_id": f"{tenant}{n}", "data_key": ciphers[tenant].new_contact_key(), "created_at": now, "updated_at": now}
+                for tenant, n in _contacts()
+            ]
             conn.execute(sa.insert(contacts), rows)
         yield engine
         engine.dispose()
@@ -83,9 +90,13 @@ def send(engine: sa.Engine, items: list[Outgoing], run_id: str, tenant: str = "t
     return asyncio.run(send_messages(engine, tenant, run_id, items, DispatchPolicy()))
 
 
-def ledger_rows(engine: sa.Engine, tenant: str = "t1") -> dict[int, sa.Row]:
+def ledger_rows(engine: sa.Engine, tenant: str = "t1") -> dict[int, SimpleNamespace]:
+    """The tenant's ledger rows by contact, addresses opened."""
     with engine.connect() as conn:
-        return {row.contact_id: row for row in conn.execute(sa.select(sends).where(sends.c.tenant == tenant))}
+        return {
+            row.contact_id: SimpleNamespace(**(row._asdict() | {"address": sealed.send_address(conn, row)}))
+            for row in conn.execute(sa.select(sends).where(sends.c.tenant == tenant))
+        }
 
 
 def vk_messages(url: str) -> list[dict]:
@@ -159,7 +170,7 @@ def test_a_retried_failure_keeps_its_random_id_and_a_keyless_ambiguous_row_is_he
                     **base,
                     "send_id": "s-failed",
                     "contact_id": 1,
-                    "address": items[0].want.address,
+                    "address": sealed.sealed_address(conn, "t1", 1, items[0].want.address),
                     "status": FAILED,
                     "error_class": "transient",
                     "dedup_id": 77,
@@ -168,7 +179,7 @@ def test_a_retried_failure_keeps_its_random_id_and_a_keyless_ambiguous_row_is_he
                     **base,
                     "send_id": "s-keyless",
                     "contact_id": 2,
-                    "address": items[1].want.address,
+                    "address": sealed.sealed_address(conn, "t1", 2, items[1].want.address),
                     "status": AMBIGUOUS,
                     "error_class": "transient",
                     "dedup_id": None,

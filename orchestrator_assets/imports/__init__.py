@@ -1,6 +1,6 @@
-"""Contact import: sample data, validation and the operational-store writes.
+"""Contact import: reading a file (``reading``, ``headers``), validation (``validation``,
+``custom_fields``), the error report (``report``), both tied together for the import asset and the
+preview job (``inspection``), sample data and the operational-store writes.
 
-Pure building blocks; the Dagster assets that call them live elsewhere. Import from the
-submodules (``validation``, ``store``, ``sample_contacts``) so that using one does not pay for
-importing the others.
+Import from the submodules so that using one does not pay for importing the others.
 """

@@ -6,9 +6,9 @@ import dagster as dg
 from pydantic import Field
 
 from orchestrator_assets.groups import IMPORTS
-from orchestrator_assets.imports.validation import error_report_markdown, no_rows, read_contacts_csv, validate_contact_rows, write_error_report
+from orchestrator_assets.imports.inspection import inspect_file, refusal_failure
+from orchestrator_assets.imports.validation import no_rows
 from orchestrator_assets.partitions import tenant_partitions
-from resources.settings import get_settings
 
 IMPORT_CHECK = "import_has_no_rejected_rows"
 NO_FILE = "no file given (csv_path is empty)"
@@ -35,7 +35,9 @@ def contact_import_rows(context: dg.AssetExecutionContext, config: ContactImport
     imports nothing and the rest of the pipeline works with the contacts already stored: a file
     chosen by default (such as the shipped demo sample) would put its contacts and consents into
     whichever tenant the run targets. Rejected rows are not lost: they are listed (row, column,
-    value, reason) in this run's metadata and written as a CSV error report.
+    value, reason) in this run's metadata and written as a CSV error report. A file that is not a
+    usable CSV at all (binary, empty, broken quoting, …) fails the step with the reason and a
+    one-row report, and nothing goes on to the store.
     """
     tenant = context.partition_key
     if not config.csv_path:
@@ -46,27 +48,21 @@ def contact_import_rows(context: dg.AssetExecutionContext, config: ContactImport
     path = Path(config.csv_path)
     if not path.is_file():
         raise dg.Failure(f"contact CSV not found: {path} (config csv_path)")
-    raw = read_contacts_csv(path)
-    result = validate_contact_rows(raw)
-    result.good.attrs["source_file"] = path.name  # travels with the rows as consent evidence
-    report_path = get_settings().home / "import_errors" / tenant / f"{path.stem}.errors.csv"
-    write_error_report(result.errors, report_path)
-    rejected_rows = int(result.errors["row"].nunique()) if len(result.errors) else 0
-    context.log.info(f"{path.name}: {len(raw)} rows read, {len(result.good)} valid, {rejected_rows} rejected")
-    yield dg.Output(
-        result.good,
-        metadata={
-            "source_file": dg.MetadataValue.path(str(path)),
-            "rows_read": len(raw),
-            "rows_valid": len(result.good),
-            "rows_rejected": rejected_rows,
-            "error_report": dg.MetadataValue.path(str(report_path)),
-            "errors": dg.MetadataValue.md(error_report_markdown(result.errors)),
-        },
-    )
+    inspection = inspect_file(path, tenant)
+    if inspection.refused:
+        raise refusal_failure(inspection)
+    good = inspection.validation.good
+    good.attrs["source_file"] = path.name  # travels with the rows as consent evidence
+    metadata = inspection.metadata()
+    context.log.info(f"{path.name}: {metadata['rows_read']} rows read, {len(good)} valid, {inspection.rejected_rows} rejected")
+    yield dg.Output(good, metadata=metadata)
     yield dg.AssetCheckResult(
         check_name=IMPORT_CHECK,
-        passed=rejected_rows == 0,
+        passed=inspection.rejected_rows == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"rows_rejected": rejected_rows, "problems": len(result.errors), "error_report": dg.MetadataValue.path(str(report_path))},
+        metadata={
+            "rows_rejected": inspection.rejected_rows,
+            "problems": len(inspection.problems),
+            "error_report": metadata["error_report"],
+        },
     )

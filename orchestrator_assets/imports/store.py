@@ -123,11 +123,10 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
                 counts["unchanged"] += 1
                 continue
             merged = {f: old.get(f) if record.get(f) is None else record[f] for f in (*PII_FIELDS, *PLAIN_FIELDS)}
-            sealed = contact_columns(cipher, old["data_key"], merged)
+            key = old["data_key"] or cipher.new_contact_key()  # an erased contact's key is gone for good
+            sealed = contact_columns(cipher, key, merged)
             plain = {f: merged[f] for f in PLAIN_FIELDS}
-            writes.append(
-                {"tenant": tenant, "external_id": record["external_id"], "data_key": old["data_key"], **sealed, **plain, "created_at": now, "updated_at": now}
-            )
+            writes.append({"tenant": tenant, "external_id": record["external_id"], "data_key": key, **sealed, **plain, "created_at": now, "updated_at": now})
         if writes:
             conn.execute(upsert, writes)
     return counts
