@@ -9,6 +9,7 @@ from jobs.ambiguous import resolve_ambiguous_sends_job
 from jobs.consents import consent_certificate_job, consent_chain_verify_job
 from jobs.imports import contact_import_job, contact_import_preview_job, contact_import_rollback_job
 from jobs.merges import contact_merge_job, contact_unmerge_job
+from jobs.privacy import contact_erasure_job, contact_export_job, pii_key_rotation_job
 from jobs.redrive import redrive_dead_letters_job
 from jobs.webhooks import enable_webhook_endpoints_job, retry_webhook_deliveries_job, webhook_delivery_job
 from orchestrator_assets import campaigns, contacts, segments
@@ -21,6 +22,7 @@ from orchestrator_assets.sends import assets as sends
 from orchestrator_assets.webhooks import assets as webhooks
 from resources.connectors import ChannelConnectors
 from resources.dbt import make_dbt_resource
+from resources.io_managers import EncryptedFilesystemIOManager
 from resources.opstore import OperationalStore
 from resources.warehouse import Warehouse
 from sensors.campaigns import campaign_schedule_sensor
@@ -37,8 +39,8 @@ defs = dg.Definitions(
     ],
     jobs=[campaign_pipeline_job, delivery_processing_job, reports_job, redrive_dead_letters_job, webhook_delivery_job, retry_webhook_deliveries_job,
           enable_webhook_endpoints_job, phone_reachability_job, resolve_ambiguous_sends_job, contact_duplicates_job, contact_merge_job,
-          contact_unmerge_job, consent_chain_verify_job, consent_certificate_job, contact_import_preview_job,
-          contact_import_job, contact_import_rollback_job],
+          contact_unmerge_job, consent_chain_verify_job, consent_certificate_job, contact_import_preview_job, contact_erasure_job, contact_export_job,
+          pii_key_rotation_job, contact_import_job, contact_import_rollback_job],
     asset_checks=[consent_chains_intact],
     schedules=[reports_schedule],
     sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor, contact_drop_folder_sensor],
@@ -47,5 +49,6 @@ defs = dg.Definitions(
         "warehouse": Warehouse(),
         "connectors": ChannelConnectors(),
         "dbt": make_dbt_resource(),
+        "io_manager": EncryptedFilesystemIOManager(),
     },
 )

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
-import json
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
 
+from resources.inbox_payloads import inbox_keys, seal_payload
 from resources.opstore_schema import webhook_inbox
 from resources.sql import upsert_insert
 
@@ -31,13 +31,14 @@ EventKey = tuple[str, str, str]  # (tenant, provider, event key): the inbox's un
 
 def inbox_rows(tenant: str, provider: str, events: list[tuple[str, dict]]) -> list[dict]:
     now = dt.datetime.now(dt.UTC)
+    keys = inbox_keys()
     return [
         {
             "tenant": tenant,
             "provider": provider,
             "account": provider,
             "event_key": key,
-            "payload": json.dumps(payload, ensure_ascii=False),
+            "payload": seal_payload(tenant, provider, key, payload, keys),
             "received_at": now,
         }
         for key, payload in events

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, StringConstraints, field_validator, model_validator
 
 from policies.accounts import ChannelAccounts
 from policies.fields import EnvVarName, NonBlank, StepName, StrictModel, TenantId
@@ -107,10 +107,18 @@ class CustomField(StrictModel):
         return self
 
 
+# ISO 3166-1 alpha-2, upper case: the region phonenumbers reads numbers without +country in.
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+
 class Tenant(StrictModel):
     name: NonBlank
     operator_legal_entity: NonBlank  # the personal-data operator named in consent texts
     timezone: str
+    # Where the tenant's contacts live: imported phones written without +country code are numbers
+    # of this country. Required, not defaulted: guessing Russia for a tenant in Germany turned
+    # every national German number into an error or, worse, a valid Russian one.
+    country: CountryCode
     accounts: ChannelAccounts
     webhooks: list[WebhookSubscription] = []
     # The default of the tenant's contact imports; a run's config can override it.

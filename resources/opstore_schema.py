@@ -353,6 +353,7 @@ contact_imports = sa.Table(
     sa.Column("rows_inserted", sa.Integer, nullable=False),
     sa.Column("rows_updated", sa.Integer, nullable=False),
     sa.Column("rows_unchanged", sa.Integer, nullable=False),
+    sa.Column("rows_merged", sa.Integer, nullable=False),  # rows naming a merged contact (its tombstone): not written
     sa.Column("run_id", sa.String(64)),
     sa.Column("status", sa.String(16), nullable=False),  # committed | rolled_back
     sa.Column("committed_at", UTCDateTime, nullable=False),

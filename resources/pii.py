@@ -26,6 +26,7 @@ import hmac
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,12 +75,19 @@ class TenantCipher:
     tenant: str
     data_keys: dict[int, bytes]
     index_key: bytes
+    # Loads the tenant's active data keys again: a key rotation that started after this cipher was
+    # made re-wraps contact keys with a version it has not seen (resources/pii_rotation.py).
+    reload: Callable[[], dict[int, bytes]] | None = field(default=None, repr=False)
     _wrappers: dict[int, AESGCM] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._wrappers = {version: AESGCM(key) for version, key in self.data_keys.items()}
-        self._newest = max(self.data_keys)
+        self._use(self.data_keys)
         self._key_aad = _tenant_aad("contact-key", self.tenant)
+
+    def _use(self, data_keys: dict[int, bytes]) -> None:
+        self.data_keys = data_keys
+        self._wrappers = {version: AESGCM(key) for version, key in data_keys.items()}
+        self._newest = max(data_keys)
         self._pii_aad = _tenant_aad("pii", self.tenant)
 
     @property
@@ -103,6 +111,8 @@ class TenantCipher:
         fmt, version = _WRAPPED_HEADER.unpack(header)
         if fmt != FORMAT:
             raise PiiKeyError(f"wrapped contact key has unknown format {fmt}")
+        if version not in self._wrappers and version > self._newest and self.reload is not None:
+            self._use(self.reload())
         wrapper = self._wrappers.get(version)
         if wrapper is None:
             raise PiiKeyError(f"tenant {self.tenant!r} has no usable key version {version} (retired or unknown)")
@@ -156,23 +166,57 @@ def tenant_cipher(conn: sa.Connection, tenant: str) -> TenantCipher:
     if not rows:
         _create_keys(conn, tenant)
         rows = _active_keys(conn, tenant)
-    master = AESGCM(get_settings().master_key())
+    data_keys, index_key = _unwrap_rows(tenant, rows)
+    engine = conn.engine
+
+    def reload() -> dict[int, bytes]:
+        with engine.connect() as fresh:
+            return _unwrap_rows(tenant, _active_keys(fresh, tenant))[0]
+
+    return TenantCipher(tenant, data_keys, index_key, reload)
+
+
+def _unwrap_rows(tenant: str, rows: list[sa.Row]) -> tuple[dict[int, bytes], bytes]:
+    """Data keys by version and the newest index key (rows are ordered by version).
+
+    Each row opens with the master key or, while a master key rotation is under way, with the
+    previous one (``Settings.previous_master_key``): rows not re-wrapped yet keep working.
+    """
+    settings = get_settings()
+    masters = [key for key in (settings.master_key(), settings.previous_master_key()) if key]
     data_keys: dict[int, bytes] = {}
     index_key = b""
-    try:
-        for row in rows:
-            data_keys[row.version] = _decrypt(master, bytes(row.wrapped_data_key), _tenant_aad("data-key", tenant, row.version))
-            index_key = _decrypt(master, bytes(row.wrapped_index_key), _tenant_aad("index-key", tenant, row.version))
-    except InvalidTag as exc:
-        raise PiiKeyError(
-            f"tenant {tenant!r}'s keys do not open with this master key (ALGOR_MASTER_KEY differs from the one they were made with)"
-        ) from exc
-    return TenantCipher(tenant, data_keys, index_key)  # rows are ordered: the newest index key is the last
+    for row in rows:
+        data_keys[row.version] = _unwrap_any(masters, "data-key", tenant, row.version, bytes(row.wrapped_data_key))
+        index_key = _unwrap_any(masters, "index-key", tenant, row.version, bytes(row.wrapped_index_key))
+    return data_keys, index_key
+
+
+def _unwrap_any(masters: list[bytes], purpose: str, tenant: str, version: int, wrapped: bytes) -> bytes:
+    for master in masters:
+        try:
+            return unwrap_tenant_key(master, purpose, tenant, version, wrapped)
+        except PiiKeyError:
+            continue
+    raise PiiKeyError(f"tenant {tenant!r}'s keys do not open with this master key (ALGOR_MASTER_KEY differs from the one they were made with)")
 
 
 def wrap_tenant_key(master_key: bytes, purpose: str, tenant: str, version: int, key: bytes) -> bytes:
     """A tenant key as ``tenant_keys`` stores it (``purpose``: data-key | index-key)."""
     return _encrypt(AESGCM(master_key), key, _tenant_aad(purpose, tenant, version))
+
+
+def unwrap_tenant_key(master_key: bytes, purpose: str, tenant: str, version: int, wrapped: bytes) -> bytes:
+    """What ``wrap_tenant_key`` wrapped; ``PiiKeyError`` under another master key (or for another slot)."""
+    try:
+        return _decrypt(AESGCM(master_key), wrapped, _tenant_aad(purpose, tenant, version))
+    except InvalidTag as exc:
+        raise PiiKeyError(f"tenant {tenant!r}'s {purpose} version {version} does not open with this master key") from exc
+
+
+def contact_key_version(wrapped: bytes) -> int:
+    """The tenant key version that wrapped a contact key (its header says so in the clear)."""
+    return _WRAPPED_HEADER.unpack(bytes(wrapped[: _WRAPPED_HEADER.size]))[1]
 
 
 def _active_keys(conn: sa.Connection, tenant: str) -> list[sa.Row]:

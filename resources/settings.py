@@ -40,6 +40,7 @@ ALLOW_SANDBOX_WITH = "ALGOR_ALLOW_SANDBOX_WITH"
 SANDBOX_KEY_FILE = "sandbox.key"
 MASTER_KEY_FILE = "master.key"  # the embedded default's master key for PII at rest (resources/pii.py)
 MASTER_KEY_VARIABLE = "ALGOR_MASTER_KEY"
+PREVIOUS_MASTER_KEY_VARIABLE = "ALGOR_MASTER_KEY_PREVIOUS"
 SANDBOX_SECRET_PREFIX = "sbx_"  # marks a value as a sandbox secret wherever it shows up (configs, logs)
 _SANDBOX_KEY_TEXT = re.compile(r"[0-9a-f]{64}\n?")
 
@@ -97,18 +98,33 @@ class Settings:
         random one per installation (``<home>/master.key``, mode 0600), so a copied database file
         alone reads as ciphertext there too.
         """
-        value = os.environ.get(MASTER_KEY_VARIABLE)
-        if value:
-            try:
-                key = base64.b64decode(value, validate=True)
-            except ValueError:
-                key = b""
-            if len(key) != 32:
-                raise SettingsError(f"{MASTER_KEY_VARIABLE} must be the base64 of 32 random bytes (e.g. `openssl rand -base64 32`)")
+        if key := _master_key_variable(MASTER_KEY_VARIABLE):
             return key
         if not self.is_embedded:
             raise SettingsError(f"{MASTER_KEY_VARIABLE} is not set (required when ALGOR_ENV=production)")
         return installation_key(self.home, MASTER_KEY_FILE)
+
+    def previous_master_key(self) -> bytes | None:
+        """The master key being replaced, while a rotation is under way (``ALGOR_MASTER_KEY_PREVIOUS``).
+
+        Between the deployment of a new ``ALGOR_MASTER_KEY`` and the end of the ``rewrap`` run of
+        ``pii_key_rotation_job``, tenant keys still wrapped by the old key open with this one, so
+        sends keep running; once the run is done the variable is removed and the old key opens nothing.
+        """
+        return _master_key_variable(PREVIOUS_MASTER_KEY_VARIABLE)
+
+
+def _master_key_variable(name: str) -> bytes | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        key = base64.b64decode(value, validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise SettingsError(f"{name} must be the base64 of 32 random bytes (e.g. `openssl rand -base64 32`)")
+    return key
 
 
 def sandbox_secret(home: Path, name: str) -> str:

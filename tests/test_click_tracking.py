@@ -11,6 +11,7 @@ from gateway.app import create_app
 from resources.callbacks import parse_click
 from resources.links import rewrite_links, sign_click, verify_click
 from resources.opstore import engine_for
+from resources.inbox_payloads import open_payload
 from resources.opstore_schema import webhook_inbox
 from resources.settings import get_settings
 from sandbox.server import run_uvicorn_in_thread
@@ -26,11 +27,9 @@ def gateway(algor_home):
 
 
 def clicks() -> list[dict]:
-    import json
-
     with engine_for(get_settings().database_url).connect() as conn:
-        rows = conn.execute(sa.select(webhook_inbox.c.payload).where(webhook_inbox.c.provider == "clicks")).scalars().all()
-    return [json.loads(row) for row in rows]
+        rows = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.provider == "clicks")).all()
+    return [open_payload(row.tenant, row.provider, row.event_key, row.payload) for row in rows]
 
 
 def test_click_redirects_records_and_refuses_tampering(gateway):

@@ -30,6 +30,7 @@ TENANT = Tenant.model_validate(
         "name": "Every provider",
         "operator_legal_entity": "ООО «Все каналы»",
         "timezone": "Europe/Moscow",
+        "country": "RU",
         "accounts": {
             "telegram": {"bot_token_env": "T_TG_TOKEN", "webhook_secret_env": "T_TG_SECRET"},
             "sendgrid": {"api_key_env": "T_SG_KEY", "webhook_public_key_env": "T_SG_PUBLIC_KEY", "sender": "shop@example.com"},

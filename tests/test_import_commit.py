@@ -56,8 +56,8 @@ def test_an_import_gets_an_id_its_counts_history_consent_evidence_and_an_audit_r
         previous = tenant_cipher(conn, "acme").open(anna_key, changes["updated"].previous)
         audit = conn.execute(sa.select(audit_log.c.action, audit_log.c.params).order_by(audit_log.c.id)).all()
     assert (imported.source_file, imported.mode, imported.status, imported.run_id) == ("crm.csv", "valid_rows_only", "committed", "run-1")
-    counts = ("rows_read", "rows_valid", "rows_rejected", "rows_inserted", "rows_updated", "rows_unchanged")
-    assert tuple(imported._mapping[c] for c in counts) == (3, 2, 1, 1, 1, 0)
+    counts = ("rows_read", "rows_valid", "rows_rejected", "rows_inserted", "rows_updated", "rows_unchanged", "rows_merged")
+    assert tuple(imported._mapping[c] for c in counts) == (3, 2, 1, 1, 1, 0, 0)
     assert previous == {"first_name": "Анна", "city": None}  # sealed with Anna's own key
     assert "Анна".encode() not in changes["updated"].previous
     assert changes["created"].previous is None
@@ -83,7 +83,7 @@ def test_a_row_holding_a_stored_contacts_phone_or_email_is_refused_and_reported_
 
     result = commit(engine, rows(same_phone, same_email, BORIS))
 
-    assert result.contacts == {"inserted": 1, "updated": 0, "unchanged": 0}  # Boris only
+    assert result.contacts == {"inserted": 1, "updated": 0, "unchanged": 0, "merged": 0}  # Boris only
     assert result.store_duplicates == [
         {"row": 2, "column": "phone", "value": "+7 916 ***-**-67", "reason": "duplicate of stored contact c-1: it already has this phone"},
         {"row": 3, "column": "email", "value": "a***@example.ru", "reason": "duplicate of stored contact c-1: it already has this email"},
@@ -102,7 +102,7 @@ def test_rows_without_an_external_id_find_their_contact_by_phone_then_email_or_g
 
     result = commit(engine, good)
 
-    assert result.contacts == {"inserted": 1, "updated": 2, "unchanged": 0} and result.store_duplicates == []
+    assert result.contacts == {"inserted": 1, "updated": 2, "unchanged": 0, "merged": 0} and result.store_duplicates == []
     with engine.connect() as conn:
         stored = dict(conn.execute(sa.select(contacts.c.external_id, contacts.c.city)).all())
     new_id = next(key for key in stored if key not in ("c-1", "c-2"))

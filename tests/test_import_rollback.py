@@ -41,7 +41,7 @@ def test_rolling_back_an_import_restores_contacts_and_consents_exactly(engine):
     changed_anna = {**ANNA, "first_name": "Аня", "city": "Москва", "consent_email": "нет", "consent_at": "2026-10-30T10:00:00Z"}
     changed_boris = {**BORIS, "email": "boris@example.ru", "consent_sms": "yes", "consent_at": "2026-10-31T10:00:00Z"}
     imported = commit(engine, rows(changed_anna, changed_boris, VERA), now=LATER)
-    assert imported.contacts == {"inserted": 1, "updated": 2, "unchanged": 0} and snapshot(engine) != before
+    assert imported.contacts == {"inserted": 1, "updated": 2, "unchanged": 0, "merged": 0} and snapshot(engine) != before
 
     counts = _rollback(engine, imported.import_id)
 
@@ -213,3 +213,16 @@ def test_a_large_import_rolls_back_whole(engine):
     assert _rollback(engine, imported.import_id)["consent_events_removed"] == 1200
 
     assert snapshot(engine) == {"contacts": [], "consents": [], "consent_events": []}
+
+
+def test_a_row_naming_a_merged_contact_is_counted_merged_and_its_rollback_leaves_the_tombstone_as_the_merge_did(engine):
+    commit(engine, rows(ANNA, BORIS))
+    _merge(engine, "c-1", "c-2")
+    before = snapshot(engine)
+    imported = commit(engine, rows({**BORIS, "first_name": "Боря"}), now=LATER)
+
+    assert imported.contacts == {"inserted": 0, "updated": 0, "unchanged": 0, "merged": 1}
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(contact_imports.c.rows_merged).where(contact_imports.c.id == imported.import_id)).scalar_one() == 1
+    _rollback(engine, imported.import_id)
+    assert snapshot(engine) == before

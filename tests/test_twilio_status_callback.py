@@ -31,6 +31,7 @@ def tenant(name: str, sid_digit: str) -> Tenant:
             "name": name,
             "operator_legal_entity": f"{name} Ltd",
             "timezone": "Europe/Moscow",
+            "country": "RU",
             "accounts": {
                 "twilio": {
                     "account_sid": "AC" + sid_digit * 32,

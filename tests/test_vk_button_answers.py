@@ -34,6 +34,7 @@ from resources.channels import OutboundMessage, vk
 from resources.channels.vk import VkConnector
 from resources.connectors import sandbox_accounts
 from resources.opstore import engine_for
+from resources.inbox_payloads import open_payload
 from resources.opstore_schema import deliveries, sends, webhook_inbox
 from resources.settings import get_settings
 from resources.warehouse import Warehouse
@@ -135,8 +136,8 @@ def test_a_press_is_answered_once_and_counted_once_even_when_re_delivered(stack,
 
     # VK re-delivers the same event (our `ok` got lost, say): stored once, so not answered again.
     with engine_for(get_settings().database_url).connect() as conn:
-        [(stored,)] = conn.execute(sa.select(webhook_inbox.c.payload).where(webhook_inbox.c.provider == "vk")).all()
-    replay = httpx.post(f"{gateway_url}/hooks/acme/vk", json=json.loads(stored), headers={"X-Retry-Counter": "1"})
+        [stored] = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.provider == "vk")).all()
+    replay = httpx.post(f"{gateway_url}/hooks/acme/vk", json=open_payload(stored.tenant, stored.provider, stored.event_key, stored.payload), headers={"X-Retry-Counter": "1"})
     assert (replay.status_code, replay.text) == (200, "ok")
     wait_until(lambda: answers.in_flight == 0, "any answer the replay started to finish")
     [press] = presses(sandbox_url)

@@ -27,6 +27,7 @@ from policies.consent_purposes import Purpose, SourceKind
 from resources.callbacks import CLICKS, PARSERS, UNSUBSCRIBE, consent_channel
 from resources.channels.base import JOINED, OPT_IN, UNBLOCKED, CallbackEvent
 from resources.channels.greenapi import SENDER_BLOCKED
+from resources.inbox_payloads import open_payload
 from resources.opstore_schema import blocked_senders, contacts, deliveries, sends
 from resources.pii import TenantCipher, tenant_cipher
 from resources.sql import upsert_insert
@@ -120,7 +121,7 @@ def _process_row(
     parser = PARSERS.get(row.provider)
     if parser is None:
         return f"no parser for provider {row.provider!r}"
-    payload = json.loads(row.payload)
+    payload = open_payload(tenant, row.provider, row.event_key, row.payload)
     channel = consent_channel(row.provider, payload)
     problem = None
     received_at = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.UTC)  # SQLite drops tz

@@ -98,7 +98,7 @@ def commit_import(
             {
                 "tenant": tenant, "source_file": source.file[:512], "content_sha256": source.sha256, "mode": str(mode),
                 "rows_read": source.rows_read, "rows_valid": len(good), "rows_rejected": rejected,
-                "rows_inserted": 0, "rows_updated": 0, "rows_unchanged": 0, "run_id": run_id, "committed_at": now,
+                "rows_inserted": 0, "rows_updated": 0, "rows_unchanged": 0, "rows_merged": 0, "run_id": run_id, "committed_at": now,
             },
         )
     changes: list[ContactChange] = []
@@ -109,7 +109,7 @@ def commit_import(
         conn.execute(
             sa.update(contact_imports)
             .where(contact_imports.c.id == import_id)
-            .values(rows_inserted=contact_counts["inserted"], rows_updated=contact_counts["updated"], rows_unchanged=contact_counts["unchanged"])
+            .values(**{f"rows_{key}": count for key, count in contact_counts.items()})
         )
         record_audit(
             conn, tenant=tenant, actor=actor, action="import.commit", run_id=run_id, now=now,

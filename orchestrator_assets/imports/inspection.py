@@ -62,6 +62,8 @@ class Inspection:
                 "rows_read": self.read.records,
                 "rows_valid": len(good),
                 "rows_rejected": self.rejected_rows,
+                # exact repeats of an earlier row, imported once (not errors: nothing is lost)
+                "rows_collapsed": len(self.validation.notices),
                 "detected": dg.MetadataValue.md(_detected(self.read)),
             }
         return meta
@@ -75,7 +77,8 @@ def error_report_path(tenant: str, path: Path) -> Path:
 def inspect_file(path: Path, tenant: str) -> Inspection:
     """Read and validate ``path`` for ``tenant`` (with the tenant's custom fields) and (re)write its
     error report."""
-    fields = load_tenants().tenants[tenant].custom_fields
+    settings = load_tenants().tenants[tenant]
+    fields = settings.custom_fields
     clashes = sorted(set(fields) & set(OUR_COLUMNS))
     read = (
         Refusal("tenant configuration", f"custom field(s) {', '.join(clashes)} in tenants.yaml have the name of a built-in column: rename them")
@@ -87,8 +90,10 @@ def inspect_file(path: Path, tenant: str) -> Inspection:
         problems = refusal_problems(read)
         write_report(problems, report_path)
         return Inspection(path, read, None, problems, report_path)
-    validation = validate_contact_rows(read.frame, rows=read.rows, extra_columns=schema_columns(fields))
-    validation = ValidationResult(with_json_values(validation.good, read.frame, read.rows, fields), validation.errors)
+    validation = validate_contact_rows(
+        read.frame, settings.country, rows=read.rows, extra_columns=schema_columns(fields), default_timezone=settings.timezone
+    )
+    validation = ValidationResult(with_json_values(validation.good, read.frame, read.rows, fields), validation.errors, validation.notices)
     problems = problems_frame(read.problems, validation.errors)
     write_report(problems, report_path)
     return Inspection(path, read, validation, problems, report_path)

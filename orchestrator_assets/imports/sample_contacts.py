@@ -89,6 +89,9 @@ class _Generator:
         self.ru.seed_instance(seed)
         self.en.seed_instance(seed + 1)
         self.next_id = 1000
+        # Phones (last ten digits) and e-mails (lower-cased) already given to someone: one person
+        # per address, or the import would rightly report the second as a duplicate.
+        self.taken: set[str] = set()
 
     def weighted(self, options: dict[str, int]) -> str:
         return self.rng.choices(list(options), weights=list(options.values()))[0]
@@ -133,6 +136,14 @@ class _Generator:
             return self.rng.choice(NO[is_ru])
         return ""
 
+    def unclaimed(self, key: str, value: str) -> str:
+        """``value``, or ``""`` when its address (``key``) already belongs to an earlier person."""
+        if key in self.taken:
+            return ""
+        if key:
+            self.taken.add(key)
+        return value
+
     def noisy(self, text: str) -> str:
         """Whitespace people leave around values; the validator must strip it."""
         return f" {text}  " if text and self.rng.random() < 0.04 else text
@@ -161,6 +172,7 @@ class _Generator:
                 email = email.upper()
         if self.rng.random() < 0.8:
             phone = self.ru_phone() if is_ru else self.foreign_phone(city)
+        email, phone = self.unclaimed(email.lower(), email), self.unclaimed("".join(filter(str.isdigit, phone))[-10:], phone)
         if self.rng.random() < TELEGRAM_SHARE:
             telegram = str(self.rng.randint(100_000_000, 7_999_999_999))
         if not (email or phone or telegram):

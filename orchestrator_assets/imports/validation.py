@@ -8,12 +8,14 @@ The split of work:
 
 * pandera (``RAW_CONTACTS_SCHEMA``, lazy) checks what is a property of one cell: required columns
   present, lengths within the store's column limits, tokens (consent values, language codes),
-  integers, ISO-8601 timestamps. Its collected failure cases become the error table.
-* Small pure normalisers (``normalize_phone``, ``normalize_email``) do what needs a real library
-  and whose failure reason is worth showing verbatim.
-* A few cross-row/cross-column rules (duplicate ``external_id``, at least one address, a consent
-  decision needs a source) are plain pandas, and so is the one rule that needs a clock: a
-  ``consent_at`` further in the future than ``policies.consent_evidence`` allows.
+  integers, ISO-8601 timestamps (parsed a column at a time by ``columns``). Its collected
+  failure cases become the error table.
+* ``normalise`` turns phones, e-mails, names and time zones into one spelling a column at a time
+  (its libraries' failure reasons are shown verbatim) and finds rows that are one person twice
+  (same ``external_id``, phone or e-mail: errors; an exact repeat: collapsed, with a notice).
+* A few cross-column rules (at least one address, a consent decision needs a source) are plain
+  pandas, and so is the one rule that needs a clock: a ``consent_at`` further in the future than
+  ``policies.consent_evidence`` allows.
 
 A row with any problem is reported (once per problem) and never lands in ``good``; nothing is
 half-imported. ``row`` everywhere is the row number a spreadsheet shows for the record (header =
@@ -23,14 +25,24 @@ half-imported. ``row`` everywhere is the row number a spreadsheet shows for the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pandera.errors import SchemaErrors
+
+from orchestrator_assets.imports.columns import CONSENT_FALSE, CONSENT_TRUE, consent_decisions, int64_cells, is_int64, utc_timestamps
+from orchestrator_assets.imports.normalise import (
+    check_timezones,
+    derive_timezones,
+    in_file_duplicates,
+    normalise_emails,
+    normalise_names,
+    normalise_phones,
+)
+from orchestrator_assets.imports.phones import TEXT
 
 from policies.consent_evidence import future_dated
 
@@ -56,15 +68,15 @@ CHANNELS: tuple[str, ...] = ("email", "telegram", "sms", "vk", "whatsapp")
 TRANSACTIONAL_COLUMNS: tuple[str, ...] = tuple(f"consent_{channel}_transactional" for channel in CHANNELS)
 CONSENT_COLUMNS: tuple[str, ...] = (*(f"consent_{channel}" for channel in CHANNELS), "consent_processing", *TRANSACTIONAL_COLUMNS)
 # Columns a file may leave out (added with later channels and purposes); absent means empty.
-OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp", "consent_processing", *TRANSACTIONAL_COLUMNS, "consent_text_version")
+# An empty ``timezone`` is derived from the phone (see ``normalise.derive_timezones``).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("vk_user_id", "consent_vk", "consent_whatsapp", "consent_processing", *TRANSACTIONAL_COLUMNS, "consent_text_version", "timezone")
 ADDRESS_COLUMNS: tuple[str, ...] = ("email", "phone", "telegram_chat_id", "vk_user_id")
 # The error-table "column" of a row that has no address at all: no single cell is at fault.
 NO_ADDRESS_COLUMN = "|".join(ADDRESS_COLUMNS)
 ERROR_COLUMNS: tuple[str, ...] = ("row", "column", "value", "reason")
 
 LANGUAGES: tuple[str, ...] = ("en", "ru")  # the languages we have templates for
-CONSENT_TRUE = frozenset({"yes", "да", "1", "true"})
-CONSENT_FALSE = frozenset({"no", "нет", "0", "false"})
+__all__ = ["CONSENT_FALSE", "CONSENT_TRUE", "is_int64"]  # custom_fields reads consent tokens and ids the same way
 
 # Spreadsheet row of the first data record: the header occupies row 1.
 FIRST_DATA_ROW = 2
@@ -80,72 +92,16 @@ _MAX_LENGTH = {
     "city": 128,
     "consent_source": 256,
 }
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """``good``: normalised rows ready for the store; ``errors``: one row per problem found."""
+    """``good``: normalised rows ready for the store; ``errors``: one row per problem found;
+    ``notices``: what was done without rejecting anything (exact repeats collapsed), same columns."""
 
     good: pd.DataFrame
     errors: pd.DataFrame
-
-
-# --- pure normalisers -----------------------------------------------------------------------
-
-
-def normalize_phone(text: str, default_region: str = "RU") -> str:
-    """E.164 form of a phone number; numbers without ``+country`` are read in ``default_region``.
-
-    Raises ``ValueError`` with an operator-readable reason when the text is not a valid number
-    (well-formed but unassigned ranges count as invalid: we would only waste a send on them).
-    """
-    try:
-        number = phonenumbers.parse(text, default_region)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"not a phone number ({exc._msg})") from exc
-    if not phonenumbers.is_valid_number(number):
-        hint = "" if text.lstrip().startswith("+") else f" (numbers without +country code are read as {default_region})"
-        raise ValueError(f"not a valid phone number{hint}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def normalize_email(text: str) -> str:
-    """Lower-cased, syntax-checked e-mail address (no DNS lookup: imports must work offline).
-
-    The whole address is lower-cased so that ``Ivan@Example.RU`` and ``ivan@example.ru`` are
-    recognised as the same contact address; no mail provider we send to is case-sensitive.
-    """
-    try:
-        return validate_email(text, check_deliverability=False).normalized.lower()
-    except EmailNotValidError as exc:
-        raise ValueError(f"invalid e-mail: {exc}") from exc
-
-
-def parse_consent(text: str) -> bool | None:
-    """``True``/``False`` for a consent decision, ``None`` for an empty cell (no decision)."""
-    token = text.strip().lower()
-    if not token:
-        return None
-    if token in CONSENT_TRUE:
-        return True
-    if token in CONSENT_FALSE:
-        return False
-    raise ValueError(f"not a consent value: {text!r}")
-
-
-def parse_timestamp(text: str) -> pd.Timestamp | None:
-    """UTC timestamp from ISO-8601 text that carries a timezone; ``None`` for an empty cell.
-
-    A timestamp without an offset is rejected rather than guessed: consent evidence must say
-    exactly when it was given.
-    """
-    if not text.strip():
-        return None
-    moment = datetime.fromisoformat(text.strip())  # ValueError when not ISO-8601
-    if moment.tzinfo is None:
-        raise ValueError("date-time has no timezone offset")
-    return pd.Timestamp(moment).tz_convert("UTC")
+    notices: pd.DataFrame = field(default_factory=lambda: _error_frame([]))
 
 
 # --- the pandera schema of the raw file ---------------------------------------------------------
@@ -155,34 +111,9 @@ def _blank(s: pd.Series) -> pd.Series:
     return s.str.strip() == ""
 
 
-def _parses(parser, s: pd.Series) -> pd.Series:
-    def ok(value: str) -> bool:
-        try:
-            parser(value)
-        except ValueError:
-            return False
-        return True
-
-    return s.map(ok).astype(bool)
-
-
-def _is_iso(value: str) -> bool:
-    try:
-        datetime.fromisoformat(value.strip())
-    except ValueError:
-        return False
-    return True
-
-
-def is_int64(value: str) -> bool:
-    """Plain decimal digits with an optional minus (Telegram group chats are negative).
-
-    Excel's ``1.23E+09`` or a ``@username`` are rejected rather than converted: a guessed chat id
-    would message a stranger.
-    """
-    text = value.strip()
-    digits = text[1:] if text.startswith("-") else text
-    return digits.isascii() and digits.isdigit() and _INT64_MIN <= int(text) <= _INT64_MAX
+def _accepted(s: pd.Series, refused: np.ndarray) -> pd.Series:
+    """A column parser's refusals as the per-cell outcome pandera expects."""
+    return pd.Series(~refused, index=s.index)
 
 
 def _max_length(limit: int) -> pa.Check:
@@ -200,7 +131,7 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
             checks=[pa.Check(lambda s: ~_blank(s), error="required"), _max_length(_MAX_LENGTH["external_id"])]
         ),
         **{
-            column: pa.Column(checks=pa.Check(lambda s: _blank(s) | s.map(is_int64).astype(bool), error="not an integer"))
+            column: pa.Column(checks=pa.Check(lambda s: _accepted(s, int64_cells(s)[1]), error="not an integer"))
             for column in ("telegram_chat_id", "vk_user_id")
         },
         "language": pa.Column(
@@ -210,17 +141,14 @@ RAW_CONTACTS_SCHEMA = pa.DataFrameSchema(
             )
         ),
         **{
-            column: pa.Column(checks=pa.Check(lambda s: _parses(parse_consent, s), error=_CONSENT_HINT))
+            column: pa.Column(checks=pa.Check(lambda s: _accepted(s, consent_decisions(s)[1]), error=_CONSENT_HINT))
             for column in CONSENT_COLUMNS
         },
         "consent_at": pa.Column(
             checks=[
-                pa.Check(lambda s: _blank(s) | s.map(_is_iso).astype(bool), error="not an ISO-8601 date-time"),
+                pa.Check(lambda s: _accepted(s, utc_timestamps(s)[1]), error="not an ISO-8601 date-time"),
                 # Only judged when the text parses, so a malformed date is reported once.
-                pa.Check(
-                    lambda s: _blank(s) | ~s.map(_is_iso).astype(bool) | _parses(parse_timestamp, s),
-                    error="date-time has no timezone offset",
-                ),
+                pa.Check(lambda s: _accepted(s, utc_timestamps(s)[2]), error="date-time has no timezone offset"),
             ]
         ),
     },
@@ -238,9 +166,9 @@ def _as_text(raw: pd.DataFrame, rows: Sequence[int] | None) -> pd.DataFrame:
     ``rows`` are the rows the reader found the records on; without them (a frame built in a test
     or an asset) the records are taken as consecutive rows under the header.
     """
-    frame = raw.astype(object)
+    frame = raw.astype(TEXT).fillna("")
     frame.index = pd.Index(rows if rows is not None else range(FIRST_DATA_ROW, FIRST_DATA_ROW + len(raw)), dtype="int64")
-    return frame.where(frame.notna(), "").astype(str)
+    return frame
 
 
 def _error_frame(records: list[dict]) -> pd.DataFrame:
@@ -269,46 +197,16 @@ def _schema_errors(text: pd.DataFrame, extra_columns: Mapping[str, pa.Column] | 
     return []
 
 
-def _normalise(column: pd.Series, normaliser, name: str, errors: list[dict]) -> pd.Series:
-    """Apply ``normaliser`` to the non-blank cells; failures go to ``errors``, value → None."""
-
-    def normalise(row: int, text: str) -> str | None:
-        if not text.strip():
-            return None
-        try:
-            return normaliser(text.strip())
-        except ValueError as exc:
-            errors.append({"row": row, "column": name, "value": text, "reason": str(exc)})
-            return None
-
-    return pd.Series([normalise(p, t) for p, t in column.items()], index=column.index, dtype=object)
-
-
 def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
-    """Rules that span rows or columns, or need the clock, which per-cell checks cannot express."""
+    """Rules that span columns, or need the clock, which per-cell checks cannot express."""
     errors = []
-    parse = _or_none(parse_timestamp)  # a malformed date is the schema's to report
-    for row, value in text["consent_at"].items():
-        moment = parse(value)
-        reason = future_dated(moment.to_pydatetime(), now) if moment is not None else None
+    moments = utc_timestamps(text["consent_at"])[0]  # a malformed date is the schema's to report
+    # A cheap vectorised bound first: only consents later than now can be too far ahead of it.
+    for position in np.flatnonzero((moments > pd.Timestamp(now)).to_numpy(dtype=bool)):
+        reason = future_dated(moments.iat[position].to_pydatetime(), now)
         if reason:
-            errors.append({"row": row, "column": "consent_at", "value": value, "reason": reason})
-    first_seen: dict[str, int] = {}
-    for row, value in text["external_id"].str.strip().items():
-        if not value:
-            continue
-        if value not in first_seen:
-            first_seen[value] = row
-            continue
-        errors.append(
-            {
-                "row": row,
-                "column": "external_id",
-                "value": text.at[row, "external_id"],
-                "reason": f"duplicate external_id, first seen on row {first_seen[value]}",
-            }
-        )
-    blank = text.map(lambda value: not value.strip()).astype(bool)
+            errors.append({"row": int(text.index[position]), "column": "consent_at", "value": text["consent_at"].iat[position], "reason": reason})
+    blank = pd.DataFrame({column: _blank(text[column]) for column in (*ADDRESS_COLUMNS, *CONSENT_COLUMNS, "consent_source")})
     no_address = blank[list(ADDRESS_COLUMNS)].all(axis=1)
     for row in text.index[no_address]:
         errors.append(
@@ -333,45 +231,26 @@ def _row_rule_errors(text: pd.DataFrame, now: datetime) -> list[dict]:
     return errors
 
 
-def _each(s: pd.Series, fn, dtype: str = "object") -> pd.Series:
-    """``fn`` applied to every cell, keeping ``None`` as ``None`` (``Series.map`` would infer a
-    dtype and turn it into NaN, or turn big integers into floats)."""
-    values = [fn(v) for v in s]
-    return pd.Series(values if dtype == "object" else pd.array(values, dtype=dtype), index=s.index, dtype=dtype)
-
-
-def _or_none(parser):
-    """The parser's value, or ``None`` where it fails (that cell is already an error)."""
-
-    def parse(value: str):
-        try:
-            return parser(value)
-        except ValueError:
-            return None
-
-    return parse
-
-
-def _tidy(value: str) -> str | None:
-    """Strip and collapse inner whitespace; empty → None."""
-    return " ".join(value.split()) or None
-
-
 def validate_contact_rows(
     raw: pd.DataFrame,
     default_region: str = "RU",
     now: datetime | None = None,
     rows: Sequence[int] | None = None,
     extra_columns: Mapping[str, pa.Column] | None = None,
+    *,
+    default_timezone: str | None = None,
 ) -> ValidationResult:
-    """Split a raw contacts table into normalised good rows and a table of every problem.
+    """Split a raw contacts table into normalised good rows, a table of every problem and notices.
 
     ``raw`` is the file as text and ``rows`` the spreadsheet row of each record (see
-    ``reading.read_contacts_file``); ``now`` (default: the clock) is what a
+    ``reading.read_contacts_file``); phones without ``+country`` are read in ``default_region``
+    (the tenant's ``country``); a row whose phone names no single time zone gets
+    ``default_timezone`` (the tenant's). ``now`` (default: the clock) is what a
     ``consent_at`` must not lie beyond, give or take the allowed clock skew. A missing required column makes
     every row meaningless, so then the only errors are one ``missing column`` per absent column
-    (row 1, the header) and ``good`` is empty. Among rows sharing an ``external_id`` the first
-    one is authoritative; later ones are errors pointing at it. ``extra_columns`` (a tenant's
+    (row 1, the header) and ``good`` is empty. Among rows that are one person (same
+    ``external_id``, phone or e-mail) the first is kept and later ones are errors pointing at it;
+    a row repeating an earlier one exactly is dropped with a notice. ``extra_columns`` (a tenant's
     custom fields, ``custom_fields.schema_columns``) are checked in the same lazy pass.
     """
     text = _as_text(raw, rows)
@@ -383,39 +262,60 @@ def validate_contact_rows(
     if missing:
         return ValidationResult(good=no_rows(), errors=_error_frame(missing))
 
-    good = _good_frame(text, default_region, errors)
+    good = _good_frame(text, default_region, errors, default_timezone)
     errors.extend(_row_rule_errors(text, now or datetime.now(UTC)))
+    keep, duplicates = in_file_duplicates(good)
+    notices = duplicates[duplicates["notice"]].drop(columns="notice")
+    errors.extend(duplicates[~duplicates["notice"]].drop(columns="notice").to_dict("records"))
     error_table = _error_frame(errors)
-    good = good[~good["row"].isin(set(error_table["row"]))].reset_index(drop=True)
-    return ValidationResult(good=good, errors=error_table)
+    good = good[keep & ~good["row"].isin(set(error_table["row"])).to_numpy()].reset_index(drop=True)
+    return ValidationResult(good=good, errors=error_table, notices=_error_frame(notices.to_dict("records")))
 
 
 def no_rows() -> pd.DataFrame:
     """A ``good`` frame without rows, typed like any other: what a file with no usable rows yields."""
     nothing = pd.DataFrame({column: pd.Series(dtype="str") for column in CSV_COLUMNS + OPTIONAL_COLUMNS})
-    return _good_frame(nothing, "RU", [])
+    return _good_frame(nothing, "RU", [], None)
 
 
-def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict]) -> pd.DataFrame:
-    """Every row normalised; cells that fail normalisation become None and land in ``errors``."""
+def _reasons(errors: list[dict], text: pd.DataFrame, column: str, reason: pd.Series) -> None:
+    """One error per cell a normaliser refused, quoting the cell as the file has it."""
+    refused = reason.notna().to_numpy()
+    cells = zip(text.index[refused], text[column][refused].tolist(), reason[refused].tolist(), strict=True)
+    errors.extend({"row": int(row), "column": column, "value": value, "reason": why} for row, value, why in cells)
+
+
+def _good_frame(text: pd.DataFrame, default_region: str, errors: list[dict], default_timezone: str | None) -> pd.DataFrame:
+    """Every row normalised; cells that fail normalisation become NA and land in ``errors``.
+
+    Text columns stay Arrow strings (NA for no value): a million rows of them as Python objects
+    would cost ~600 MB more at the peak; the store reads NA as NULL.
+    """
+    phone, phone_ext, phone_reason = normalise_phones(text["phone"], default_region)
+    email, email_reason = normalise_emails(text["email"])
+    zone_reason = check_timezones(text["timezone"])
+    for column, reason in (("phone", phone_reason), ("email", email_reason), ("timezone", zone_reason)):
+        _reasons(errors, text, column, reason)
+    derived = derive_timezones(phone, default_timezone) if default_timezone else derive_timezones(phone, pd.NA)
+    timezone = normalise_names(text["timezone"]).where(zone_reason.isna()).fillna(derived)
     return pd.DataFrame(
         {
             "row": pd.Series(text.index, index=text.index, dtype="int64"),
-            "external_id": _each(text["external_id"], str.strip),
-            "first_name": _each(text["first_name"], _tidy),
-            "last_name": _each(text["last_name"], _tidy),
-            "email": _normalise(text["email"], normalize_email, "email", errors),
-            "phone": _normalise(text["phone"], lambda v: normalize_phone(v, default_region), "phone", errors),
-            "telegram_chat_id": _each(text["telegram_chat_id"], lambda v: int(v) if is_int64(v) else None, "Int64"),
-            "vk_user_id": _each(text["vk_user_id"], lambda v: int(v) if is_int64(v) else None, "Int64"),
-            "city": _each(text["city"], _tidy),
-            "language": _each(text["language"], lambda v: v.strip().lower() or None),
-            **{column: _each(text[column], _or_none(parse_consent)) for column in CONSENT_COLUMNS},
-            "consent_source": _each(text["consent_source"], _tidy),
-            "consent_text_version": _each(text["consent_text_version"], lambda v: v.strip().lower() or None),
-            "consent_at": pd.to_datetime(_each(text["consent_at"], _or_none(parse_timestamp)), utc=True).astype(
-                "datetime64[us, UTC]"
-            ),
+            "external_id": normalise_names(text["external_id"]),
+            "first_name": normalise_names(text["first_name"]),
+            "last_name": normalise_names(text["last_name"]),
+            "email": email,
+            "phone": phone,
+            "phone_ext": phone_ext,
+            "telegram_chat_id": int64_cells(text["telegram_chat_id"])[0],
+            "vk_user_id": int64_cells(text["vk_user_id"])[0],
+            "city": normalise_names(text["city"]),
+            "language": normalise_names(text["language"]).str.lower(),
+            "timezone": timezone,
+            **{column: consent_decisions(text[column])[0] for column in CONSENT_COLUMNS},
+            "consent_source": normalise_names(text["consent_source"]),
+            "consent_text_version": normalise_names(text["consent_text_version"]).str.lower(),
+            "consent_at": utc_timestamps(text["consent_at"])[0],
         }
     )
 

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("rows_inserted", sa.Integer(), nullable=False),
         sa.Column("rows_updated", sa.Integer(), nullable=False),
         sa.Column("rows_unchanged", sa.Integer(), nullable=False),
+        sa.Column("rows_merged", sa.Integer(), nullable=False),
         sa.Column("run_id", sa.String(length=64), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("committed_at", sa.DateTime(timezone=True), nullable=False),
