@@ -18,9 +18,10 @@ from orchestrator_assets.consent_decisions import record_decision
 from orchestrator_assets.consent_ledger import ConsentFact, append
 from orchestrator_assets.consent_verify import verify_chains
 from orchestrator_assets.imports.rollback import RollbackRefused, rollback_import
+from orchestrator_assets.merges.merge import Actor, merge_contacts
 from policies.consent_purposes import Purpose, SourceKind
 from resources.opstore import OperationalStore
-from resources.opstore_schema import audit_log, consent_events, contact_imports, contact_merges, contacts, sends
+from resources.opstore_schema import audit_log, consent_events, contact_imports, contacts, sends
 
 ANNA = {"external_id": "c-1", "first_name": "Анна", "email": "anna@example.ru", "consent_email": "yes", "consent_source": "form:x",
         "consent_at": "2026-10-01T10:00:00+03:00"}
@@ -128,14 +129,9 @@ def test_re_importing_a_file_appends_no_consent_event_and_its_rollback_keeps_the
 
 
 def _merge(engine, survivor: str, merged: str) -> None:
-    """What a merge leaves in the store: its row and the merged contact a tombstone of the survivor."""
     ids = _ids(engine)
     with engine.begin() as conn:
-        conn.execute(sa.insert(contact_merges).values(
-            tenant="acme", survivor_id=ids[survivor], merged_id=ids[merged], operator="anna@ops.example.ru", reason="one person", run_id="run-m",
-            merged_at=LATER + timedelta(minutes=30),
-        ))  # fmt: skip
-        conn.execute(sa.update(contacts).where(contacts.c.id == ids[merged]).values(merged_into=ids[survivor]))
+        merge_contacts(conn, "acme", ids[survivor], ids[merged], Actor("anna@ops.example.ru", "one person", "run-m"), LATER + timedelta(minutes=30))
 
 
 def test_a_contact_merged_since_the_import_blocks_its_rollback_unless_forced(engine):

@@ -13,7 +13,10 @@ from the address: a hash of a phone number is as good as the number to anyone wh
 numbers.
 
 ``stored_owners`` finds stored contacts by address through their blind indexes
-(``contact_pii``): equality on a keyed hash, never the plaintext.
+(``contact_pii``): equality on a keyed hash, never the plaintext. Only live contacts own an
+address: a merged contact's tombstone keeps its values for the undo, but the person is its
+survivor, so a row naming the tombstone is no duplicate of the survivor (``upsert_contacts`` then
+leaves the tombstone alone and counts the row ``merged``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ LOOKUP_BATCH = 500
 
 
 def stored_owners(conn: sa.Connection, cipher: TenantCipher, column: str, values: Iterable[str]) -> dict[str, str]:
-    """Normalised ``column`` (phone | email) value → external id of the tenant's stored contact that holds it."""
+    """Normalised ``column`` (phone | email) value → external id of the tenant's live stored contact that holds it."""
     kind = INDEXED[column]
     by_index = {blind_index(cipher, kind, value): value for value in set(values) if value}
     wanted = sorted(index for index in by_index if index is not None)
@@ -42,11 +45,35 @@ def stored_owners(conn: sa.Connection, cipher: TenantCipher, column: str, values
     for start in range(0, len(wanted), LOOKUP_BATCH):
         query = (
             sa.select(INDEX_COLUMNS[kind], contacts.c.external_id)
-            .where(contacts.c.tenant == cipher.tenant, INDEX_COLUMNS[kind].in_(wanted[start : start + LOOKUP_BATCH]))
+            .where(contacts.c.tenant == cipher.tenant, contacts.c.merged_into.is_(None), INDEX_COLUMNS[kind].in_(wanted[start : start + LOOKUP_BATCH]))
             .order_by(contacts.c.id.desc())  # the oldest contact wins, as in contact_pii.find_contact_id
         )
         owners.update({by_index[index]: external_id for index, external_id in conn.execute(query)})
     return owners
+
+
+def survivors(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) -> dict[str, str]:
+    """External id of each merged contact among ``external_ids`` → its live survivor's external id
+    (followed through later merges)."""
+    c = contacts.c
+    wanted = sorted({external_id for external_id in external_ids if not _blank(external_id)})
+    merged: dict[str, int] = {}
+    for start in range(0, len(wanted), LOOKUP_BATCH):
+        query = sa.select(c.external_id, c.merged_into).where(c.tenant == tenant, c.merged_into.is_not(None), c.external_id.in_(wanted[start : start + LOOKUP_BATCH]))
+        merged.update(dict(conn.execute(query).all()))
+    rows: dict[int, sa.Row] = {}
+    pending = set(merged.values())
+    while pending:  # one query per merge generation (a survivor merged in turn), not per row
+        found = {row.id: row for row in conn.execute(sa.select(c.id, c.external_id, c.merged_into).where(c.id.in_(sorted(pending))))}
+        rows.update(found)
+        pending = {row.merged_into for row in found.values() if row.merged_into is not None} - rows.keys()
+
+    def live(contact_id: int) -> str:
+        while rows[contact_id].merged_into is not None:
+            contact_id = rows[contact_id].merged_into
+        return rows[contact_id].external_id
+
+    return {external_id: live(survivor_id) for external_id, survivor_id in merged.items()}
 
 
 def _blank(value: object) -> bool:
@@ -76,12 +103,13 @@ def resolve_against_store(conn: sa.Connection, tenant: str, good: pd.DataFrame) 
         return f"auto-{uuid.uuid4().hex}"
 
     rows["external_id"] = [external_id(record) for record in rows.itertuples(index=False)]
+    person = survivors(conn, tenant, rows["external_id"])
     problems, refused = [], set()
     for record in rows.itertuples(index=False):
         for column in MATCH_ORDER:
             value = getattr(record, column)
             owner = owners[column].get(value)
-            if owner is not None and owner != record.external_id:
+            if owner is not None and owner not in (record.external_id, person.get(record.external_id)):
                 refused.add(record.row)
                 problems.append(
                     {
