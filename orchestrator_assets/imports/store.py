@@ -118,6 +118,7 @@ def upsert_contacts(
         contacts.c.id, contacts.c.external_id, contacts.c.updated_at, contacts.c.data_key, contacts.c.pii, contacts.c.merged_into,
         *(contacts.c[field] for field in PLAIN_FIELDS),
     ]
+    analysed = False
     for batch in _batches(records):
         stored = {
             row.external_id: {
@@ -154,6 +155,9 @@ def upsert_contacts(
             writes.append({"tenant": tenant, "external_id": record["external_id"], "data_key": key, **sealed, **plain, "created_at": now, "updated_at": now})
         if writes:
             conn.execute(upsert, writes)
+            if not analysed and len(records) > len(batch):
+                _refresh_statistics(conn, contacts)
+                analysed = True
         if changes is not None and batch_changes:
             created = _contact_ids(conn, tenant, (c.external_id for c in batch_changes if c.contact_id is None))
             changes.extend(c if c.contact_id is not None else c._replace(contact_id=created[c.external_id]) for c in batch_changes)
@@ -237,6 +241,7 @@ def record_consents(
     extra = [column for column in ("language", "consent_text_version") if column in good_df.columns]
     records = _records(good_df, ("row", "external_id", *columns, *extra, "consent_source", "consent_at"))
     counts = {"granted": 0, "withdrawn": 0, "unchanged": 0}
+    analysed = False
     for batch in _batches(records):
         decisions = [(record, column, record[column]) for record in batch for column in columns if record[column] is not None]
         if not decisions:
@@ -277,7 +282,25 @@ def record_consents(
         for fact, new in zip(facts, appended, strict=True):
             if new:
                 counts["granted" if fact.action == GRANT else "withdrawn"] += 1
+        if not analysed and any(appended) and len(records) > len(batch):
+            _refresh_statistics(conn, consent_events)
+            analysed = True
     return counts
+
+
+def _refresh_statistics(conn: sa.Connection, table: sa.Table) -> None:
+    """Refresh PostgreSQL's statistics of ``table`` once an import has written its first batch.
+
+    Each batch reads the stored rows of its own contacts (``contacts`` by external id; in
+    ``consent_events`` chain heads, facts on record, state before and after), which should cost the
+    size of the batch through the indexes. Before a table's first ANALYZE (a new store, or a tenant's
+    first import) and for rows this very transaction wrote (autovacuum cannot see them), the planner
+    knows nothing of them and filters all of the tenant's rows per batch instead: a 20,000-row import
+    took 4× the time of a 10,000-row one. ANALYZE inside the transaction counts the rows it wrote,
+    and the per-contact statistics it leaves scale with the table, so once per import is enough.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f"ANALYZE {table.name}"))
 
 
 def _fact_key(fact: ConsentFact | sa.Row) -> tuple:
