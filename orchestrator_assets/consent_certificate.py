@@ -2,8 +2,9 @@
 
 It names the personal-data operator (the tenant's legal entity), the contact (external id and
 masked identity: the archive proves consent, it need not repeat the data), every consent event
-with its typed evidence and chain hashes, the full text of each consent text version cited, the
-chain head hash the certificate was issued against and whether the chain verified at that moment.
+with its typed evidence and chain hashes (a fact of a merge undone since marked voided), the full
+text of each consent text version cited, the chain head hash the certificate was issued against
+and whether the chain verified at that moment.
 A later change to the ledger shows up against the certificate's head hash even where the chain
 alone could not show it (the last event removed).
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from fpdf import FPDF
 
-from orchestrator_assets.consent_ledger import open_identity
+from orchestrator_assets.consent_ledger import open_identity, undone_merge_refs
 from orchestrator_assets.consent_verify import verify_chains
 from orchestrator_assets.contact_pii import read_contacts
 from policies.consent_chain import canonical_value
@@ -85,6 +86,8 @@ def write_certificate(
         sa.select(consent_events).where(consent_events.c.tenant == tenant, consent_events.c.contact_id == contact_id).order_by(consent_events.c.id)
     ).mappings().all()
     head = events[-1]["hash"] if events else "—"
+    undone = undone_merge_refs().c
+    voided = dict(conn.execute(sa.select(undone.source_ref, undone.undone_at).where(undone.tenant == tenant)).all())
     intact = not any(link.contact_id == contact_id for link in verify_chains(conn, tenant).broken)
 
     pdf = _Pdf()
@@ -102,6 +105,8 @@ def write_certificate(
         pdf.heading(f"Event {event['id']}: {event['action']} {event['purpose']} on {event['channel']}", 10)
         for name in ("occurred_at", "recorded_at", "source_kind", "source_ref", "origin", "text_version", "valid_until", "withdrawal_channel", "detail"):
             pdf.line(name, canonical_value(event[name]))
+        if event["source_kind"] == "merge" and event["source_ref"] in voided:
+            pdf.line("voided", f"the merge was undone at {canonical_value(voided[event['source_ref']])}: the event no longer counts")
         pdf.line("identifying evidence (masked)", _masked(open_identity(cipher, contact.data_key, event["evidence_identity"])))
         pdf.line("prev_hash", event["prev_hash"])
         pdf.line("hash", event["hash"])

@@ -17,7 +17,11 @@ can never fork a chain: the second waits for, or fails against, the first.
 * a withdrawal counts from no earlier than every decision recorded before it for that subject: it
   ends whatever we knew of when it arrived, however stale its own date (we cannot tell a stale
   opt-out from a real one, and sending on doubt is what consent law forbids);
-* on a tie the withdrawal wins; a grant past its ``valid_until`` is not granted.
+* on a tie the withdrawal wins; a grant past its ``valid_until`` is not granted;
+* a fact a contact merge appended (source ``merge``, ref ``merge:<id>``) counts while that merge
+  stands: once ``contact_merges.undone_at`` is set the state is derived as if the merge's facts had
+  never been appended, so an undo restores the survivor's exact earlier state without touching
+  the chain (``merges.consent``).
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ import sqlalchemy as sa
 
 from policies.consent_chain import GENESIS, event_hash
 from policies.consent_purposes import Purpose, SourceKind
-from resources.opstore_schema import consent_events, contacts
+from resources.opstore_schema import consent_events, contact_merges, contacts
 from resources.pii import TenantCipher, tenant_cipher
 
 GRANT, WITHDRAW = "grant", "withdraw"
 # The fields of an event that make it the same decision from the same source (the unique key):
 # re-processing a callback or re-importing a file appends nothing.
 FACT_KEY = ("channel", "purpose", "action", "occurred_at", "source_kind", "source_ref")
+MERGE_REF_PREFIX = "merge:"
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,25 @@ def append(conn: sa.Connection, tenant: str, facts: Sequence[ConsentFact], now: 
     return appended
 
 
+def merge_ref(merge_id: int) -> str:
+    """The ``source_ref`` of the facts merge ``merge_id`` appends; ``consent_state`` keys on it."""
+    return f"{MERGE_REF_PREFIX}{merge_id}"
+
+
+def undone_merge_refs() -> sa.Subquery:
+    """(tenant, source_ref, undone_at) of every undone merge: whose facts ``consent_state`` leaves out."""
+    m = contact_merges.c
+    ref = sa.literal(MERGE_REF_PREFIX, sa.String) + sa.cast(m.id, sa.String)
+    return sa.select(m.tenant, ref.label("source_ref"), m.undone_at).where(m.undone_at.is_not(None)).subquery("undone_merges")
+
+
+def _standing() -> sa.ColumnElement[bool]:
+    """The event is not a fact of an undone merge (every other event always stands)."""
+    e, undone = consent_events.c, undone_merge_refs().c
+    # Uncorrelated, so PostgreSQL hashes the (few) undone refs once instead of probing per event.
+    return sa.or_(e.source_kind != str(SourceKind.MERGE), sa.tuple_(e.tenant, e.source_ref).not_in(sa.select(undone.tenant, undone.source_ref)))
+
+
 def _earlier(a, b):
     """The earlier of two timestamp expressions (SQLite has no ``LEAST``)."""
     return sa.case((a < b, a), else_=b)
@@ -162,7 +186,11 @@ def consent_state(now: dt.datetime) -> sa.Subquery:
     subject = (e.tenant, e.contact_id, e.channel, e.purpose)
     effective = _earlier(e.occurred_at, e.recorded_at)
     running = sa.func.max(effective).over(partition_by=subject, order_by=e.id, rows=(None, 0))
-    ranked = sa.select(*subject, e.id, e.action, e.occurred_at, e.valid_until, sa.case((e.action == WITHDRAW, running), else_=effective).label("rank_at")).subquery()
+    ranked = (
+        sa.select(*subject, e.id, e.action, e.occurred_at, e.valid_until, sa.case((e.action == WITHDRAW, running), else_=effective).label("rank_at"))
+        .where(_standing())
+        .subquery()
+    )
     r = ranked.c
     latest = sa.func.row_number().over(
         partition_by=(r.tenant, r.contact_id, r.channel, r.purpose),

@@ -35,7 +35,8 @@ def contacts(context: dg.AssetExecutionContext, rows: pd.DataFrame, opstore: Ope
     """Contacts of one tenant, upserted by external id.
 
     Grain: one row per (tenant, external_id) in the ``contacts`` table. Source: validated import
-    rows. Re-importing the same file changes nothing (reported as ``unchanged``).
+    rows. Re-importing the same file changes nothing (reported as ``unchanged``); a row naming a
+    merged contact leaves its tombstone alone (reported as ``merged``, ``imports.store.upsert_contacts``).
     """
     with opstore.engine().begin() as conn:
         counts = upsert_contacts(conn, context.partition_key, rows, dt.datetime.now(dt.UTC))

@@ -7,21 +7,27 @@ import datetime as dt
 import json
 
 import dagster as dg
+import pandas as pd
 import pytest
 import sqlalchemy as sa
+from pypdf import PdfReader
 from pg import create_database, drop_database
+from consents import consent_status, record
 from sealed import add_contact, personal, sealed_address, send_address
 
 from definitions import defs
-from orchestrator_assets.consent_decisions import GRANT, WITHDRAW, record_decision
+from orchestrator_assets.consent_certificate import write_certificate
+from orchestrator_assets.consent_ledger import GRANT, WITHDRAW, consent_state
 from orchestrator_assets.contact_pii import blind_index
+from orchestrator_assets.imports.store import record_consents, upsert_contacts
+from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from orchestrator_assets.merges.assets import contact_duplicate_candidates
 from orchestrator_assets.merges.matching import Person, find_candidates
+from policies.loader import load_consent_texts
 from resources.opstore import OperationalStore
 from resources.opstore_schema import (
     audit_log,
     consent_events,
-    consents,
     contact_duplicate_candidates as candidates_table,
     contact_merge_moves,
     contact_merges,
@@ -120,7 +126,7 @@ def _send(conn, send_id, contact_id, campaign, channel, address):
 
 
 def _consent(conn, contact_id, channel, action, at):
-    record_decision(conn, TENANT, contact_id, channel, action, "test:seed", json.dumps({"seed": True}), at, at + dt.timedelta(minutes=1))
+    record(conn, TENANT, contact_id, channel, action, at)
 
 
 @pytest.fixture
@@ -151,23 +157,22 @@ def people(store):
 
 
 def _snapshot(engine) -> dict[str, list]:
-    """What a merge and its undo touch, row by row (consents by subject: the state, not its surrogate id)."""
+    """What a merge and its undo touch, row by row; consent as the send path sees it: the ledger's
+    derived state, down to the event that decides each subject (the ledger itself only grows)."""
     tables = (contacts, sends, deliveries, trigger_events, segment_members, phone_reachability)
     with engine.connect() as conn:
         shot = {t.name: sorted(map(tuple, conn.execute(sa.select(t))), key=repr) for t in tables}
-        state = [c for c in consents.c if c.name != "id"]
-        shot["consents"] = sorted(map(tuple, conn.execute(sa.select(*state))), key=repr)
+        shot["consent_state"] = sorted(map(tuple, conn.execute(sa.select(consent_state(NOW)))), key=repr)
     return shot
 
 
-def _run(job: str, config: dict) -> dg.ExecuteInProcessResult:
-    op = {"contact_merge_job": "merge_contacts", "contact_unmerge_job": "unmerge_contacts"}[job]
-    return defs.resolve_job_def(job).execute_in_process(partition_key=TENANT, run_config={"ops": {op: {"config": config}}}, raise_on_error=False)
+def _run(job: str, config: dict | None = None) -> dg.ExecuteInProcessResult:
+    op = {"contact_merge_job": "merge_contacts", "contact_unmerge_job": "unmerge_contacts", "consent_chain_verify_job": "verify_consent_chains"}[job]
+    return defs.resolve_job_def(job).execute_in_process(partition_key=TENANT, run_config={"ops": {op: {"config": config or {}}}}, raise_on_error=False)
 
 
-def _state(engine, contact_id) -> dict[str, str]:
-    with engine.connect() as conn:
-        return dict(conn.execute(sa.select(consents.c.channel, consents.c.status).where(consents.c.contact_id == contact_id)).all())
+def _state(engine, contact_id) -> dict[str, str | None]:
+    return {channel: consent_status(engine, contact_id, channel, now=NOW) for channel in ("telegram", "email", "sms")}
 
 
 def test_the_candidates_asset_stores_ids_and_shows_only_masked_values(store, people):
@@ -222,10 +227,62 @@ def test_the_stricter_consent_state_wins_and_both_histories_stay(store, people):
     assert _run("contact_merge_job", {"operator": "ops", "reason": "dup", "pairs": [{"keep": "crm-1", "merge": "crm-2"}]}).success
     assert _state(store, keep) == {"telegram": "withdrawn", "email": "withdrawn", "sms": "granted"}
     with store.connect() as conn:
-        facts = conn.execute(sa.select(consent_events.c.contact_id, consent_events.c.channel, consent_events.c.action, consent_events.c.source)).all()
-    merge_facts = {(f.channel, f.action) for f in facts if f.source.startswith("merge:")}
+        facts = conn.execute(sa.select(consent_events.c.contact_id, consent_events.c.channel, consent_events.c.action, consent_events.c.source_kind, consent_events.c.source_ref)).all()
+    merge_facts = {(f.channel, f.action) for f in facts if f.source_kind == "merge" and f.source_ref.startswith("merge:")}
     assert merge_facts == {("telegram", WITHDRAW), ("sms", GRANT)}  # nothing appended where the survivor was already stricter
     assert {(f.channel, f.action) for f in facts if f.contact_id == dup} == {("telegram", WITHDRAW), ("email", GRANT), ("sms", GRANT)}
+
+
+def test_the_ledger_verifies_after_merge_and_undo_and_the_undo_restores_the_derived_state(store, people, tmp_path):
+    keep, dup = people["keep"], people["dup"]
+    before = _snapshot(store)
+    with store.connect() as conn:
+        dup_sms = conn.execute(sa.select(consent_events.c.id).where(consent_events.c.contact_id == dup, consent_events.c.channel == "sms")).scalar_one()
+    assert _run("contact_merge_job", {"operator": "ops", "reason": "dup", "pairs": [{"keep": "crm-1", "merge": "crm-2"}]}).success
+    assert _run("consent_chain_verify_job").success
+    with store.connect() as conn:
+        merge_id = conn.execute(sa.select(contact_merges.c.id)).scalar_one()
+        carried = conn.execute(sa.select(consent_events).where(consent_events.c.contact_id == keep, consent_events.c.channel == "sms")).one()
+    assert (carried.source_kind, carried.source_ref, carried.occurred_at.replace(tzinfo=dt.UTC)) == ("merge", f"merge:{merge_id}", T0)
+    assert carried.detail == f"consent event {dup_sms} of merged contact {dup}"  # its evidence, on the tombstone's chain
+
+    assert _run("contact_unmerge_job", {"operator": "ops", "reason": "two people", "merge_id": merge_id}).success
+    verified = _run("consent_chain_verify_job")
+    assert verified.success and verified.output_for_node("verify_consent_chains") == 8  # 6 seeded + 2 merge facts: nothing deleted
+    assert _snapshot(store) == before
+    assert _state(store, keep) == {"telegram": "granted", "email": "withdrawn", "sms": None}
+    with store.connect() as conn:  # the survivor's certificate still lists the merge's facts, each marked voided
+        certificate = write_certificate(conn, TENANT, "ops", "crm-1", load_consent_texts(), tmp_path, NOW)
+    text = "".join("".join(page.extract_text() for page in PdfReader(certificate.path).pages).split())
+    assert certificate.events == 4 and text.count("voided:themergewasundone") == 2
+
+
+def test_a_decision_recorded_after_the_merge_stands_after_its_undo(store, people):
+    keep = people["keep"]
+    assert _run("contact_merge_job", {"operator": "ops", "reason": "dup", "pairs": [{"keep": "crm-1", "merge": "crm-2"}]}).success
+    with store.begin() as conn:
+        merge_id = conn.execute(sa.select(contact_merges.c.id)).scalar_one()
+        _consent(conn, keep, "sms", WITHDRAW, T0 + dt.timedelta(days=2))  # the person unsubscribes from the SMS the merge granted
+        _consent(conn, keep, "telegram", GRANT, T0 + dt.timedelta(days=3))  # and opts in again where the merge withdrew
+    assert _run("contact_unmerge_job", {"operator": "ops", "reason": "two people", "merge_id": merge_id}).success
+    assert _state(store, keep) == {"telegram": "granted", "email": "withdrawn", "sms": "withdrawn"}
+    assert _run("consent_chain_verify_job").success
+
+
+def test_a_reimport_of_a_merged_contact_leaves_the_tombstone_and_records_its_decisions_on_the_survivor(store, people):
+    keep, dup = people["keep"], people["dup"]
+    assert _run("contact_merge_job", {"operator": "ops", "reason": "dup", "pairs": [{"keep": "crm-1", "merge": "crm-2"}]}).success
+    row = {"external_id": "crm-2", "first_name": "Пётр", "email": "new@example.ru", "consent_sms": "no", "consent_source": "crm:unsubscribe",
+           "consent_at": (T0 + dt.timedelta(days=5)).isoformat()}
+    good = validate_contact_rows(pd.DataFrame([{**dict.fromkeys(CSV_COLUMNS, ""), **row}], columns=list(CSV_COLUMNS))).good
+    with store.begin() as conn:
+        tombstone = personal(conn, TENANT, dup)
+        counts = upsert_contacts(conn, TENANT, good, NOW), record_consents(conn, TENANT, good, NOW, file="crm.csv")
+    assert counts == ({"inserted": 0, "updated": 0, "unchanged": 0, "merged": 1}, {"granted": 0, "withdrawn": 1, "unchanged": 0})
+    with store.connect() as conn:
+        assert personal(conn, TENANT, dup) == tombstone  # as the merge left it, for its undo
+    assert _state(store, keep)["sms"] == "withdrawn"  # the person's unsubscribe reaches the contact we send to
+    assert _state(store, dup)["sms"] == "granted"
 
 
 def test_merges_and_unmerges_are_audited_without_personal_data(store, people):

@@ -91,7 +91,7 @@ def test_second_import_of_the_sample_changes_nothing(engine, sample_good):
     decisions = _decisions(sample_good)
     first = _import(engine, "acme", sample_good)
     assert first == (
-        {"inserted": len(sample_good), "updated": 0, "unchanged": 0},
+        {"inserted": len(sample_good), "updated": 0, "unchanged": 0, "merged": 0},
         {"granted": decisions[True], "withdrawn": decisions[False], "unchanged": 0},
     )
     before = _snapshot(engine)
@@ -99,7 +99,7 @@ def test_second_import_of_the_sample_changes_nothing(engine, sample_good):
     second = _import(engine, "acme", sample_good, NOW + timedelta(days=1))
 
     assert second == (
-        {"inserted": 0, "updated": 0, "unchanged": len(sample_good)},
+        {"inserted": 0, "updated": 0, "unchanged": len(sample_good), "merged": 0},
         {"granted": 0, "withdrawn": 0, "unchanged": decisions[True] + decisions[False]},
     )
     assert _snapshot(engine) == before
@@ -125,7 +125,7 @@ def test_tenants_with_the_same_external_id_stay_separate(engine):
     assert _import(engine, "globex", _good(row))[0]["inserted"] == 1
 
     changed = _import(engine, "globex", _good({**row, "email": "anna@example.org"}))
-    assert changed[0] == {"inserted": 0, "updated": 1, "unchanged": 0}
+    assert changed[0] == {"inserted": 0, "updated": 1, "unchanged": 0, "merged": 0}
     with engine.connect() as conn:
         emails = {tenant: _personal(conn, tenant)["email"] for tenant in ("acme", "globex")}
     assert emails == {"acme": "anna@example.ru", "globex": "anna@example.org"}
@@ -138,7 +138,7 @@ def test_changed_fields_update_and_blank_cells_keep_stored_values(engine):
 
     counts = _import(engine, "acme", _good({"external_id": "c-1", "first_name": "Аня", "phone": "89161234567"}), later)
 
-    assert counts[0] == {"inserted": 0, "updated": 1, "unchanged": 0}
+    assert counts[0] == {"inserted": 0, "updated": 1, "unchanged": 0, "merged": 0}
     with engine.connect() as conn:
         row = conn.execute(sa.select(contacts)).one()
         personal = _personal(conn, "acme")

@@ -83,21 +83,25 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
     is ``unchanged`` when every non-empty field equals what is stored, and is then not written
     at all (its ``updated_at`` stays put). Personal data is sealed (``contact_pii``): stored
     contacts are opened, merged with the file here, and sealed again under their own key.
+
+    A row whose external_id names a merged contact (a tombstone, ``contacts.merged_into`` set) is
+    not written and is counted in ``merged``: the tombstone must stay as the merge left it for its
+    undo, and the person's data now lives on the survivor, under the survivor's external_id.
     """
     now = _utc(now)
     fields = [field for field in CONTACT_FIELDS if field in good_df.columns]
     records = _records(good_df, ("external_id", *fields))
-    counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+    counts = {"inserted": 0, "updated": 0, "unchanged": 0, "merged": 0}
     cipher = tenant_cipher(conn, tenant)
     insert = upsert_insert(conn, contacts)
     written = ("data_key", "pii", *SEALED_COLUMNS, *PLAIN_FIELDS, "updated_at")
     upsert = insert.on_conflict_do_update(
         index_elements=[contacts.c.tenant, contacts.c.external_id], set_={column: insert.excluded[column] for column in written}
     )
-    stored_columns = [contacts.c.external_id, contacts.c.data_key, contacts.c.pii, *(contacts.c[field] for field in PLAIN_FIELDS)]
+    stored_columns = [contacts.c.external_id, contacts.c.data_key, contacts.c.pii, contacts.c.merged_into, *(contacts.c[field] for field in PLAIN_FIELDS)]
     for batch in _batches(records):
         stored = {
-            row.external_id: {**cipher.open(row.data_key, row.pii), **{f: row._mapping[f] for f in PLAIN_FIELDS}, "data_key": row.data_key}
+            row.external_id: {**cipher.open(row.data_key, row.pii), **{f: row._mapping[f] for f in PLAIN_FIELDS}, "data_key": row.data_key, "merged_into": row.merged_into}
             for row in conn.execute(
                 sa.select(*stored_columns).where(
                     contacts.c.tenant == tenant, contacts.c.external_id.in_([r["external_id"] for r in batch])
@@ -107,6 +111,9 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
         writes = []
         for record in batch:
             old = stored.get(record["external_id"])
+            if old is not None and old["merged_into"] is not None:
+                counts["merged"] += 1
+                continue
             if old is None:
                 counts["inserted"] += 1
                 old = {"data_key": cipher.new_contact_key()}
@@ -126,18 +133,17 @@ def upsert_contacts(conn: sa.Connection, tenant: str, good_df: pd.DataFrame, now
 
 
 def _contact_ids(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) -> dict[str, int]:
+    """The live contact each external_id stands for: a merged contact's decisions are the person's,
+    so they go to the survivor (followed through later merges), never to the tombstone."""
     wanted = set(external_ids)
-    found = {
-        row.external_id: row.id
-        for row in conn.execute(
-            sa.select(contacts.c.external_id, contacts.c.id).where(
-                contacts.c.tenant == tenant, contacts.c.external_id.in_(wanted)
-            )
-        )
-    }
-    missing = wanted - found.keys()
+    query = sa.select(contacts.c.external_id, contacts.c.id, contacts.c.merged_into).where(contacts.c.tenant == tenant, contacts.c.external_id.in_(wanted))
+    rows = conn.execute(query).all()
+    missing = wanted - {row.external_id for row in rows}
     if missing:
         raise ValueError(f"{len(missing)} contacts are not in the store (run upsert_contacts first): {sorted(missing)[:5]}")
+    found = {row.external_id: row.merged_into or row.id for row in rows}
+    while later := dict(conn.execute(sa.select(contacts.c.id, contacts.c.merged_into).where(contacts.c.id.in_(set(found.values())), contacts.c.merged_into.is_not(None))).all()):
+        found = {external_id: later.get(contact_id, contact_id) for external_id, contact_id in found.items()}
     return found
 
 
@@ -169,7 +175,8 @@ def record_consents(
     would log it again).
 
     Returns ``{"granted", "withdrawn", "unchanged"}``: newly appended grant and withdraw events,
-    and decisions that were already on record. Contacts must exist (``upsert_contacts`` first).
+    and decisions that were already on record. Contacts must exist (``upsert_contacts`` first); a
+    row of a merged contact records its decisions on the survivor (``_contact_ids``).
     Each decision that changed the current state is announced in ``webhook_events`` (consent.granted /
     consent.withdrawn) when the caller passes it.
     """

@@ -1,88 +1,62 @@
-"""A merge's consent writes: the survivor takes the stricter state of the two, per channel × purpose.
+"""A merge's consent facts: the survivor takes the stricter state of the two, per channel × purpose.
 
-The consent log is append-only and each contact's facts stay with the contact that gave them
-(the merged contact's history stays on its tombstone, where ``contact_merges`` joins it to the
-survivor's). Where the merged contact's state is stricter or the survivor has none, one fact is
-appended to the survivor, with source ``merge:<merge id>`` and the merged contact's fact as
-evidence: a withdrawal on either side stays a withdrawal (recorded after the survivor's grant,
-so it ends it whatever either claims as its time), and a grant only fills a channel the survivor
-had no state on. A grant never overrides a withdrawal.
+The consent ledger is append-only and each contact's facts stay on the contact that gave them:
+the merged contact's history stays on its tombstone (its chain untouched), where
+``contact_merges`` joins it to the survivor's. Where the merged contact's derived state is
+stricter, or the survivor has none, one fact is appended to the survivor through
+``consent_ledger.append`` (source kind ``merge``, ref ``merge:<id>``), citing the merged contact's
+deciding event in ``detail`` and copying its dates, origin and text version:
 
-Undoing the merge voids its facts: the survivor's state is derived again from its own facts
-without them, by the same rule that built it (``consent_decisions.consent_state_upsert``), so it
-is exactly what it was unless a newer fact has come in since, which then stands.
+* a withdrawal on either side stays a withdrawal: appended after the survivor's grant, it ends it
+  whatever either claims as its time (the ledger's ranking rule);
+* a grant only fills a subject the survivor had no decision on; it never overrides a withdrawal.
+
+The identifying evidence (ip, chat id) is not copied: it is sealed with the merged contact's key
+and stays on its event, so erasing that person still shreds it.
+
+Undoing the merge appends nothing and edits nothing: the ledger's derived state
+(``consent_ledger.consent_state``) leaves out the facts of a merge whose ``undone_at`` is set, so
+the survivor's state is exactly what it was before, unless a newer fact of its own has come in
+since, which then stands.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import GRANT, WITHDRAW, consent_state_upsert, state_row
-from resources.opstore_schema import consent_events, consents
-from resources.sql import upsert_insert
+from orchestrator_assets.consent_ledger import GRANT, WITHDRAW, ConsentFact, append, consent_state, merge_ref
+from policies.consent_purposes import Purpose, SourceKind
+from resources.opstore_schema import consent_events
 
 
-def merge_source(merge_id: int) -> str:
-    return f"merge:{merge_id}"
+def _deciding_events(conn: sa.Connection, tenant: str, contact_id: int, now: dt.datetime) -> dict[tuple[str, str], sa.RowMapping]:
+    """The event that decides each of the contact's subjects (channel, purpose) at ``now``."""
+    state = consent_state(now)
+    deciding = sa.select(state.c.event_id).where(state.c.tenant == tenant, state.c.contact_id == contact_id)
+    rows = conn.execute(sa.select(consent_events).where(consent_events.c.id.in_(deciding))).mappings()
+    return {(row["channel"], row["purpose"]): row for row in rows}
 
 
-def _utc(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite hands back naive UTC
-
-
-def _states(conn: sa.Connection, tenant: str, contact_id: int) -> dict[tuple[str, str], sa.RowMapping]:
-    rows = conn.execute(sa.select(consents).where(consents.c.tenant == tenant, consents.c.contact_id == contact_id))
-    return {(row.channel, row.purpose): row._mapping for row in rows}
+def _carried(ours: sa.RowMapping | None, theirs: sa.RowMapping) -> bool:
+    """Whether the merged contact's decision is stricter than, or fills in for, the survivor's."""
+    if theirs["action"] == WITHDRAW:
+        return ours is None or ours["action"] == GRANT
+    return ours is None
 
 
 def merge_consents(conn: sa.Connection, tenant: str, survivor_id: int, merged_id: int, merge_id: int, now: dt.datetime) -> list[tuple[str, str, str]]:
     """Append the facts that give the survivor the stricter state; ``(channel, purpose, action)`` of each."""
-    survivor, merged = _states(conn, tenant, survivor_id), _states(conn, tenant, merged_id)
-    appended = []
-    for (channel, purpose), theirs in sorted(merged.items()):
-        ours = survivor.get((channel, purpose))
-        if theirs["status"] == "withdrawn" and (ours is None or ours["status"] == "granted"):
-            action, occurred_at = WITHDRAW, theirs["withdrawn_at"]
-        elif theirs["status"] == "granted" and ours is None:
-            action, occurred_at = GRANT, theirs["granted_at"]
-        else:
-            continue
-        fact = {
-            "tenant": tenant,
-            "contact_id": survivor_id,
-            "channel": channel,
-            "purpose": purpose,
-            "action": action,
-            "source": merge_source(merge_id),
-            "evidence": json.dumps({"merge_id": merge_id, "merged_contact_id": merged_id, "merged_contact_source": theirs["source"]}),
-            "occurred_at": _utc(occurred_at or now),
-            "recorded_at": now,
-        }
-        conn.execute(upsert_insert(conn, consent_events).values(fact).on_conflict_do_nothing())
-        conn.execute(consent_state_upsert(conn), state_row(fact))
-        appended.append((channel, purpose, action))
-    return appended
-
-
-def void_merge_consents(conn: sa.Connection, tenant: str, survivor_id: int, merge_id: int, subjects: list[tuple[str, str]]) -> None:
-    """Derive the survivor's state on ``subjects`` (channel, purpose) again from its facts, leaving
-    out the merge's own: replayed in the order they were recorded, through the rule that wrote them."""
-    for channel, purpose in subjects:
-        subject = [consents.c.tenant == tenant, consents.c.contact_id == survivor_id, consents.c.channel == channel, consents.c.purpose == purpose]
-        conn.execute(sa.delete(consents).where(*subject))
-        facts = conn.execute(
-            sa.select(consent_events)
-            .where(
-                consent_events.c.tenant == tenant,
-                consent_events.c.contact_id == survivor_id,
-                consent_events.c.channel == channel,
-                consent_events.c.purpose == purpose,
-                consent_events.c.source != merge_source(merge_id),
-            )
-            .order_by(consent_events.c.id)
+    survivor, merged = _deciding_events(conn, tenant, survivor_id, now), _deciding_events(conn, tenant, merged_id, now)
+    facts = [
+        ConsentFact(
+            survivor_id, channel, Purpose(purpose), theirs["action"], SourceKind.MERGE, merge_ref(merge_id), theirs["occurred_at"],
+            origin=theirs["origin"], text_version=theirs["text_version"], valid_until=theirs["valid_until"],
+            withdrawal_channel=theirs["withdrawal_channel"], detail=f"consent event {theirs['id']} of merged contact {merged_id}",
         )
-        for fact in facts:
-            conn.execute(consent_state_upsert(conn), state_row(dict(fact._mapping)))
+        for (channel, purpose), theirs in sorted(merged.items())
+        if _carried(survivor.get((channel, purpose)), theirs)
+    ]  # fmt: skip
+    append(conn, tenant, facts, now)
+    return [(fact.channel, str(fact.purpose), fact.action) for fact in facts]

@@ -12,7 +12,9 @@ A merge runs in the caller's transaction (one per merge) and records every row i
   neither row may be lost, and the key allows one per contact.
 - **trigger events**: re-pointed. **Segment membership**: re-pointed, or dropped where the
   survivor is already a member. **Phone reachability**: re-pointed unless the survivor has its own.
-- **consents**: the stricter state wins (``merges.consent``).
+- **consent**: the stricter state wins, by facts appended to the survivor's ledger chain
+  (``merges.consent``); the undo voids them by setting ``undone_at``, which the ledger's derived
+  state honours, so no event is ever edited.
 
 The undo walks the moves backwards. A row changed since the merge (a segment rebuilt, a field
 overwritten) is left as it is and counted in ``not_restored``. A survivor merged again later must
@@ -114,7 +116,7 @@ def merge_contacts(
     _merge_segments(conn, tenant, survivor_id, merged_id, moves)
     _merge_reachability(conn, tenant, survivor_id, merged_id, moves)
     for channel, purpose, action in consent.merge_consents(conn, tenant, survivor_id, merged_id, merge_id, now):
-        moves.add("consents", [f"{channel}/{purpose}"], APPENDED, {"action": action})
+        moves.add("consent_events", [f"{channel}/{purpose}"], APPENDED, {"action": action})
 
     record_audit(conn, tenant=tenant, actor=actor.operator, action="contact.merge", run_id=actor.run_id, now=now, params={
         "merge_id": merge_id, "survivor_id": survivor_id, "merged_id": merged_id, "score": score, "reason": actor.reason,
@@ -211,9 +213,9 @@ def unmerge(conn: sa.Connection, tenant: str, merge_id: int, actor: Actor, now: 
         done = conn.execute(sa.update(phone_reachability).where(phone_reachability.c.tenant == tenant, phone_reachability.c.contact_id == survivor)
                             .values(contact_id=merged)).rowcount
         restored("phone_reachability", done, 1)
-    subjects = [tuple(m.row_key.split("/", 1)) for m in by_kind.get(("consents", APPENDED), [])]
-    consent.void_merge_consents(conn, tenant, survivor, merge_id, subjects)
-    restored("consents", len(subjects), len(subjects))
+    # The merge's consent facts stay in the ledger and stop counting once undone_at is set below.
+    voided = len(by_kind.get(("consent_events", APPENDED), []))
+    restored("consent_events", voided, voided)
 
     for move in by_kind.get(("contacts", FILLED), []):
         before = json.loads(move.before)
