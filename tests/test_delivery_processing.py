@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 import sealed
 from orchestrator_assets.deliveries.processing import process_rows
+from orchestrator_assets.sends.decisions import DecisionRequest, decide
 from orchestrator_assets.sends.ledger import finalise
 from resources.channels.base import SendResult
 from resources.opstore import OperationalStore
@@ -149,8 +150,6 @@ def test_a_press_on_an_unknown_telegram_message_is_retried_without_naming_the_ch
 def test_an_operators_mark_sent_keeps_the_provider_id_the_way_callbacks_find_it(engine):
     """The operator copies the id from the provider's console (the raw pair); the ledger keeps it
     like every other Telegram id, so the later button press still finds the send."""
-    from orchestrator_assets.sends.decisions import DecisionRequest, decide
-
     chat = 444555666777
     with engine.begin() as conn:
         sent(conn, "t3", "telegram", "telegram", str(chat), f"{chat}:12")
