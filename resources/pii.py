@@ -43,7 +43,7 @@ NONCE_BYTES = 12
 BLIND_INDEX_BYTES = 16
 FORMAT = 1  # first byte of every wrapped contact key and sealed blob: the layout below
 _WRAPPED_HEADER = struct.Struct(">BI")  # format, tenant key version
-INDEX_KINDS = frozenset({"email", "phone", "telegram", "vk", "hlr_lookup"})
+INDEX_KINDS = frozenset({"email", "phone", "telegram", "vk", "hlr_lookup", "wamid"})  # wamid: orchestrator_assets/provider_ids.py
 
 
 class PiiKeyError(RuntimeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,20 @@ DEPLOYMENT_VARS = (
     "ALGOR_MASTER_KEY_PREVIOUS",
     "ALGOR_ALLOW_SANDBOX_WITH",
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_state_in_the_checkout(tmp_path_factory: pytest.TempPathFactory):
+    """Point ALGOR_HOME away from the checkout for the whole session: a test that forgets
+    ``algor_home`` would otherwise write ``.algor/`` (a master key, a store) into the repository,
+    and ``make demo`` then refuses that folder as not its own."""
+    previous = os.environ.get("ALGOR_HOME")
+    os.environ["ALGOR_HOME"] = str(tmp_path_factory.mktemp("session-home") / "algor")
+    yield
+    if previous is None:
+        os.environ.pop("ALGOR_HOME", None)
+    else:
+        os.environ["ALGOR_HOME"] = previous
 
 
 @pytest.fixture

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import dagster as dg
 import httpx
+import pandas as pd
 import pytest
 
 from demo.run import IMPORT_SAMPLE
+from orchestrator_assets.imports.normalise import normalise_phones
+from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from demo.services import running_processes
 from orchestrator_assets import groups
 
@@ -176,6 +179,31 @@ def test_demo_runs_end_to_end_and_prints_the_funnel(demo):
     printed = dict(re.findall(r"^\s+(CSV|HTML)\s+(\S+)$", output, re.MULTILINE))
     assert Path(printed["HTML"]) == home / "reports" / "campaign_funnel.html" and Path(printed["HTML"]).is_file()
     assert Path(printed["CSV"]).is_file()
+
+
+def _sample_personal_values() -> set[str]:
+    """The demo sample's phones (as written and in E.164), e-mails, names and chat ids: 8 bytes at
+    least, since a shorter value turns up by chance in megabytes of ciphertext."""
+    sample = pd.read_csv(SAMPLE_PATH, dtype=str, keep_default_na=False)
+    e164, _, _ = normalise_phones(sample["phone"], "RU")
+    values = {value for field in ("first_name", "last_name", "email", "phone", "telegram_chat_id") for value in sample[field]}
+    values |= {value for value in e164.dropna()} | {value.lower() for value in sample["email"]}
+    return {value for value in values if len(value.strip().encode()) >= 8}
+
+
+def test_the_demos_store_and_dagster_files_hold_no_plaintext_personal_data(demo):
+    """What someone who copies the demo's home gets: the operational store (with its WAL), and
+    every file of the Dagster instance (run storage, event logs, step outputs, compute logs) and of
+    the gateway's logs. The sandbox's own files are left out: it plays the providers, who are
+    given the addresses on purpose."""
+    home, _ = demo
+    files = [*home.glob("operational.sqlite3*"), *(p for p in (home / "dagster_home").rglob("*") if p.is_file())]
+    files += [p for p in (home / "logs").glob("*") if p.is_file() and "sandbox" not in p.name]
+    assert any(p.name == "operational.sqlite3" for p in files) and len(files) > 10
+    known = _sample_personal_values()
+    assert len(known) > 2000
+    leaks = {p.relative_to(home).as_posix(): sorted(v for v in known if v.encode() in data)[:5] for p in files if (data := p.read_bytes())}
+    assert {path: found for path, found in leaks.items() if found} == {}
 
 
 def test_demo_runs_are_launched_through_the_code_location(instance):

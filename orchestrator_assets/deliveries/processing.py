@@ -20,6 +20,7 @@ from orchestrator_assets.consent_ledger import ConsentFact
 from orchestrator_assets.contact_pii import CHANNEL_INDEX, find_contact_id
 from orchestrator_assets.deliveries.opt_ins import Origin, apply_opt_in
 from orchestrator_assets.delivery_status import RANKS, advances
+from orchestrator_assets.provider_ids import stored_id
 from orchestrator_assets.reachability import apply_hlr_callback
 from orchestrator_assets.webhooks.events import WebhookEvent, message_event
 from resources import warehouse as wh
@@ -47,7 +48,8 @@ class Batch:
     webhook_events: list[WebhookEvent] = field(default_factory=list)  # for the tenant's webhook outbox
 
 
-def _find_send(conn: sa.Connection, tenant: str, provider: str, event: CallbackEvent):
+def _find_send(conn: sa.Connection, cipher: TenantCipher, provider: str, event: CallbackEvent):
+    """The ledger row an event is about; by provider id in the form the ledger stored it."""
     if event.ledger_key:
         campaign, step, contact_id, channel = event.ledger_key
         condition = sa.and_(
@@ -56,10 +58,11 @@ def _find_send(conn: sa.Connection, tenant: str, provider: str, event: CallbackE
     elif event.send_id:
         condition = sends.c.send_id == event.send_id
     elif event.provider_message_id:
-        condition = sa.and_(sends.c.provider == provider, sends.c.provider_message_id == event.provider_message_id)
+        stored = stored_id(cipher, provider, event.provider_message_id)
+        condition = sa.and_(sends.c.provider == provider, sends.c.provider_message_id == stored)
     else:
         return None
-    return conn.execute(sa.select(sends).where(sends.c.tenant == tenant, condition)).first()
+    return conn.execute(sa.select(sends).where(sends.c.tenant == cipher.tenant, condition)).first()
 
 
 def _find_contact_id(conn: sa.Connection, cipher: TenantCipher, channel: str, event: CallbackEvent, send) -> int | None:
@@ -141,7 +144,7 @@ def _process_row(
             conn.execute(upsert_insert(conn, blocked_senders).on_conflict_do_nothing(), [values])
             batch.tally["sender_blocked"] += 1
             continue
-        send = _find_send(conn, tenant, row.provider, event)
+        send = _find_send(conn, cipher, row.provider, event)
         if event.kind in OPT_OUT_KINDS:
             contact_id = _find_contact_id(conn, cipher, channel, event, send)
             if contact_id is not None:
@@ -160,7 +163,8 @@ def _process_row(
             continue
         if send is None:
             batch.tally["unknown_message"] += 1
-            problem = f"{event.kind} for unknown message {event.provider_message_id or event.send_id or event.ledger_key}"
+            message = stored_id(cipher, row.provider, event.provider_message_id) or event.send_id or event.ledger_key
+            problem = f"{event.kind} for unknown message {message}"
             continue
         advanced = _advance_delivery(conn, tenant, send, event, now)
         if advanced:

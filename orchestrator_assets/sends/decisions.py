@@ -25,9 +25,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from orchestrator_assets.provider_ids import stored_id
 from orchestrator_assets.sends.ledger import AMBIGUOUS, FAILED, OPERATOR, RESEND, SENT
 from orchestrator_assets.tables import markdown_table
 from resources.opstore_schema import send_decisions, sends
+from resources.pii import tenant_cipher
 
 MARK_SENT, MARK_FAILED = "mark_sent", "mark_failed"  # and RESEND, the ledger status it leads to
 DECISIONS = (MARK_SENT, MARK_FAILED, RESEND)
@@ -113,9 +115,12 @@ def decide(conn: sa.Connection, tenant: str, operator: str, requests: Sequence[D
         raise DecisionError(problems)
 
     recorded = []
+    cipher = tenant_cipher(conn, tenant) if any(request.provider_message_id for request, _ in targets.values()) else None
     for send_id, (request, row) in targets.items():
+        # The id as the provider's console shows it, kept the way the ledger keeps every provider id.
+        provider_id = stored_id(cipher, row.provider, request.provider_message_id) if cipher else None
         changed = conn.execute(
-            sa.update(sends).where(sends.c.send_id == send_id, sends.c.status == AMBIGUOUS).values(**_ledger_values(request, operator, now))
+            sa.update(sends).where(sends.c.send_id == send_id, sends.c.status == AMBIGUOUS).values(**_ledger_values(request, provider_id, operator, now))
         ).rowcount
         if changed != 1:  # another run or operator moved it since it was read: roll the whole batch back
             raise DecisionError([(send_id, "is no longer ambiguous (changed meanwhile); nothing was changed, look again")])
@@ -126,7 +131,7 @@ def decide(conn: sa.Connection, tenant: str, operator: str, requests: Sequence[D
                 "decision": request.decision,
                 "operator": operator.strip(),
                 "reason": request.reason.strip(),
-                "provider_message_id": request.provider_message_id,
+                "provider_message_id": provider_id,
                 "previous_error": row.error,
                 "run_id": run_id,
                 "decided_at": now,
@@ -191,11 +196,10 @@ def _targets(conn: sa.Connection, tenant: str, request: DecisionRequest) -> tupl
     return [row], None
 
 
-def _ledger_values(request: DecisionRequest, operator: str, now: dt.datetime) -> dict[str, Any]:
+def _ledger_values(request: DecisionRequest, provider_id: str | None, operator: str, now: dt.datetime) -> dict[str, Any]:
     who = f"{operator.strip()}: {request.reason.strip()}"
     if request.decision == MARK_SENT:
-        provider_id = request.provider_message_id or sends.c.provider_message_id
-        return {"status": SENT, "provider_message_id": provider_id, "error_class": None, "error": None, "finished_at": now}
+        return {"status": SENT, "provider_message_id": provider_id or sends.c.provider_message_id, "error_class": None, "error": None, "finished_at": now}
     if request.decision == MARK_FAILED:
         return {"status": FAILED, "error_class": OPERATOR, "error": f"marked failed by {who}", "finished_at": now}
     return {"status": RESEND, "error_class": None, "error": f"resend allowed by {who}", "finished_at": None}

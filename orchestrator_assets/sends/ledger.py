@@ -44,8 +44,10 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from orchestrator_assets.contact_pii import ContactKeys
+from orchestrator_assets.provider_ids import stored_id
 from resources.channels.base import RATE_LIMITED, TRANSIENT, SendResult
 from resources.opstore_schema import dedup_sequences, sends
+from resources.pii import TenantCipher
 from resources.sql import upsert_insert
 
 CLAIMED, SENT, FAILED, AMBIGUOUS = "claimed", "sent", "failed", "ambiguous"
@@ -214,10 +216,17 @@ def _allocate_dedup_ids(conn: sa.Connection, tenant: str, wanted: Sequence[Wante
     return numbers
 
 
-def finalise(conn: sa.Connection, run_id: str, answers: Sequence[tuple[str, str, SendResult]], now: dt.datetime) -> None:
-    """Record (send_id, status, result) answers on rows this run still holds claimed."""
+def finalise(conn: sa.Connection, cipher: TenantCipher, run_id: str, answers: Sequence[tuple[str, str, SendResult]], now: dt.datetime) -> None:
+    """Record (send_id, status, result) answers on rows this run still holds claimed, each provider
+    id in the form the store keeps (``provider_ids.stored_id``: no chat id or phone in it)."""
     if not answers:
         return
+    identified = [send_id for send_id, _, result in answers if result.provider_message_id]
+    providers: dict[str, str] = {}
+    for start in range(0, len(identified), _CHUNK):
+        chunk = identified[start : start + _CHUNK]
+        rows = conn.execute(sa.select(sends.c.send_id, sends.c.provider).where(sends.c.send_id.in_(chunk)))
+        providers.update((send_id, provider) for send_id, provider in rows)
     statement = (
         sa.update(sends)
         .where(sends.c.send_id == sa.bindparam("b_send_id"), sends.c.status == CLAIMED, sends.c.run_id == run_id)
@@ -235,7 +244,7 @@ def finalise(conn: sa.Connection, run_id: str, answers: Sequence[tuple[str, str,
             {
                 "b_send_id": send_id,
                 "b_status": status,
-                "b_provider_message_id": result.provider_message_id,
+                "b_provider_message_id": stored_id(cipher, providers.get(send_id, ""), result.provider_message_id),
                 "b_error_class": result.error_class,
                 "b_error": result.error,
             }

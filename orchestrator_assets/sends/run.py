@@ -98,7 +98,8 @@ async def send_messages(
     deduplicating = {item.connector.provider for item in outgoing if item.connector.provider_deduplicates}
     keyed = {item.connector.provider for item in outgoing if item.connector.ledger_dedup_ids}
     with engine.begin() as conn:
-        contact_keys = ContactKeys.load(conn, tenant_cipher(conn, tenant), {item.want.key.contact_id for item in outgoing})
+        cipher = tenant_cipher(conn, tenant)
+        contact_keys = ContactKeys.load(conn, cipher, {item.want.key.contact_id for item in outgoing})
         todo = plan(conn, tenant, [item.want for item in outgoing], deduplicating, contact_keys, keyed)
     report.abandoned = todo.abandoned
     for keys, name in ((todo.final, "already_final"), (todo.held, "held")):
@@ -124,7 +125,7 @@ async def send_messages(
         nonlocal last_log
         if answers:
             with engine.begin() as conn:
-                finalise(conn, run_id, answers, dt.datetime.now(dt.UTC))
+                finalise(conn, cipher, run_id, answers, dt.datetime.now(dt.UTC))
             answers.clear()
         if time.monotonic() - last_log >= PROGRESS_EVERY_S:
             last_log = time.monotonic()

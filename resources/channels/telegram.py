@@ -3,7 +3,8 @@
 Send: `POST {base_url}/bot<token>/<method>` (the token in the path is the auth). A message without
 attachments goes out with `sendMessage`; with one photo or document attachment, with `sendPhoto` /
 `sendDocument` and the text as its caption. The provider id is "<chat_id>:<message_id>" because
-Telegram's message_id is unique only within a chat. `send_chat_action` shows "typing…" and the like.
+Telegram's message_id is unique only within a chat (the store keeps the chat id's blind index instead:
+orchestrator_assets/provider_ids.py). `send_chat_action` shows "typing…" and the like.
 Webhooks: Telegram puts no signature on the body; authenticity is the `X-Telegram-Bot-Api-Secret-Token`
 header set with `setWebhook(secret_token=…)`. Updates are deduplicated by `update_id`; a button press
 (`callback_query`) is answered in the webhook's own answer (`webhook_reply`).
