@@ -14,7 +14,8 @@
    ``orchestrator_assets.imports.normalise`` (measured around its functions), ``validate`` the
    rest of validation (pandera checks, cross-column rules, building the frame).
 4. ``commit``: the good rows into a fresh PostgreSQL database (``tests/pg.py``), in one
-   transaction, by ``commit_rows`` — the one call to swap when the store's commit changes.
+   transaction, by ``commit_rows`` (``imports.commit.commit_import``: stored duplicates, contacts,
+   consent ledger, import history).
 
 ``peak_rss_mb`` is the process's high-water mark (``ru_maxrss``; the CSV is generated in a child). ``--profile`` prints the top of
 a cProfile of validate + normalise + dedup to stderr. Progress goes to stderr; the last stdout line
@@ -47,9 +48,10 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/pg.py: throw-away PostgreSQL da
 from pg import create_database, drop_database  # noqa: E402
 
 from orchestrator_assets.imports import normalise, validation  # noqa: E402
-from orchestrator_assets.imports.store import record_consents, upsert_contacts  # noqa: E402
+from orchestrator_assets.imports.commit import ImportSource, commit_import  # noqa: E402
 from orchestrator_assets.imports.reading import read_contacts_file  # noqa: E402
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows  # noqa: E402
+from policies.tenants import ImportMode  # noqa: E402
 from resources.opstore import engine_for, migrate  # noqa: E402
 
 TENANT = "demo"
@@ -160,10 +162,10 @@ class StageClock:
 
 def commit_rows(engine: sa.Engine, good: pd.DataFrame) -> dict[str, int]:
     """The store's commit of one import: contacts and their consents in one transaction."""
+    good.attrs["source_file"] = "bench.csv"
     with engine.begin() as conn:
-        counts = upsert_contacts(conn, TENANT, good, NOW)
-        counts.update(record_consents(conn, TENANT, good, NOW, file="bench.csv"))
-    return counts
+        result = commit_import(conn, TENANT, good, ImportSource.of(good), ImportMode.VALID_ROWS_ONLY, NOW, actor="bench/import.py")
+    return {**result.contacts, **result.consents, "store_duplicates": result.rows_rejected}
 
 
 def main() -> None:

@@ -167,7 +167,7 @@ def materializations(instance, run_id: str) -> dict[str, dict]:
     return {"/".join(r.asset_materialization.asset_key.path): r.asset_materialization.metadata for r in records}
 
 
-SUMMARY_FIGURES = ("rows_read", "rows_valid", "rows_rejected", "inserted", "updated", "unchanged", "granted", "withdrawn", "messages", "sent", "failed", "skipped_already_sent", "ambiguous_held")
+SUMMARY_FIGURES = ("import_id", "rows_read", "rows_valid", "rows_rejected", "inserted", "updated", "unchanged", "granted", "withdrawn", "messages", "sent", "failed", "skipped_already_sent", "ambiguous_held")
 
 
 def print_pipeline_summary(instance, run_id: str) -> None:

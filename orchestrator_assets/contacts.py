@@ -1,14 +1,16 @@
-"""Dagster assets of the contacts domain: the tenant's contact book in the operational store."""
+"""Dagster assets of the contacts domain: the tenant's contact book in the operational store, and
+the import commit that writes it together with the consents the file gives."""
 
 import asyncio
 import datetime as dt
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from orchestrator_assets.groups import CONSENTS, CONTACTS, IMPORTS
-from orchestrator_assets.imports.store import upsert_contacts
+from orchestrator_assets.imports.commit import ImportRefused, ImportSource, commit_import
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.reachability import (
     DueNumber,
@@ -17,30 +19,95 @@ from orchestrator_assets.reachability import (
     record_result,
 )
 from orchestrator_assets.tables import markdown_table
-from policies.loader import load_tenants
+from orchestrator_assets.webhooks.outbox import enqueue
 from policies.channels import Channel, Provider
+from policies.loader import load_tenants
+from policies.tenants import ImportMode
 from resources.channels.smsc import ReachabilityResult
 from resources.connectors import ChannelConnectors
 from resources.opstore import OperationalStore
 from resources.pii import tenant_cipher
 
+COMMIT_OP = "commit_contact_import"  # the op's name in run config: ops: {commit_contact_import: {config: …}}
 
-@dg.asset(
-    key=[CONTACTS, "contacts"],
-    group_name=CONTACTS,
+
+class ContactCommitConfig(dg.Config):
+    import_mode: Literal["tenant_default", "all_or_nothing", "valid_rows_only"] = Field(
+        default="tenant_default",
+        description="all_or_nothing (any rejected row: nothing written, the run fails) or valid_rows_only; tenant_default = the tenant's import_mode (tenants.yaml)",
+    )
+
+
+@dg.multi_asset(
+    name=COMMIT_OP,
+    specs=[
+        dg.AssetSpec(
+            [CONTACTS, "contacts"],
+            group_name=CONTACTS,
+            deps=[dg.AssetKey([IMPORTS, "contact_import_rows"])],
+            description="Contacts of one tenant, upserted by external id from the validated import rows (one row per tenant × external_id in `contacts`); "
+            "committed with their consents in one transaction, under an import id that a rollback names.",
+        ),
+        dg.AssetSpec(
+            [CONSENTS, "contact_consents"],
+            group_name=CONSENTS,
+            deps=[dg.AssetKey([IMPORTS, "contact_import_rows"]), dg.AssetKey([CONTACTS, "contacts"])],
+            description="The import's consent decisions, appended to the consent ledger: one `consent_events` row per decision "
+            "(tenant × contact × channel × purpose), hash-chained per contact, the current state derived from them (docs/consent.md), "
+            "the proof under 152-FZ / 38-FZ art. 18. Source: the import's consent columns (`consent_<channel>` advertising, "
+            "`consent_processing`, `consent_<channel>_transactional`); the import id is in each event's source_ref.",
+        ),
+    ],
     partitions_def=tenant_partitions,
     ins={"rows": dg.AssetIn(key=[IMPORTS, "contact_import_rows"])},
 )
-def contacts(context: dg.AssetExecutionContext, rows: pd.DataFrame, opstore: OperationalStore) -> dg.MaterializeResult:
-    """Contacts of one tenant, upserted by external id.
+def commit_contact_import(context: dg.AssetExecutionContext, config: ContactCommitConfig, rows: pd.DataFrame, opstore: OperationalStore):
+    """One import's contacts and consents, in one transaction (``imports.commit``): a failure
+    anywhere leaves neither, and an all-or-nothing import with rejected rows writes nothing."""
+    tenant, now = context.partition_key, dt.datetime.now(dt.UTC)
+    settings = load_tenants().tenants[tenant]
+    mode = settings.import_mode if config.import_mode == "tenant_default" else ImportMode(config.import_mode)
+    source = ImportSource.of(rows)
+    webhook_events = []
+    try:
+        with opstore.engine().begin() as conn:
+            result = commit_import(
+                conn, tenant, rows, source, mode, now, actor=context.run.tags.get("dagster/sensor_name") or context.job_name,
+                run_id=context.run.run_id, webhook_events=webhook_events,
+            )
+            enqueued = enqueue(conn, tenant, settings.webhooks, webhook_events, now)
+    except ImportRefused as refused:
+        raise dg.Failure(
+            description=f"{source.file}: {refused}. Fix the rows in the error report and import the file again.",
+            metadata={
+                "rows_rejected": refused.rejected,
+                "error_report": dg.MetadataValue.path(source.error_report or "none"),
+                "duplicates_of_stored_contacts": dg.MetadataValue.md(_problems_table(refused.store_duplicates)),
+            },
+        ) from None
+    context.log.info(f"import {result.import_id} of {source.file} for {tenant} ({mode}): {result.contacts}, consents {result.consents}")
+    shared = {"import_id": result.import_id if result.import_id is not None else "none (no file)", "import_mode": str(mode)}
+    yield dg.MaterializeResult(
+        asset_key=[CONTACTS, "contacts"],
+        metadata={
+            **shared,
+            **{key: int(value) for key, value in result.contacts.items()},
+            "rows_rejected": result.rows_rejected,
+            "duplicates_of_stored_contacts": dg.MetadataValue.md(_problems_table(result.store_duplicates)),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=[CONSENTS, "contact_consents"],
+        metadata={**shared, **{key: int(value) for key, value in result.consents.items()}, "webhook_events_enqueued": enqueued},
+    )
 
-    Grain: one row per (tenant, external_id) in the ``contacts`` table. Source: validated import
-    rows. Re-importing the same file changes nothing (reported as ``unchanged``); a row naming a
-    merged contact leaves its tombstone alone (reported as ``merged``, ``imports.store.upsert_contacts``).
-    """
-    with opstore.engine().begin() as conn:
-        counts = upsert_contacts(conn, context.partition_key, rows, dt.datetime.now(dt.UTC))
-    return dg.MaterializeResult(metadata={key: int(value) for key, value in counts.items()})
+
+def _problems_table(problems: list[dict]) -> str:
+    return markdown_table(
+        ["row", "column", "value", "reason"],
+        [(p["row"], p["column"], p["value"], p["reason"]) for p in problems[:50]],
+        empty="No row duplicates a stored contact.",
+    )
 
 
 READABLE = {True: "yes", False: "no", None: "unsettled"}

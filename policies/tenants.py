@@ -71,6 +71,13 @@ class WebhookSubscription(StrictModel):
         return events
 
 
+class ImportMode(StrEnum):
+    """What a contact import does with a file that has rejected rows (docs/imports.md)."""
+
+    ALL_OR_NOTHING = "all_or_nothing"  # any rejected row: nothing is written, the run fails with the report
+    VALID_ROWS_ONLY = "valid_rows_only"  # the valid rows are committed, the rejected ones reported
+
+
 class CustomFieldType(StrEnum):
     """What a tenant's own contact field holds; an import cell that is not one is a row error."""
 
@@ -114,6 +121,8 @@ class Tenant(StrictModel):
     country: CountryCode
     accounts: ChannelAccounts
     webhooks: list[WebhookSubscription] = []
+    # The default of the tenant's contact imports; a run's config can override it.
+    import_mode: ImportMode = ImportMode.VALID_ROWS_ONLY
     # Contact fields of the tenant's own, by name (slugs like step names). A header that is one of
     # our columns or its aliases (phone, Телефон, …) always means our column; a custom field named
     # like one of our columns makes imports refuse to run until it is renamed.

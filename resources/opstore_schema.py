@@ -336,6 +336,53 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_tenant_id", "tenant", "id"),
 )
 
+# One row per committed contact import (orchestrator_assets/imports/commit.py): the id that
+# consent evidence, the change history and a rollback name. Written in the import's own transaction,
+# so an import that failed or was refused (all_or_nothing with rejected rows) has no row.
+contact_imports = sa.Table(
+    "contact_imports",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("source_file", sa.String(512), nullable=False),
+    sa.Column("content_sha256", sa.String(64)),  # of the file's bytes; None for rows not read from a file
+    sa.Column("mode", sa.String(32), nullable=False),  # all_or_nothing | valid_rows_only
+    sa.Column("rows_read", sa.Integer, nullable=False),
+    sa.Column("rows_valid", sa.Integer, nullable=False),
+    sa.Column("rows_rejected", sa.Integer, nullable=False),  # by validation and by store duplicates
+    sa.Column("rows_inserted", sa.Integer, nullable=False),
+    sa.Column("rows_updated", sa.Integer, nullable=False),
+    sa.Column("rows_unchanged", sa.Integer, nullable=False),
+    sa.Column("rows_merged", sa.Integer, nullable=False),  # rows naming a merged contact (its tombstone): not written
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),  # committed | rolled_back
+    sa.Column("committed_at", UTCDateTime, nullable=False),
+    sa.Column("rolled_back_at", UTCDateTime),
+    sa.Index("ix_contact_imports_tenant_id", "tenant", "id"),
+)
+
+# What each import did to each contact it created or changed: the history a rollback restores from.
+# ``previous`` holds the changed fields' former values (personal data: one opaque column, sealed
+# with the contact's key once PII is encrypted at rest); None for a contact the import created.
+# No foreign key to contacts: the history outlives a contact removed by a rollback.
+contact_import_changes = sa.Table(
+    "contact_import_changes",
+    metadata,
+    sa.Column("import_id", sa.BigInteger, sa.ForeignKey("contact_imports.id"), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, primary_key=True),
+    sa.Column("action", sa.String(16), nullable=False),  # created | updated
+    sa.Column("previous", sa.LargeBinary),
+    sa.Column("previous_updated_at", UTCDateTime),
+    sa.Index("ix_contact_import_changes_contact", "contact_id", "import_id"),
+)
+
+# Every foreign key to contacts gets an index on contact_id: PostgreSQL checks each removed contact
+# (import rollback, merge, erasure) against each referencing table, and without one that is a scan of
+# the table per contact (a 20,000-contact rollback took 76 s instead of 4 s). phone_reachability's
+# primary key is contact_id already; segment_members' starts with tenant and segment.
+for _table in (consent_events, segment_members, sends, trigger_events):
+    sa.Index(f"ix_{_table.name}_contact", _table.c.contact_id)
+
 # Pairs of a tenant's live contacts that may be one person (contacts/contact_duplicate_candidates,
 # replaced on every materialisation): ids, a score 0-100 and the reason in words; never the values.
 contact_duplicate_candidates = sa.Table(

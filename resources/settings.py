@@ -58,6 +58,7 @@ class Settings:
     sandbox_url: str
     gateway_url: str
     dbt_target: str
+    import_inbox: Path  # drop folder of contact CSVs, one sub-folder per tenant (sensors/imports.py)
 
     @property
     def is_embedded(self) -> bool:
@@ -188,6 +189,7 @@ SETTINGS_VARIABLES = (
     "ALGOR_SANDBOX_URL",
     "ALGOR_GATEWAY_URL",
     "ALGOR_DBT_TARGET",
+    "ALGOR_IMPORT_INBOX",
     ALLOW_SANDBOX_WITH,
 )
 
@@ -220,6 +222,7 @@ def _settings(values: tuple[str | None, ...], cwd: str) -> Settings:
         sandbox_url=variables.get("ALGOR_SANDBOX_URL", "http://127.0.0.1:8765").rstrip("/"),
         gateway_url=variables.get("ALGOR_GATEWAY_URL", "http://127.0.0.1:8766").rstrip("/"),
         dbt_target=variables.get("ALGOR_DBT_TARGET") or ("embedded" if warehouse_dsn.startswith("chdb:") else "server"),
+        import_inbox=Path(cwd, variables.get("ALGOR_IMPORT_INBOX", home / "imports" / "inbox")).resolve(),
     )
 
 

@@ -12,8 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from orchestrator_assets.consent_ledger import consent_state
-from orchestrator_assets.consents import contact_consents
-from orchestrator_assets.contacts import contacts
+from orchestrator_assets.contacts import commit_contact_import
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.validation import CSV_COLUMNS
 from resources.opstore import OperationalStore
@@ -25,7 +24,7 @@ IMPORT_OP = "imports__contact_import_rows"
 
 def _materialize(instance: dg.DagsterInstance, tenant: str, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
     result = dg.materialize(
-        [contact_import_rows, contacts, contact_consents],
+        [contact_import_rows, commit_contact_import],
         instance=instance,
         partition_key=tenant,
         resources={"opstore": OperationalStore()},

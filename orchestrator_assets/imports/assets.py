@@ -1,5 +1,6 @@
 """Dagster assets of the imports domain: a contact CSV, validated."""
 
+import hashlib
 from pathlib import Path
 
 import dagster as dg
@@ -52,7 +53,11 @@ def contact_import_rows(context: dg.AssetExecutionContext, config: ContactImport
     if inspection.refused:
         raise refusal_failure(inspection)
     good = inspection.validation.good
-    good.attrs["source_file"] = path.name  # travels with the rows as consent evidence
+    # What the commit records with the import (imports/commit.py: ImportSource); the file name is consent evidence.
+    good.attrs.update(
+        source_file=path.name, source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), rows_read=inspection.read.records,
+        rows_rejected=inspection.rejected_rows, error_report=str(inspection.report_path),
+    )
     metadata = inspection.metadata()
     context.log.info(f"{path.name}: {metadata['rows_read']} rows read, {len(good)} valid, {inspection.rejected_rows} rejected")
     yield dg.Output(good, metadata=metadata)

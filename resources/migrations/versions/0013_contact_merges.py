@@ -1,14 +1,14 @@
 """contact merges: tombstones (contacts.merged_into), duplicate candidates, merges and what each moved
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
