@@ -1,13 +1,13 @@
 """contacts.custom_fields: a tenant's own contact fields, as one JSON object text
 
-Revision ID: 0015
+Revision ID: 0014
 Revises: 0013
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
+revision = "0014"
 down_revision = "0013"
 branch_labels = None
 depends_on = None
