@@ -22,6 +22,7 @@ from import_commit_support import NOW, commit, engine, rows, snapshot  # noqa: F
 from orchestrator_assets.contacts import COMMIT_OP, commit_contact_import
 from orchestrator_assets.imports import store
 from orchestrator_assets.imports.commit import ImportRefused
+from orchestrator_assets.imports.rollback import rollback_import
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.validation import CSV_COLUMNS
@@ -228,3 +229,20 @@ def test_the_migration_creates_exactly_the_import_tables_of_the_schema(engine):
     with engine.connect() as conn:
         diff = [d for d in compare_metadata(MigrationContext.configure(conn), metadata) if "contact" in repr(d)]
     assert diff == []
+
+
+def test_custom_fields_are_stored_kept_where_a_later_file_is_blank_and_restored_by_rollback(engine):
+    first = rows({"external_id": "c-1", "email": "a@example.ru"})
+    first["custom_fields"] = ['{"vip":true,"orders":3}']
+    commit(engine, first)
+    before = snapshot(engine)
+    later = rows({"external_id": "c-1", "email": "a@example.ru"}, file="crm-2.csv")
+    later["custom_fields"] = ['{"orders":4}']
+    result = commit(engine, later)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(contacts.c.custom_fields).where(contacts.c.external_id == "c-1")).scalar_one()
+    assert json.loads(stored) == {"orders": 4, "vip": True}
+    assert result.contacts["updated"] == 1
+    with engine.begin() as conn:
+        rollback_import(conn, result.import_id, operator="anna@ops.example.ru", reason="wrong file", force=False, now=NOW)
+    assert snapshot(engine) == before

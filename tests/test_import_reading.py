@@ -17,8 +17,7 @@ from alembic.migration import MigrationContext
 
 from pg import create_database, drop_database
 
-from orchestrator_assets.consents import contact_consents
-from orchestrator_assets.contacts import contacts
+from orchestrator_assets.contacts import commit_contact_import
 from orchestrator_assets.imports import inspection as inspection_module
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.headers import OUR_COLUMNS
@@ -92,7 +91,7 @@ def test_the_corpus_is_exactly_the_files_the_tests_name():
 
 def _materialize(instance: dg.DagsterInstance, path: Path, tenant: str = "demo") -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [contact_import_rows, contacts, contact_consents],
+        [contact_import_rows, commit_contact_import],
         instance=instance,
         partition_key=tenant,
         resources={"opstore": OperationalStore()},

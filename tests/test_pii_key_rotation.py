@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from jobs.privacy import pii_key_rotation_job
 from orchestrator_assets.contact_pii import find_contact_id, read_contacts
-from orchestrator_assets.contacts import contacts
+from orchestrator_assets.contacts import commit_contact_import
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from pg import create_database, drop_database
@@ -46,7 +46,7 @@ def store(request, algor_home, monkeypatch):
 def imported(store, instance) -> dict[int, dict]:
     """The sample imported for the demo tenant; its contacts' plaintext by id."""
     result = dg.materialize(
-        [contact_import_rows, contacts],
+        [contact_import_rows, commit_contact_import],
         instance=instance,
         partition_key=TENANT,
         resources={"opstore": OperationalStore()},

@@ -12,8 +12,7 @@ import pytest
 
 from definitions import defs
 from orchestrator_assets.campaigns import campaign_messages
-from orchestrator_assets.consents import contact_consents
-from orchestrator_assets.contacts import contacts
+from orchestrator_assets.contacts import commit_contact_import
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.segments import segment_members
@@ -37,7 +36,7 @@ def _known_values(rows: pd.DataFrame, messages: pd.DataFrame) -> set[bytes]:
 
 def test_stored_outputs_are_ciphertext_and_load_downstream(algor_home, instance):
     result = dg.materialize(
-        [contact_import_rows, contacts, contact_consents, segment_members, campaign_messages],
+        [contact_import_rows, commit_contact_import, segment_members, campaign_messages],
         instance=instance,
         partition_key="demo",
         resources={"opstore": OperationalStore(), "io_manager": EncryptedFilesystemIOManager()},

@@ -12,6 +12,8 @@ appended to the consent ledger once (``orchestrator_assets.consent_ledger``).
 
 from __future__ import annotations
 
+import json
+
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -34,7 +36,10 @@ from resources.pii import tenant_cipher
 from resources.sql import upsert_insert
 
 BATCH_SIZE = 500
-PLAIN_FIELDS = ("city", "language", "timezone")  # not personal on their own: stored as they are, for segment rules
+# Not personal on their own: stored as they are, for segment rules. ``custom_fields`` is the tenant's
+# declared fields (policies.tenants.CustomField) as one JSON object; docs/imports.md tells tenants
+# not to declare personal data there.
+PLAIN_FIELDS = ("city", "language", "timezone", "custom_fields")
 CONTACT_FIELDS = (*PII_FIELDS, *PLAIN_FIELDS)
 SEALED_COLUMNS = ("email_bidx", "phone_bidx", "telegram_bidx", "vk_bidx", "email_domain", "phone_country")
 
@@ -137,6 +142,8 @@ def upsert_contacts(
             if old is not None and old["merged_into"] is not None:
                 counts["merged"] += 1
                 continue
+            if record.get("custom_fields") is not None:
+                record["custom_fields"] = _merged_custom_fields(old and old.get("custom_fields"), record["custom_fields"])
             if old is None:
                 counts["inserted"] += 1
                 old = {"data_key": cipher.new_contact_key()}
@@ -162,6 +169,13 @@ def upsert_contacts(
             created = _contact_ids(conn, tenant, (c.external_id for c in batch_changes if c.contact_id is None))
             changes.extend(c if c.contact_id is not None else c._replace(contact_id=created[c.external_id]) for c in batch_changes)
     return counts
+
+
+def _merged_custom_fields(stored: str | None, imported: str) -> str:
+    """The stored custom fields with the file's on top: like any other field, a value the file
+    leaves blank (absent from its object) keeps what is stored."""
+    merged = {**(json.loads(stored) if stored else {}), **json.loads(imported)}
+    return json.dumps(merged, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 def _contact_ids(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) -> dict[str, int]:
