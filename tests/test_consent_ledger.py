@@ -289,22 +289,6 @@ def test_the_migration_carries_earlier_events_over_chained(backend, request, alg
         _drop(engine, backend)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migrations_create_exactly_the_consent_ledger_of_the_schema(backend, request, tmp_path):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'operational.sqlite3'}"
-    migrate(url)
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            diff = [d for d in compare_metadata(MigrationContext.configure(conn), metadata) if "consent" in repr(d)]
-        assert diff == []
-    finally:
-        _drop(engine, backend)
-
-
 # --- the jobs (embedded default) ------------------------------------------------------------------
 
 

@@ -323,27 +323,6 @@ def test_a_bad_pair_merges_nothing(store, people):
     assert not again.success and _snapshot(store) == merged  # crm-2 is a tombstone now: not even crm-1 is merged
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migrations_create_exactly_the_merge_tables_of_the_schema(backend, request, tmp_path):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from resources.opstore import migrate
-
-    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'operational.sqlite3'}"
-    migrate(url)
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            diff = [d for d in compare_metadata(MigrationContext.configure(conn), metadata) if "contact_" in repr(d) or "merged_into" in repr(d)]
-        assert diff == []
-    finally:
-        metadata.drop_all(engine)
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE alembic_version"))
-        engine.dispose()
-
-
 def test_a_tombstone_joins_no_segment_when_segments_are_rebuilt(store, people):
     from orchestrator_assets.segments import segment_members as segment_asset
 

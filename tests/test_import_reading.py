@@ -12,8 +12,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 
 from pg import create_database, drop_database
 
@@ -26,8 +24,8 @@ from orchestrator_assets.imports.reading import ReadResult, Refusal, read_contac
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from policies.loader import load_tenants
 from policies.tenants import CustomField
-from resources.opstore import OperationalStore, migrate
-from resources.opstore_schema import consent_events, metadata
+from resources.opstore import OperationalStore
+from resources.opstore_schema import consent_events
 from resources.opstore_schema import contacts as contacts_table
 
 CORPUS = Path(__file__).resolve().parent / "data" / "ugly_csv"
@@ -376,17 +374,6 @@ def test_a_tenant_without_custom_fields_ignores_those_columns(algor_home, tmp_pa
 def test_custom_field_declarations_are_checked(declared, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         CustomField.model_validate(declared)
-
-
-def test_the_custom_fields_column_is_created_by_its_migration(tmp_path):
-    url = f"sqlite:///{tmp_path / 'operational.sqlite3'}"
-    migrate(url)
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        diff = [d for d in compare_metadata(MigrationContext.configure(conn), metadata) if "custom_fields" in repr(d)]
-        assert diff == []
-        assert "custom_fields" in {column["name"] for column in sa.inspect(conn).get_columns("contacts")}
-    engine.dispose()
 
 
 def test_the_code_page_is_told_by_the_rows_that_need_one_however_far_down(tmp_path):

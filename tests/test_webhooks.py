@@ -606,20 +606,3 @@ def test_two_runs_racing_on_postgres_post_each_row_once(postgres_url, tmp_path, 
         engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migrations_create_exactly_the_webhook_tables_of_the_schema(backend, request, tmp_path):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'operational.sqlite3'}"
-    migrate(url)
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            diff = [d for d in compare_metadata(MigrationContext.configure(conn), metadata) if "webhook_" in repr(d)]
-        assert diff == []
-    finally:
-        metadata.drop_all(engine)
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE alembic_version"))
-        engine.dispose()
