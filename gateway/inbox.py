@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import structlog
 
+from resources.event_keys import event_key_secret, stored_event_key
 from resources.inbox_payloads import inbox_keys, seal_payload
 from resources.opstore_schema import webhook_inbox
 from resources.sql import upsert_insert
@@ -26,23 +27,28 @@ from resources.sql import upsert_insert
 MAX_BATCH_ROWS = 500  # bounds one transaction's duration, and so the latency of the requests behind it
 
 log = structlog.get_logger("algor.gateway.inbox")
-EventKey = tuple[str, str, str]  # (tenant, provider, event key): the inbox's unique key
+EventKey = tuple[str, str, str]  # (tenant, provider, stored event key): the inbox's unique key
 
 
 def inbox_rows(tenant: str, provider: str, events: list[tuple[str, dict]]) -> list[dict]:
+    """The rows of one post's events (provider event id, payload): the id kept as its keyed hash
+    (``resources/event_keys.py``: some name the recipient), the payload sealed and bound to it."""
     now = dt.datetime.now(dt.UTC)
-    keys = inbox_keys()
-    return [
-        {
-            "tenant": tenant,
-            "provider": provider,
-            "account": provider,
-            "event_key": key,
-            "payload": seal_payload(tenant, provider, key, payload, keys),
-            "received_at": now,
-        }
-        for key, payload in events
-    ]
+    keys, secret = inbox_keys(), event_key_secret()
+    rows = []
+    for raw, payload in events:
+        key = stored_event_key(tenant, provider, raw, secret)
+        rows.append(
+            {
+                "tenant": tenant,
+                "provider": provider,
+                "account": provider,
+                "event_key": key,
+                "payload": seal_payload(tenant, provider, key, payload, keys),
+                "received_at": now,
+            }
+        )
+    return rows
 
 
 def insert_new(engine: sa.Engine, rows: list[dict]) -> set[EventKey]:
@@ -61,9 +67,11 @@ def store_callbacks(engine: sa.Engine, tenant: str, provider: str, events: list[
     return len(insert_new(engine, inbox_rows(tenant, provider, events)))
 
 
-def already_stored(engine: sa.Engine, tenant: str, provider: str, event_key: str) -> bool:
+def already_stored(engine: sa.Engine, tenant: str, provider: str, raw_event_key: str) -> bool:
+    """Whether the inbox holds the event whose provider event id is ``raw_event_key``."""
+    key = stored_event_key(tenant, provider, raw_event_key)
     query = sa.select(webhook_inbox.c.id).where(
-        webhook_inbox.c.tenant == tenant, webhook_inbox.c.provider == provider, webhook_inbox.c.event_key == event_key
+        webhook_inbox.c.tenant == tenant, webhook_inbox.c.provider == provider, webhook_inbox.c.event_key == key
     )
     with engine.connect() as conn:
         return conn.execute(query).first() is not None
@@ -107,7 +115,7 @@ class InboxWriter:
                     for waiter in batch:
                         _settle(waiter, exception=exc)
                 except sa.exc.SQLAlchemyError:
-                    # Rows the store refuses (e.g. a key too long for PostgreSQL) must not cost the
+                    # Rows the store refuses (e.g. a tenant id too long for its column) must not cost the
                     # other requests of the batch: write each request alone, so only its own fails.
                     await self._write_alone(batch)
                 else:

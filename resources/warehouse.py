@@ -23,9 +23,9 @@ DATABASE = "algor"
 EVENTS_TABLE = f"{DATABASE}.events"
 
 # One append-only fact table for everything that happens to a message. ``event_id`` is the
-# idempotency key (the send id for send outcomes, the provider's event id for callbacks), and
-# ReplacingMergeTree on it means re-appending after a crash never double counts; dbt staging
-# still deduplicates explicitly because merges are eventual.
+# idempotency key (the send id for send outcomes, the provider's event id for callbacks, as
+# ``resources/event_keys.py`` stores it), and ReplacingMergeTree on it means re-appending after a
+# crash never double counts; dbt staging still deduplicates explicitly because merges are eventual.
 EVENT_COLUMNS: tuple[str, ...] = (
     "tenant",
     "event_id",

@@ -12,6 +12,7 @@ from orchestrator_assets.contact_pii import read_contacts
 from orchestrator_assets.imports.sample_contacts import generate_sample, write_sample
 from policies.loader import load_bundle
 from resources.channels.mailgun import sign
+from resources.event_keys import stored_event_key
 from resources.opstore import OperationalStore
 from resources.opstore_schema import contacts, deliveries, segment_members, sends, webhook_inbox
 from resources.pii import tenant_cipher
@@ -120,7 +121,7 @@ def test_forged_callback_refused_and_real_one_counted_once(algor_home, instance,
         assert httpx.post(url, json=genuine).status_code == 200  # a provider retry: acknowledged, not stored again
         process_inbox(instance)
         with engine.connect() as conn:
-            inbox_rows = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.event_key == "open-once")).all()
+            inbox_rows = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.event_key == stored_event_key("demo", "mailgun", "open-once"))).all()
             assert len(inbox_rows) == 1
             assert conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one() == inbox_before + 1
             delivery = conn.execute(sa.select(deliveries).where(deliveries.c.send_id == send.send_id)).one()
@@ -130,8 +131,8 @@ def test_forged_callback_refused_and_real_one_counted_once(algor_home, instance,
 
         with Warehouse().client() as client:
             opened = client.query(
-                "select count() from algor_reports.stg_events where event_type = 'opened' and send_id = {s:String} and event_id = 'mailgun:open-once'",
-                parameters={"s": send.send_id},
+                "select count() from algor_reports.stg_events where event_type = 'opened' and send_id = {s:String} and event_id = {e:String}",
+                parameters={"s": send.send_id, "e": f"mailgun:{stored_event_key('demo', 'mailgun', 'open-once')}"},
             ).result_rows[0][0]
         assert opened == 1
 

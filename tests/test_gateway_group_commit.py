@@ -17,6 +17,7 @@ from pg import create_database, drop_database
 from gateway.app import create_app
 from gateway.inbox import InboxWriter
 from policies.loader import load_tenants
+from resources.event_keys import stored_event_key
 from resources.opstore import engine_for, migrate
 from resources.opstore_schema import webhook_inbox
 from resources.settings import get_settings
@@ -57,11 +58,27 @@ def test_concurrent_posts_share_commits_and_each_new_event_is_credited_once(algo
     new = asyncio.run(store_all(posts))
     assert len(commits) < len(posts)  # they shared transactions
     assert sum(new) == 41 and new[0] == 2 and set(new[1:]) == {1}
-    assert inbox_keys(engine) == sorted(f"update:{n}" for n in range(41))
+    assert inbox_keys(engine) == sorted(stored_event_key("demo", "telegram", f"update:{n}") for n in range(41))
 
     retried = asyncio.run(store_all(posts[:5] + [[telegram_update(99)]]))  # provider retries and one new event
     assert retried == [0, 0, 0, 0, 0, 1]
     assert len(inbox_keys(engine)) == 42
+
+
+def test_the_same_event_id_is_one_event_per_tenant_and_names_no_one(algor_home):
+    """The inbox keeps a keyed hash of each event id (an SMSC id spells the phone): a redelivery is
+    still dropped, and the same id from another tenant or provider is another event."""
+    engine = store_engine()
+    writer = InboxWriter(engine)
+    raw = "900001:79161234567:1"
+    posts = [("demo", "smsc"), ("acme", "smsc"), ("demo", "smsru"), ("demo", "smsc")]
+
+    async def store_all() -> list[int]:
+        return [await writer.store(tenant, provider, [(raw, {"id": "900001"})]) for tenant, provider in posts]
+
+    assert asyncio.run(store_all()) == [1, 1, 1, 0]
+    keys = inbox_keys(engine)
+    assert len(set(keys)) == 3 and not any("79161234567" in key for key in keys)
 
 
 @pytest.fixture
@@ -88,7 +105,7 @@ def test_no_acknowledgement_before_the_commit(gateway):
         blocker.rollback()
         assert answer.result(timeout=30).status_code == 200
     blocker.close()
-    assert inbox_keys(engine_for(get_settings().database_url)) == ["update:7"]
+    assert inbox_keys(engine_for(get_settings().database_url)) == [stored_event_key("demo", "telegram", "update:7")]
 
 
 def test_store_down_fails_every_request_of_the_batch_with_503(algor_home):
@@ -119,14 +136,15 @@ def test_a_row_the_store_refuses_fails_only_its_own_request(postgres_url):
     engine = engine_for(postgres_url)
     writer = InboxWriter(engine)
     tag = str(time.time_ns())
-    posts = [[(f"{tag}:{n}", {"n": n})] for n in range(5)] + [[("x" * 300, {"n": "too long a key"})]]
+    posts = [("demo", [(f"{tag}:{n}", {"n": n})]) for n in range(5)] + [("t" * 65, [(tag, {"n": "a tenant id too long for its column"})])]
 
     async def store_all() -> list[int | BaseException]:
-        return await asyncio.gather(*(writer.store("demo", "mailgun", events) for events in posts), return_exceptions=True)
+        return await asyncio.gather(*(writer.store(tenant, "mailgun", events) for tenant, events in posts), return_exceptions=True)
 
     *good, bad = asyncio.run(store_all())
     assert good == [1] * 5
     assert isinstance(bad, sa.exc.DBAPIError)
     with engine.connect() as conn:
-        stored = conn.execute(sa.select(sa.func.count()).where(webhook_inbox.c.event_key.like(f"{tag}:%"))).scalar_one()
+        keys = [stored_event_key("demo", "mailgun", f"{tag}:{n}") for n in range(5)]
+        stored = conn.execute(sa.select(sa.func.count()).where(webhook_inbox.c.event_key.in_(keys))).scalar_one()
     assert stored == 5

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 import sealed
 from orchestrator_assets.deliveries.processing import process_rows
+from resources.event_keys import stored_event_key
 from resources.links import sign_deep_link
 from resources.opstore import migrate
 from orchestrator_assets.consent_ledger import ConsentFact, append
@@ -91,7 +92,8 @@ def newcomer(engine, channel: str, address: int) -> str:
 
 
 def test_start_from_an_unknown_chat_creates_a_contact_grants_with_evidence_and_records_the_trigger(engine):
-    batch = apply(engine, "telegram", start(700001))
+    update = start(700001)
+    batch = apply(engine, "telegram", update)
     (contact,) = contact_by_chat(engine, 700001)
     assert (contact.tenant, contact.external_id) == ("demo", newcomer(engine, "telegram", 700001))
     with engine.connect() as conn:
@@ -104,7 +106,8 @@ def test_start_from_an_unknown_chat_creates_a_contact_grants_with_evidence_and_r
     detail = json.loads(fact.detail)
     assert (fact.action, fact.channel, fact.purpose, fact.origin) == ("grant", "telegram", "advertising", "telegram:opt_in")
     assert (fact.source_kind, fact.source_ref, fact.withdrawal_channel) == ("bot_command", f"inbox:{inbox_id}", "telegram")
-    assert detail["event"].startswith("update:") and detail["reason"] == "command:/start"
+    event = stored_event_key("demo", "telegram", f"update:{update['update_id']}")  # the update, as the inbox keeps its id
+    assert detail["event"] == event and detail["reason"] == "command:/start"
     assert b"700001" not in fact.detail.encode() and fact.evidence_identity  # the chat id is identifying evidence, kept apart
     assert fact.occurred_at.replace(tzinfo=dt.UTC) == dt.datetime.fromtimestamp(T0, dt.UTC)  # Telegram's date, not ours
     assert (trigger.event, trigger.contact_id, trigger.inbox_id) == ("telegram_start", contact.id, inbox_id)

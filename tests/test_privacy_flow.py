@@ -9,12 +9,14 @@ erasure test erases.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +26,16 @@ import sqlalchemy as sa
 
 from definitions import defs
 from flow import build_reports, funnel_rows, process_inbox, run_pipeline, running_stack
+from gateway.inbox import store_callbacks
 from orchestrator_assets.contact_export import UNREADABLE
 from orchestrator_assets.contact_pii import read_contacts
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from pg import create_database, drop_database
 from resources.opstore import OperationalStore
-from resources.opstore_schema import audit_log, contacts, metadata, sends
+from resources.opstore_schema import audit_log, contacts, metadata, sends, webhook_inbox
 from resources.pii import PiiKeyError, tenant_cipher
 from resources.settings import get_settings
+from resources.warehouse import EVENTS_TABLE, Warehouse
 
 TENANT = "demo"
 PII_FIELDS = ("first_name", "last_name", "email", "phone", "telegram_chat_id", "vk_user_id")
@@ -72,6 +76,7 @@ def after_demo(request, tmp_path_factory):
         with running_stack(monkeypatch) as stack:
             run_pipeline(instance, TENANT)
             stack.wait_for_callbacks()
+            _store_callbacks_naming_a_phone()
             process_inbox(instance)
         build_reports(instance)
         yield Deployment(request.param, instance, root / "algor", get_settings().database_url)
@@ -79,6 +84,30 @@ def after_demo(request, tmp_path_factory):
 
 def _engine() -> sa.Engine:
     return OperationalStore().engine()
+
+
+def _wamid(digits: str) -> str:
+    """A WhatsApp message id as Meta makes them: base64 of a record holding the recipient's phone."""
+    return "wamid." + base64.b64encode(b"\x18\x0b" + digits.encode() + b"\x15\x02\x00\x11\x18\x129A3CA5B3D4CD6E67E7").decode()
+
+
+def _store_callbacks_naming_a_phone() -> None:
+    """Callbacks whose event ids spell an emailed contact's phone without "+", stored by the
+    gateway's write path: SMSC's status ("<id>:<digits>:<status>") and incoming "stop"
+    ("in:<id>:<digits>": a consent withdrawal citing it), a 360dialog status ("<wamid>:<status>"),
+    and a Mailgun event about the contact's send whose id holds the phone, so a warehouse event is
+    made from it. The demo sends no SMS or WhatsApp: the SMSC status and the wamid find no send."""
+    with _engine().connect() as conn:
+        cipher = tenant_cipher(conn, TENANT)
+        emailed = conn.execute(sa.select(sends.c.contact_id, sends.c.send_id).where(sends.c.tenant == TENANT, sends.c.channel == "email")).all()
+        people = read_contacts(conn, cipher, [contact_id for contact_id, _ in emailed])
+    send_id, digits = next((send_id, people[contact_id]["phone"].lstrip("+")) for contact_id, send_id in emailed if people[contact_id].get("phone"))
+    status = {"statuses": [{"id": _wamid(digits), "status": "delivered", "timestamp": str(int(time.time())), "recipient_id": digits}]}
+    mailgun = {"event-data": {"id": f"ev-{digits}", "event": "delivered", "timestamp": time.time(), "user-variables": {"send_id": send_id}}}
+    store_callbacks(_engine(), TENANT, "smsc", [(f"900001:{digits}:1", {"id": "900001", "phone": digits, "status": "1"})])
+    store_callbacks(_engine(), TENANT, "smsc", [(f"in:900002:{digits}", {"id": "900002", "phone": digits, "mes": "stop"})])
+    store_callbacks(_engine(), TENANT, "d360", [(f"{_wamid(digits)}:delivered", {"entry": [{"changes": [{"value": status}]}]})])
+    store_callbacks(_engine(), TENANT, "mailgun", [(f"ev-{digits}", mailgun)])
 
 
 def _database_bytes(deployment: Deployment) -> bytes:
@@ -104,8 +133,15 @@ def _sample_values() -> set[str]:
     return {value for value in values if len(value.strip().encode()) >= 8}
 
 
+def _without_plus(values: set[str]) -> set[str]:
+    """Phones also as SMSC and WhatsApp spell them: digits without "+", and inside a wamid."""
+    digits = {value.lstrip("+") for value in values if value.startswith("+")}
+    return digits | {_wamid(value) for value in digits}
+
+
 def test_database_files_hold_no_plaintext_personal_data(after_demo):
     known = _sample_values()
+    known |= _without_plus(known)
     assert len(known) > 2000
     data = _database_bytes(after_demo)
     leaked = sorted(value for value in known if value.encode() in data)
@@ -116,11 +152,27 @@ def test_provider_message_ids_hold_no_plaintext_personal_data(after_demo):
     """Telegram's ids are "<chat id>:<message id>", SMSC's "<id>:<phone digits>": the ledger keeps
     the person's part as a blind index (orchestrator_assets/provider_ids.py), phones without "+" too."""
     known = _sample_values()
-    known |= {value.lstrip("+") for value in known if value.startswith("+")}
+    known |= _without_plus(known)
     with _engine().connect() as conn:
         ids = [row.provider_message_id for row in conn.execute(sa.select(sends.c.provider_message_id).where(sends.c.provider_message_id.is_not(None)))]
     assert any(value.startswith("tg:") for value in ids)  # the demo sends over Telegram: the check has something to check
     text = "\n".join(ids)
+    assert sorted(value for value in known if value in text) == []
+
+
+def test_callback_event_keys_hold_no_plaintext_personal_data(after_demo):
+    """SMSC's event ids spell the phone, 360dialog's hold a wamid: the inbox keeps every event id as
+    its keyed hash (resources/event_keys.py), and so do the warehouse events made from them (and the
+    tenants' webhook event ids, which are derived from the warehouse's)."""
+    known = _sample_values()
+    known |= _without_plus(known)
+    with _engine().connect() as conn:
+        inbox = conn.execute(sa.select(webhook_inbox.c.provider, webhook_inbox.c.event_key).where(webhook_inbox.c.tenant == TENANT)).all()
+    with Warehouse().client() as client:
+        result = client.query(f"select event_id from {EVENTS_TABLE} where tenant = '{TENANT}' and startsWith(event_id, 'mailgun:')")
+        event_ids = [row["event_id"] for row in result.named_results()]
+    assert {"smsc", "d360", "mailgun"} <= {provider for provider, _ in inbox} and event_ids  # something to check
+    text = "\n".join([key for _, key in inbox] + event_ids)
     assert sorted(value for value in known if value in text) == []
 
 

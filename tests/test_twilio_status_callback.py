@@ -16,6 +16,7 @@ from gateway.app import create_app
 from policies.tenants import Tenant
 from resources.channels.base import OutboundMessage
 from resources.connectors import ChannelConnectors, sandbox_accounts
+from resources.event_keys import stored_event_key
 from resources.opstore import engine_for
 from resources.opstore_schema import webhook_inbox
 from resources.settings import get_settings
@@ -94,4 +95,4 @@ def test_each_send_names_its_tenants_gateway_hook_and_the_statuses_come_back_the
     assert callbacks["failed"] == 0 and callbacks["delivered"] == 6  # sent + delivered per message, every signature verified
     with engine_for(get_settings().database_url).connect() as conn:
         stored = conn.execute(sa.select(webhook_inbox.c.tenant, webhook_inbox.c.provider, webhook_inbox.c.event_key)).all()
-    assert sorted(stored) == sorted((tenant_id, "twilio", f"{sid}:{status}") for (tenant_id, _), sid in sids.items() for status in ("sent", "delivered"))
+    assert sorted(stored) == sorted((tenant_id, "twilio", stored_event_key(tenant_id, "twilio", f"{sid}:{status}")) for (tenant_id, _), sid in sids.items() for status in ("sent", "delivered"))

@@ -2,7 +2,8 @@
 
 Every step is idempotent, because a processing run may die and be re-run over the same rows:
 statuses only advance by rank, consent events are unique facts, and warehouse events are keyed
-by the provider's own event id.
+by the provider's own event id (in its stored form, ``resources/event_keys.py``: some ids name the
+recipient, so warehouse events, tenants' webhook events and consent evidence carry its keyed hash).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from policies.consent_purposes import Purpose, SourceKind
 from resources.callbacks import CLICKS, PARSERS, UNSUBSCRIBE, consent_channel
 from resources.channels.base import JOINED, OPT_IN, UNBLOCKED, CallbackEvent
 from resources.channels.greenapi import SENDER_BLOCKED
+from resources.event_keys import event_key_secret, stored_event_key
 from resources.inbox_payloads import open_payload
 from resources.opstore_schema import blocked_senders, contacts, deliveries, sends
 from resources.pii import TenantCipher, tenant_cipher
@@ -113,7 +115,7 @@ def source_kind(provider: str) -> SourceKind:
 
 
 def _process_row(
-    conn: sa.Connection, cipher: TenantCipher, row, complaint_suppresses_all: bool, now: dt.datetime, batch: Batch
+    conn: sa.Connection, cipher: TenantCipher, row, complaint_suppresses_all: bool, now: dt.datetime, batch: Batch, key_secret: bytes
 ) -> str | None:
     """Apply one inbox row; returns why it must be retried, or None when it is done.
 
@@ -128,7 +130,8 @@ def _process_row(
     channel = consent_channel(row.provider, payload)
     problem = None
     received_at = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.UTC)  # SQLite drops tz
-    for event in parser(payload, received_at):
+    for parsed in parser(payload, received_at):
+        event = dataclasses.replace(parsed, event_key=stored_event_key(tenant, row.provider, parsed.event_key, key_secret))
         if event.kind == "ignored":
             batch.tally["non_human_click" if row.provider == CLICKS else "ignored"] += 1
             continue
@@ -182,10 +185,10 @@ def process_rows(conn: sa.Connection, tenant: str, rows, complaint_suppresses_al
     """Apply inbox rows within the caller's transaction; returns warehouse events, a tally and the
     rows to retry. Every step is idempotent, so a retried row re-applies harmlessly."""
     batch = Batch()
-    cipher = tenant_cipher(conn, tenant)
+    cipher, key_secret = tenant_cipher(conn, tenant), event_key_secret()
     for row in rows:
         try:
-            problem = _process_row(conn, cipher, row, complaint_suppresses_all, now, batch)
+            problem = _process_row(conn, cipher, row, complaint_suppresses_all, now, batch, key_secret)
         except FutureDatedGrant as exc:  # not applied before its time: retried, then dead-lettered
             batch.tally["grant_dated_in_the_future"] += 1
             problem = f"{row.provider} opt-in not applied: {exc}"
