@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests' helper modules (pg, flow)
 
@@ -46,6 +47,23 @@ def algor_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "algor"
     monkeypatch.setenv("ALGOR_HOME", str(home))
     return home
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, algor_home: Path, tmp_path: Path):
+    """A migrated operational store, once on SQLite and once on the session's PostgreSQL database
+    (emptied afterwards, schema and Alembic's version table included, for the next test)."""
+    from resources.opstore import migrate
+    from resources.opstore_schema import metadata
+
+    url = f"sqlite:///{tmp_path / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    migrate(url)
+    engine = sa.create_engine(url)
+    yield engine
+    metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE alembic_version"))
+    engine.dispose()
 
 
 @pytest.fixture

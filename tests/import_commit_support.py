@@ -6,30 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pandas as pd
-import pytest
 import sqlalchemy as sa
 
 from orchestrator_assets.consent_ledger import consent_state
 from orchestrator_assets.imports.commit import CommitResult, ImportSource, commit_import
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
 from policies.tenants import ImportMode
-from resources.opstore import migrate
-from resources.opstore_schema import consent_events, contacts, metadata
+from resources.opstore_schema import consent_events, contacts
 from resources.pii import tenant_cipher
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    migrate(url)
-    engine = sa.create_engine(url)
-    yield engine
-    metadata.drop_all(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE alembic_version"))
-    engine.dispose()
 
 
 def rows(*records: dict[str, str], file: str = "crm.csv", rejected: int = 0) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from import_commit_support import NOW, commit, engine, rows, snapshot  # noqa: F401 - engine is a fixture
+from import_commit_support import NOW, commit, rows, snapshot
 
 from orchestrator_assets.contacts import COMMIT_OP, commit_contact_import
 from orchestrator_assets.imports import store

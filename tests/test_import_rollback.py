@@ -9,7 +9,7 @@ from datetime import timedelta
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from import_commit_support import NOW, commit, engine, rows, snapshot  # noqa: F401 - engine is a fixture
+from import_commit_support import NOW, commit, rows, snapshot
 from sealed import personal, sealed_address
 
 from jobs.consents import consent_chain_verify_job

@@ -16,24 +16,12 @@ from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
 from orchestrator_assets.imports.validation import validate_contact_rows
 from resources.opstore import migrate
-from resources.opstore_schema import contacts, metadata, tenant_keys
+from resources.opstore_schema import contacts, tenant_keys
 from resources.pii import PiiKeyError, tenant_cipher, wrap_tenant_key
 from resources.settings import get_settings
 
 NOW = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
 ANNA = {"first_name": "Анна", "last_name": "Смирнова", "email": "Anna.Smirnova@Example.ru", "phone": "+79161234567", "telegram_chat_id": 5007686286}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, algor_home, tmp_path):
-    url = f"sqlite:///{tmp_path / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    migrate(url)
-    engine = sa.create_engine(url)
-    yield engine
-    metadata.drop_all(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE alembic_version"))
-    engine.dispose()
 
 
 def _insert(conn, tenant: str, external_id: str, fields: dict) -> int:
