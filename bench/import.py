@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile validate + normalise + dedup (stderr)")
+    parser.add_argument("--profile-commit", action="store_true", help="cProfile the commit (stderr)")
     parser.add_argument("--skip-commit", action="store_true", help="stop after validation (the commit's time is then left out)")
     args = parser.parse_args()
 
@@ -215,9 +216,15 @@ def main() -> None:
             try:
                 migrate(url)
                 engine = engine_for(url)
+                committer = cProfile.Profile() if args.profile_commit else None
                 started = time.perf_counter()
+                if committer:
+                    committer.enable()
                 counts = commit_rows(engine, result.good)
                 stages["commit"] = time.perf_counter() - started
+                if committer:
+                    committer.disable()
+                    pstats.Stats(committer, stream=sys.stderr).sort_stats("cumulative").print_stats("orchestrator_assets|resources|sql.py", 30)
                 engine.dispose()
             finally:
                 drop_database(url)

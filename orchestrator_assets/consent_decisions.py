@@ -10,6 +10,9 @@ the send path (a provider calling a recipient unreachable) and HLR lookups (a de
    callback or a re-imported file finds it on record.
 3. **State** is derived from the ledger (``consent_ledger.consent_state``); a decision that moved a
    subject between granted and not granted is announced as a webhook event.
+
+Contacts created by the same transaction (a bulk import's new contacts) have no state yet: their
+decisions go through ``record_first_decisions``, the same three rules for whole columns at once.
 """
 
 from __future__ import annotations
@@ -18,17 +21,23 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
+import pandas as pd
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_ledger import GRANT, WITHDRAW, ConsentFact, append, granted_subjects, utc
+from orchestrator_assets.consent_ledger import GRANT, WITHDRAW, ConsentFact, append, granted_subjects, start_chains, utc
 from orchestrator_assets.webhooks.events import WebhookEvent, consent_event
-from policies.consent_evidence import future_dated
+from policies.consent_evidence import MAX_CLOCK_SKEW, future_dated
 
-__all__ = ["GRANT", "WITHDRAW", "FutureDatedGrant", "fact_time", "record_decision", "record_decisions"]
+__all__ = ["GRANT", "WITHDRAW", "FutureDatedGrant", "fact_time", "record_decision", "record_decisions", "record_first_decisions"]
 
 
 class FutureDatedGrant(ValueError):
-    """A grant dated too far ahead of our clock to be taken as proof; the message says by how much."""
+    """A grant dated too far ahead of our clock to be taken as proof; the message says by how much
+    (``position``: which of ``record_first_decisions``' facts it is)."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 def fact_time(action: str, occurred_at: dt.datetime, now: dt.datetime) -> dt.datetime:
@@ -74,3 +83,35 @@ def record_decisions(
 def record_decision(conn: sa.Connection, tenant: str, fact: ConsentFact, now: dt.datetime, webhook_events: list[WebhookEvent] | None = None) -> bool:
     """One decision by ``record_decisions``; True when it changed the subject's state."""
     return record_decisions(conn, tenant, [fact], now, webhook_events)[1][0]
+
+
+def record_first_decisions(
+    conn: sa.Connection, tenant: str, facts: pd.DataFrame, now: dt.datetime, webhook_events: list[WebhookEvent] | None = None
+) -> pd.DataFrame:
+    """Date and append the decisions of contacts created in this transaction (``consent_ledger.start_chains``
+    takes ``facts``' columns); returns them as dated.
+
+    Dated as ``fact_time`` dates one: ``FutureDatedGrant`` (nothing written) names the first grant
+    beyond the allowed clock skew, such a withdrawal is dated ``now``. A new contact has no consent
+    before its first decisions, so each grant moves its subject to granted (announced in
+    ``webhook_events``) and a withdrawal moves nothing.
+    """
+    now = utc(now)
+    if facts.empty:
+        return facts
+    occurred = facts["occurred_at"].dt.tz_convert("UTC")
+    ahead = (occurred - now > MAX_CLOCK_SKEW).to_numpy(dtype=bool)
+    grants = (facts["action"] == GRANT).to_numpy(dtype=bool)
+    if (ahead & grants).any():
+        first = int((ahead & grants).argmax())
+        raise FutureDatedGrant(f"grant {future_dated(occurred.iloc[first].to_pydatetime(), now)}", position=first)
+    facts = facts.assign(occurred_at=occurred.mask(ahead, pd.Timestamp(now)))
+    start_chains(conn, tenant, facts, now)
+    if webhook_events is not None:
+        granted = facts[grants]
+        for contact_id, channel, purpose, origin, kind, ref, moment in zip(
+            granted["contact_id"], granted["channel"], granted["purpose"], granted["origin"], granted["source_kind"], granted["source_ref"], granted["occurred_at"], strict=True
+        ):
+            source = origin if isinstance(origin, str) and origin else f"{kind}:{ref}"
+            webhook_events.append(consent_event(GRANT, tenant, int(contact_id), channel, str(purpose), source, moment.to_pydatetime()))
+    return facts

@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import pandas as pd
 import phonenumbers
 import sqlalchemy as sa
 
+from orchestrator_assets.imports.phones import countries
 from resources.opstore_schema import contacts
 from resources.pii import PiiKeyError, TenantCipher
 
@@ -66,7 +68,7 @@ def phone_country(e164: str | None) -> str | None:
         region = phonenumbers.region_code_for_number(phonenumbers.parse(e164, None))
     except phonenumbers.NumberParseException:
         return None
-    return region if region and region != "ZZ" else None
+    return region if region and region not in ("ZZ", "001") else None  # 001: a non-geographic code (+800)
 
 
 def contact_columns(cipher: TenantCipher, wrapped_key: bytes, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,6 +81,27 @@ def contact_columns(cipher: TenantCipher, wrapped_key: bytes, fields: Mapping[st
         columns[f"{kind}_bidx"] = blind_index(cipher, kind, values.get(field))
     columns["email_domain"] = email.rpartition("@")[2].lower() if email and "@" in email else None
     columns["phone_country"] = fields.get("phone_country") or phone_country(phone)
+    return columns
+
+
+def new_contact_columns(cipher: TenantCipher, fields: pd.DataFrame) -> dict[str, list[Any]]:
+    """``contact_columns`` of many new contacts at once, each under a fresh contact key (also in
+    the result, as ``data_key``): column name → one value per row of ``fields``. A bulk import
+    seals a million contacts this way; every value is the one ``contact_columns`` gives.
+    """
+    count = len(fields)
+    absent = [None] * count
+    values = {name: fields[name].to_numpy(dtype=object, na_value=None) if name in fields else absent for name in PII_FIELDS}
+    keys = [cipher.new_contact_key_pair() for _ in range(count)]
+    seal_with, sealed = cipher.seal_with, []
+    for (key, _), row in zip(keys, zip(*(values[name] for name in PII_FIELDS), strict=True), strict=True):
+        present = {name: value for name, value in zip(PII_FIELDS, row, strict=True) if value is not None and value != ""}
+        sealed.append(seal_with(key, present) if present else None)
+    columns: dict[str, list[Any]] = {"data_key": [wrapped for _, wrapped in keys], "pii": sealed}
+    for field, kind in INDEXED.items():
+        columns[f"{kind}_bidx"] = [None if value is None else blind_index(cipher, kind, value) for value in values[field]]
+    columns["email_domain"] = [email.rpartition("@")[2].lower() if email and "@" in email else None for email in values["email"]]
+    columns["phone_country"] = countries(pd.Series(values["phone"], dtype="string")).to_numpy(dtype=object, na_value=None).tolist()
     return columns
 
 

@@ -96,7 +96,12 @@ class TenantCipher:
 
     def new_contact_key(self) -> bytes:
         """A fresh per-contact key, returned wrapped by the newest tenant data key (→ ``contacts.data_key``)."""
-        return self.wrap_contact_key(AESGCM.generate_key(bit_length=KEY_BYTES * 8))
+        return self.new_contact_key_pair()[1]
+
+    def new_contact_key_pair(self) -> tuple[bytes, bytes]:
+        """A fresh per-contact key, plain (to seal with at once, ``seal_with``) and wrapped."""
+        key = AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+        return key, self.wrap_contact_key(key)
 
     def wrap_contact_key(self, contact_key: bytes) -> bytes:
         """``contact_key`` wrapped by the newest tenant data key (a rotation re-wraps with this)."""

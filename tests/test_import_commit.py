@@ -130,7 +130,7 @@ KILLED_BETWEEN_CONTACTS_AND_CONSENTS = """
 import os, signal, sys
 from datetime import UTC, datetime
 import sqlalchemy as sa
-from orchestrator_assets.imports import commit
+from orchestrator_assets.imports import new_contacts
 from orchestrator_assets.imports.commit import ImportSource, commit_import
 from orchestrator_assets.imports.reading import read_contacts_file
 from orchestrator_assets.imports.validation import validate_contact_rows
@@ -145,7 +145,7 @@ def killed(conn, *args, **kwargs):
     print(written, flush=True)  # the contacts are in the open transaction when the process dies
     os.kill(os.getpid(), signal.SIGKILL)
 
-commit.record_consents = killed
+new_contacts.record_first_decisions = killed  # the sample's contacts are all new
 with sa.create_engine(sys.argv[1]).begin() as conn:
     commit_import(conn, "acme", good, ImportSource.of(good), ImportMode.VALID_ROWS_ONLY, datetime.now(UTC), actor="test")
 """

@@ -21,8 +21,10 @@ import sqlalchemy as sa
 
 from orchestrator_assets.imports.history import open_import, record_changes
 from orchestrator_assets.imports.identity import resolve_against_store
+from orchestrator_assets.imports.new_contacts import insert_new_contacts, split_new
 from orchestrator_assets.imports.store import ContactChange, record_consents, upsert_contacts
 from orchestrator_assets.webhooks.events import WebhookEvent
+from policies.loader import load_consent_texts
 from policies.tenants import ImportMode
 from resources.audit import record_audit
 from resources.opstore_schema import contact_imports
@@ -88,6 +90,7 @@ def commit_import(
     there is nothing to roll back to.
     """
     good, duplicates = resolve_against_store(conn, tenant, rows)
+    texts = load_consent_texts()
     rejected = source.rows_rejected + len({problem["row"] for problem in duplicates})
     if mode == ImportMode.ALL_OR_NOTHING and rejected:
         raise ImportRefused(rejected, duplicates)
@@ -101,9 +104,13 @@ def commit_import(
                 "rows_inserted": 0, "rows_updated": 0, "rows_unchanged": 0, "rows_merged": 0, "run_id": run_id, "committed_at": now,
             },
         )
+    new, known = split_new(conn, tenant, good)
     changes: list[ContactChange] = []
-    contact_counts = upsert_contacts(conn, tenant, good, now, changes=changes)
-    consent_counts = record_consents(conn, tenant, good, now, file=source.file, webhook_events=webhook_events, import_id=import_id)
+    contact_counts = upsert_contacts(conn, tenant, known, now, changes=changes)
+    consent_counts = record_consents(conn, tenant, known, now, file=source.file, webhook_events=webhook_events, import_id=import_id, texts=texts)
+    created = insert_new_contacts(conn, tenant, new, now, texts=texts, import_id=import_id, file=source.file, webhook_events=webhook_events)
+    contact_counts["inserted"] += created.pop("inserted")
+    consent_counts = {key: count + created.get(key, 0) for key, count in consent_counts.items()}
     if import_id is not None:
         record_changes(conn, tenant_cipher(conn, tenant), import_id, changes)
         conn.execute(

@@ -7,7 +7,7 @@ The former values are personal data: they are sealed with the contact's own key
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from orchestrator_assets.imports.store import ContactChange
 from policies.consent_purposes import SourceKind
 from resources.opstore_schema import consent_events, contact_import_changes, contact_imports
 from resources.pii import TenantCipher
+from resources.sql import bulk_insert
 
 COMMITTED, ROLLED_BACK = "committed", "rolled_back"
 CREATED, UPDATED = "created", "updated"
@@ -40,6 +41,11 @@ def record_changes(conn: sa.Connection, cipher: TenantCipher, import_id: int, ch
     ]
     if rows:
         conn.execute(sa.insert(contact_import_changes), rows)
+
+
+def record_created(conn: sa.Connection, import_id: int, contact_ids: Iterable[int]) -> None:
+    """``record_changes`` for contacts the import created (nothing to restore: a rollback deletes them), in bulk."""
+    bulk_insert(conn, contact_import_changes, ("import_id", "contact_id", "action"), ((import_id, contact_id, CREATED) for contact_id in contact_ids))
 
 
 def import_consent_events(import_id: int) -> sa.ColumnElement[bool]:

@@ -18,6 +18,7 @@ as it is dialled almost everywhere; phonenumbers knows only RU's ``810`` there a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -150,6 +151,14 @@ def number_kinds(cc: str, nsn: pd.Series) -> np.ndarray:
     region without them, under which the number has a type.
     """
     kinds = np.full(len(nsn), UNKNOWN)
+    for _, positions, found in _claims(cc, nsn):
+        kinds[positions] = found
+    return kinds
+
+
+def _claims(cc: str, nsn: pd.Series) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(region, positions in ``nsn``, their kinds) for each region of ``cc`` that claims numbers,
+    in phonenumbers' order (``number_kinds``); a number no region claims is in none."""
     open_ = np.ones(len(nsn), dtype=bool)
     for code in COUNTRY_CODE_TO_REGION_CODE.get(int(cc), ()):
         region = _region(code)
@@ -165,9 +174,28 @@ def number_kinds(cc: str, nsn: pd.Series) -> np.ndarray:
             found = _kind(part, region)
             claimed = found != UNKNOWN
         positions = np.flatnonzero(open_)[claimed]
-        kinds[positions] = found[claimed]
         open_[positions] = False
-    return kinds
+        yield code, positions, found[claimed]
+
+
+def countries(e164: pd.Series) -> pd.Series:
+    """phonenumbers' ``region_code_for_number`` of each E.164 number (``RU``), NA where it names
+    none, for a column: a code of one region is that region, a shared one (+7, +1) is resolved
+    by ``_claims``. The import derives ``contacts.phone_country`` with it."""
+    digits = e164.astype(TEXT).str.slice(1)
+    cc, nsn = _split_country_code(digits)
+    pieces = []
+    for code in cc.dropna().unique():
+        rows = (cc == code).to_numpy(dtype=bool, na_value=False)
+        regions = COUNTRY_CODE_TO_REGION_CODE.get(int(code), ())
+        index = digits.index[rows]
+        if len(regions) == 1:
+            pieces.append(pd.Series(regions[0], index=index, dtype=TEXT))
+            continue
+        for region, positions, _ in _claims(code, nsn[rows]):
+            pieces.append(pd.Series(region, index=index[positions], dtype=TEXT))
+    regions = _assemble(e164.index, pieces)
+    return regions.where(regions != "001")
 
 
 def geographical(cc: str, kinds: np.ndarray) -> np.ndarray:

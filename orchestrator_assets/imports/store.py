@@ -210,7 +210,12 @@ def import_ref(import_id: int | None, file: str | None, row: int) -> str:
     (``imports.history.import_consent_events``); what follows names the row, the same in every
     import of the file, so re-importing it appends nothing (``_imported_facts``).
     """
-    where = f"{file}:row {row}" if file else f"row {row}"
+    return f"{import_ref_prefix(import_id, file)}{row}"
+
+
+def import_ref_prefix(import_id: int | None, file: str | None) -> str:
+    """``import_ref`` without the row number (the same for every row of an import)."""
+    where = f"{file}:row " if file else "row "
     return where if import_id is None else f"import {import_id}:{where}"
 
 
