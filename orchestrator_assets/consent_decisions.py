@@ -12,7 +12,8 @@ the send path (a provider calling a recipient unreachable) and HLR lookups (a de
    subject between granted and not granted is announced as a webhook event.
 
 Contacts created by the same transaction (a bulk import's new contacts) have no state yet: their
-decisions go through ``record_first_decisions``, the same three rules for whole columns at once.
+decisions go through ``first_decisions`` and ``record_first_decisions``, the same three rules for
+whole columns at once.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from collections.abc import Sequence
 import pandas as pd
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_ledger import GRANT, WITHDRAW, ConsentFact, append, granted_subjects, start_chains, utc
+from orchestrator_assets.consent_ledger import GRANT, WITHDRAW, ConsentFact, append, first_event_rows, granted_subjects, utc, write_first_events
 from orchestrator_assets.webhooks.events import WebhookEvent, consent_event
 from policies.consent_evidence import MAX_CLOCK_SKEW, future_dated
 
-__all__ = ["GRANT", "WITHDRAW", "FutureDatedGrant", "fact_time", "record_decision", "record_decisions", "record_first_decisions"]
+__all__ = ["GRANT", "WITHDRAW", "FutureDatedGrant", "fact_time", "record_decision", "first_decisions", "record_decisions", "record_first_decisions"]
 
 
 class FutureDatedGrant(ValueError):
@@ -85,20 +86,25 @@ def record_decision(conn: sa.Connection, tenant: str, fact: ConsentFact, now: dt
     return record_decisions(conn, tenant, [fact], now, webhook_events)[1][0]
 
 
-def record_first_decisions(
-    conn: sa.Connection, tenant: str, facts: pd.DataFrame, now: dt.datetime, webhook_events: list[WebhookEvent] | None = None
-) -> pd.DataFrame:
-    """Date and append the decisions of contacts created in this transaction (``consent_ledger.start_chains``
-    takes ``facts``' columns); returns them as dated.
+@dataclasses.dataclass(frozen=True)
+class FirstDecisions:
+    """Decisions of contacts created in this transaction, dated and chained (``first_decisions``),
+    ready for ``record_first_decisions``."""
 
-    Dated as ``fact_time`` dates one: ``FutureDatedGrant`` (nothing written) names the first grant
-    beyond the allowed clock skew, such a withdrawal is dated ``now``. A new contact has no consent
-    before its first decisions, so each grant moves its subject to granted (announced in
-    ``webhook_events``) and a withdrawal moves nothing.
+    facts: pd.DataFrame
+    rows: list[tuple]  # consent_ledger.first_event_rows
+
+
+def first_decisions(tenant: str, facts: pd.DataFrame, now: dt.datetime) -> FirstDecisions:
+    """Date the decisions of new contacts (``facts``: ``consent_ledger.FIRST_EVENT_COLUMNS``) and
+    build their chains; writes nothing, so a bulk writer prepares the next batch meanwhile.
+
+    Dated as ``fact_time`` dates one: ``FutureDatedGrant`` names the first grant beyond the allowed
+    clock skew (its ``position`` in ``facts``), such a withdrawal is dated ``now``.
     """
     now = utc(now)
     if facts.empty:
-        return facts
+        return FirstDecisions(facts, [])
     occurred = facts["occurred_at"].dt.tz_convert("UTC")
     ahead = (occurred - now > MAX_CLOCK_SKEW).to_numpy(dtype=bool)
     grants = (facts["action"] == GRANT).to_numpy(dtype=bool)
@@ -106,12 +112,18 @@ def record_first_decisions(
         first = int((ahead & grants).argmax())
         raise FutureDatedGrant(f"grant {future_dated(occurred.iloc[first].to_pydatetime(), now)}", position=first)
     facts = facts.assign(occurred_at=occurred.mask(ahead, pd.Timestamp(now)))
-    start_chains(conn, tenant, facts, now)
-    if webhook_events is not None:
-        granted = facts[grants]
-        for contact_id, channel, purpose, origin, kind, ref, moment in zip(
-            granted["contact_id"], granted["channel"], granted["purpose"], granted["origin"], granted["source_kind"], granted["source_ref"], granted["occurred_at"], strict=True
-        ):
-            source = origin if isinstance(origin, str) and origin else f"{kind}:{ref}"
-            webhook_events.append(consent_event(GRANT, tenant, int(contact_id), channel, str(purpose), source, moment.to_pydatetime()))
-    return facts
+    return FirstDecisions(facts, first_event_rows(tenant, facts, now))
+
+
+def record_first_decisions(conn: sa.Connection, tenant: str, decisions: FirstDecisions, webhook_events: list[WebhookEvent] | None = None) -> None:
+    """Append ``first_decisions``' events and announce them: a new contact has no consent before
+    its first decisions, so each grant moves its subject to granted and a withdrawal moves nothing."""
+    write_first_events(conn, decisions.rows)
+    if webhook_events is None or decisions.facts.empty:
+        return
+    granted = decisions.facts[decisions.facts["action"] == GRANT]
+    for contact_id, channel, purpose, origin, kind, ref, moment in zip(
+        granted["contact_id"], granted["channel"], granted["purpose"], granted["origin"], granted["source_kind"], granted["source_ref"], granted["occurred_at"], strict=True
+    ):
+        source = origin if isinstance(origin, str) and origin else f"{kind}:{ref}"
+        webhook_events.append(consent_event(GRANT, tenant, int(contact_id), channel, str(purpose), source, moment.to_pydatetime()))

@@ -159,48 +159,59 @@ def append(conn: sa.Connection, tenant: str, facts: Sequence[ConsentFact], now: 
     return appended
 
 
-# What ``start_chains`` takes: one row per event, in the order the events happened to each contact.
+# What ``first_event_rows`` takes: one row per event, in the order the events happened to each contact.
 FIRST_EVENT_COLUMNS = ("contact_id", "channel", "purpose", "action", "source_kind", "source_ref", "origin", "occurred_at", "text_version")
 _EVENT_KIND = ("channel", "purpose", "action", "source_kind", "origin", "text_version")  # shared by many events: one template each
+_JSON_ESCAPED = r'["\\\x00-\x1f]'  # what json.dumps(…, ensure_ascii=False) escapes in a string
 _COPIED = ("tenant", "contact_id", "channel", "purpose", "action", "source_kind", "source_ref", "origin", "occurred_at", "recorded_at", "text_version", "prev_hash", "hash")
 
 
-def start_chains(conn: sa.Connection, tenant: str, events: pd.DataFrame, now: dt.datetime) -> int:
-    """Append the first events of contacts that have none: contacts the caller's transaction has
-    just created (a bulk import's new contacts), so each chain starts at ``GENESIS`` and no fact can
-    be on record yet. Returns how many events were appended.
+def write_first_events(conn: sa.Connection, rows: Iterable[tuple]) -> int:
+    """Append the rows ``first_event_rows`` built, in the caller's transaction; returns how many."""
+    return bulk_insert(conn, consent_events, _COPIED, rows)
+
+
+def first_event_rows(tenant: str, events: pd.DataFrame, now: dt.datetime) -> list[tuple]:
+    """The first events of contacts that have none yet, as ``consent_events`` rows (``_COPIED``
+    columns) for ``write_first_events``: contacts the caller's transaction has just created (a bulk
+    import's new contacts), so each chain starts at ``GENESIS`` and no fact can be on record yet.
 
     ``events`` has the ``FIRST_EVENT_COLUMNS`` (``occurred_at`` aware UTC, ``origin`` and
     ``text_version`` may be missing); a contact's events keep their order. The chain is the one
     ``append`` writes (the verify job cannot tell them apart), but the per-contact work of ``append``
-    (locking, reading heads and facts on record) is skipped, the canonical JSON comes from one
-    ``EventTemplate`` per kind of event, and the rows stream to the store by ``bulk_insert``.
+    (locking, reading heads and facts on record) is skipped and the canonical JSON comes from one
+    ``EventTemplate`` per kind of event. Building and writing are two steps so that a bulk writer
+    hashes the next batch while the store takes this one.
     """
     if events.empty:
-        return 0
+        return []
     if not events["action"].isin((GRANT, WITHDRAW)).all():
         raise ValueError(f"consent action must be grant or withdraw, not {sorted(set(events['action']) - {GRANT, WITHDRAW})!r}")
     events = events.sort_values("contact_id", kind="stable")
     occurred = events["occurred_at"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
     occurred_json = np.char.add(np.char.add('"', np.datetime_as_string(occurred, unit="us")), 'Z"').tolist()
-    rows = _chained_rows(tenant, utc(now), events, occurred_json, occurred.astype(object).tolist())
-    return bulk_insert(conn, consent_events, _COPIED, rows)
+    refs = events["source_ref"].astype("string")
+    plain = ~refs.str.contains(_JSON_ESCAPED, regex=True).to_numpy(dtype=bool)  # JSON is the text in quotes
+    refs_json = np.where(plain, '"' + refs + '"', [json.dumps(ref, ensure_ascii=False) if not ok else "" for ref, ok in zip(refs, plain, strict=True)]).tolist()
+    return list(_chained_rows(tenant, utc(now), events, occurred_json, occurred.astype(object).tolist(), refs_json))
 
 
-def _chained_rows(tenant: str, recorded: dt.datetime, events: pd.DataFrame, occurred_json: list[str], occurred: list[dt.datetime]) -> Iterator[tuple]:
-    """The rows of ``start_chains``, each hashed onto its contact's previous one as they are written."""
-    dumps, sha256, templates = json.dumps, hashlib.sha256, {}
+def _chained_rows(
+    tenant: str, recorded: dt.datetime, events: pd.DataFrame, occurred_json: list[str], occurred: list[dt.datetime], refs_json: list[str]
+) -> Iterator[tuple]:
+    """The rows of ``first_event_rows``, each hashed onto its contact's previous one."""
+    sha256, templates = hashlib.sha256, {}
     kinds = zip(*(events[name].to_numpy(dtype=object, na_value=None) for name in _EVENT_KIND), strict=True)
     contact_ids = events["contact_id"].to_numpy(dtype=np.int64).tolist()
     last, prev = None, GENESIS
-    for contact_id, kind, ref, moment, moment_json in zip(contact_ids, kinds, events["source_ref"].tolist(), occurred, occurred_json, strict=True):
+    for contact_id, kind, ref, ref_json, moment, moment_json in zip(contact_ids, kinds, events["source_ref"].tolist(), refs_json, occurred, occurred_json, strict=True):
         template = templates.get(kind)
         if template is None:
             fixed = {"tenant": tenant, "recorded_at": recorded, **dict(zip(_EVENT_KIND, kind, strict=True))}
             template = templates[kind] = EventTemplate(fixed, ("contact_id", "occurred_at", "source_ref")).json
         if contact_id != last:
             last, prev = contact_id, GENESIS
-        digest = sha256((prev + template(str(contact_id), moment_json, dumps(ref, ensure_ascii=False))).encode()).hexdigest()
+        digest = sha256((prev + template(str(contact_id), moment_json, ref_json)).encode()).hexdigest()
         channel, purpose, action, source_kind, origin, text_version = kind
         yield (tenant, contact_id, channel, purpose, action, source_kind, ref, origin, moment.replace(tzinfo=dt.UTC), recorded, text_version, prev, digest)
         prev = digest

@@ -87,7 +87,8 @@ def contact_columns(cipher: TenantCipher, wrapped_key: bytes, fields: Mapping[st
 def new_contact_columns(cipher: TenantCipher, fields: pd.DataFrame) -> dict[str, list[Any]]:
     """``contact_columns`` of many new contacts at once, each under a fresh contact key (also in
     the result, as ``data_key``): column name → one value per row of ``fields``. A bulk import
-    seals a million contacts this way; every value is the one ``contact_columns`` gives.
+    seals a million contacts this way; every value is the one ``contact_columns`` gives. Blind
+    index columns already in ``fields`` (``email_bidx`` …) are taken as they are.
     """
     count = len(fields)
     absent = [None] * count
@@ -99,7 +100,11 @@ def new_contact_columns(cipher: TenantCipher, fields: pd.DataFrame) -> dict[str,
         sealed.append(seal_with(key, present) if present else None)
     columns: dict[str, list[Any]] = {"data_key": [wrapped for _, wrapped in keys], "pii": sealed}
     for field, kind in INDEXED.items():
-        columns[f"{kind}_bidx"] = [None if value is None else blind_index(cipher, kind, value) for value in values[field]]
+        name = f"{kind}_bidx"
+        if name in fields:  # computed already (imports.identity does for phones and e-mails)
+            columns[name] = fields[name].to_numpy(dtype=object, na_value=None).tolist()
+        else:
+            columns[name] = [None if value is None else blind_index(cipher, kind, value) for value in values[field]]
     columns["email_domain"] = [email.rpartition("@")[2].lower() if email and "@" in email else None for email in values["email"]]
     columns["phone_country"] = countries(pd.Series(values["phone"], dtype="string")).to_numpy(dtype=object, na_value=None).tolist()
     return columns

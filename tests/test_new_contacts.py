@@ -28,6 +28,7 @@ from resources.pii import tenant_cipher
 
 TENANT = "acme"
 NOW = dt.datetime(2026, 12, 1, 9, 30, tzinfo=dt.UTC)
+FILE = 'CRM "export" {2026}\\contacts.csv'  # quotes, braces and a backslash: escaped in the hashed JSON
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,7 +51,7 @@ def two_stores(request: pytest.FixtureRequest, algor_home: Path, tmp_path: Path)
 def _sample_rows():
     read = read_contacts_file(SAMPLE_PATH)
     good = validate_contact_rows(read.frame, now=NOW, rows=read.rows).good
-    good.attrs["source_file"] = "demo_contacts.csv"
+    good.attrs["source_file"] = FILE
     return good
 
 
@@ -85,7 +86,7 @@ def test_new_contacts_are_stored_in_bulk_as_the_per_row_path_stores_them(two_sto
     announced_per_row: list[WebhookEvent] = []
     with per_row.begin() as conn:
         contact_counts = upsert_contacts(conn, TENANT, good, NOW)
-        consent_counts = record_consents(conn, TENANT, good, NOW, file="demo_contacts.csv", import_id=result.import_id, webhook_events=announced_per_row)
+        consent_counts = record_consents(conn, TENANT, good, NOW, file=FILE, import_id=result.import_id, webhook_events=announced_per_row)
 
     assert result.contacts == contact_counts and result.consents == consent_counts
     people, events = _stored(bulk)

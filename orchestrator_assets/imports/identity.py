@@ -12,7 +12,7 @@ e-mail often is), and otherwise gets a new id ``auto-<random>``. A random id rat
 from the address: a hash of a phone number is as good as the number to anyone who can enumerate
 numbers.
 
-``stored_owners`` finds stored contacts by address through their blind indexes
+``resolve_against_store`` finds stored contacts by address through their blind indexes
 (``contact_pii``): equality on a keyed hash, never the plaintext. Only live contacts own an
 address: a merged contact's tombstone keeps its values for the undo, but the person is its
 survivor, so a row naming the tombstone is no duplicate of the survivor (``upsert_contacts`` then
@@ -31,24 +31,21 @@ from orchestrator_assets.contact_pii import INDEX_COLUMNS, INDEXED, blind_index
 from policies.masking import mask_value
 from resources.opstore_schema import contacts
 from resources.pii import TenantCipher, tenant_cipher
+from resources.sql import batched_in
 
 MATCH_ORDER = ("phone", "email")  # how a row without an external id finds its stored contact
-LOOKUP_BATCH = 500
 
 
-def stored_owners(conn: sa.Connection, cipher: TenantCipher, column: str, values: Iterable[str]) -> dict[str, str]:
-    """Normalised ``column`` (phone | email) value → external id of the tenant's live stored contact that holds it."""
-    kind = INDEXED[column]
-    by_index = {blind_index(cipher, kind, value): value for value in set(values) if value}
-    wanted = sorted(index for index in by_index if index is not None)
+def _owners_by_index(conn: sa.Connection, tenant: str, kind: str, indexes: Iterable[str | None]) -> dict[str, str]:
+    """Blind index (``kind``) → external id of the tenant's oldest live stored contact that has it."""
     owners: dict[str, str] = {}
-    for start in range(0, len(wanted), LOOKUP_BATCH):
+    for among in batched_in(conn, INDEX_COLUMNS[kind], sorted(index for index in set(indexes) if index is not None)):
         query = (
             sa.select(INDEX_COLUMNS[kind], contacts.c.external_id)
-            .where(contacts.c.tenant == cipher.tenant, contacts.c.merged_into.is_(None), INDEX_COLUMNS[kind].in_(wanted[start : start + LOOKUP_BATCH]))
+            .where(contacts.c.tenant == tenant, contacts.c.merged_into.is_(None), among)
             .order_by(contacts.c.id.desc())  # the oldest contact wins, as in contact_pii.find_contact_id
         )
-        owners.update({by_index[index]: external_id for index, external_id in conn.execute(query)})
+        owners.update(dict(conn.execute(query).all()))
     return owners
 
 
@@ -58,9 +55,8 @@ def survivors(conn: sa.Connection, tenant: str, external_ids: Iterable[str]) -> 
     c = contacts.c
     wanted = sorted({external_id for external_id in external_ids if not _blank(external_id)})
     merged: dict[str, int] = {}
-    for start in range(0, len(wanted), LOOKUP_BATCH):
-        query = sa.select(c.external_id, c.merged_into).where(c.tenant == tenant, c.merged_into.is_not(None), c.external_id.in_(wanted[start : start + LOOKUP_BATCH]))
-        merged.update(dict(conn.execute(query).all()))
+    for among in batched_in(conn, c.external_id, wanted):
+        merged.update(dict(conn.execute(sa.select(c.external_id, c.merged_into).where(c.tenant == tenant, c.merged_into.is_not(None), among)).all()))
     rows: dict[int, sa.Row] = {}
     pending = set(merged.values())
     while pending:  # one query per merge generation (a survivor merged in turn), not per row
@@ -85,38 +81,39 @@ def resolve_against_store(conn: sa.Connection, tenant: str, good: pd.DataFrame) 
 
     Returns ``(rows, problems)``: ``problems`` are error rows (``row, column, value, reason``, the
     value masked); a refused row is left out of ``rows`` whole, since writing half of a person is
-    worse than asking the operator to fix the file.
+    worse than asking the operator to fix the file. ``rows`` carries the blind index of each
+    row's phone and e-mail (``phone_bidx``, ``email_bidx``), computed here once for the writers.
     """
     rows = good.copy()
     if "external_id" not in rows.columns:
         rows["external_id"] = None
     cipher = tenant_cipher(conn, tenant)
-    owners = {column: stored_owners(conn, cipher, column, rows[column].dropna()) for column in MATCH_ORDER}
+    owners = {}
+    for column in MATCH_ORDER:
+        kind = INDEXED[column]
+        values = rows[column].to_numpy(dtype=object, na_value=None)
+        indexes = {value: blind_index(cipher, kind, value) for value in set(values) if value}
+        rows[f"{kind}_bidx"] = [indexes.get(value) for value in values]
+        stored = _owners_by_index(conn, tenant, kind, indexes.values())
+        owners[column] = pd.Series([stored.get(index) for index in rows[f"{kind}_bidx"]], index=rows.index, dtype=object)
 
-    def external_id(record) -> str:
-        if not _blank(record.external_id):
-            return record.external_id
-        for column in MATCH_ORDER:
-            owner = owners[column].get(getattr(record, column))
-            if owner is not None:
-                return owner
-        return f"auto-{uuid.uuid4().hex}"
-
-    rows["external_id"] = [external_id(record) for record in rows.itertuples(index=False)]
+    blank = rows["external_id"].map(_blank).to_numpy(dtype=bool)
+    if blank.any():
+        found = owners[MATCH_ORDER[0]].where(owners[MATCH_ORDER[0]].notna(), owners[MATCH_ORDER[1]])
+        rows["external_id"] = rows["external_id"].astype(object).mask(blank, [owner if isinstance(owner, str) else f"auto-{uuid.uuid4().hex}" for owner in found[blank]])
     person = survivors(conn, tenant, rows["external_id"])
     problems, refused = [], set()
-    for record in rows.itertuples(index=False):
-        for column in MATCH_ORDER:
-            value = getattr(record, column)
-            owner = owners[column].get(value)
-            if owner is not None and owner not in (record.external_id, person.get(record.external_id)):
-                refused.add(record.row)
-                problems.append(
-                    {
-                        "row": record.row,
-                        "column": column,
-                        "value": mask_value(column, value),
-                        "reason": f"duplicate of stored contact {owner}: it already has this {column}",
-                    }
-                )
+    if any(owner.notna().any() for owner in owners.values()):  # a new tenant's first import skips this
+        for record, *found in zip(rows.itertuples(index=False), *(owners[column] for column in MATCH_ORDER), strict=True):
+            for column, owner in zip(MATCH_ORDER, found, strict=True):
+                if isinstance(owner, str) and owner not in (record.external_id, person.get(record.external_id)):
+                    refused.add(record.row)
+                    problems.append(
+                        {
+                            "row": record.row,
+                            "column": column,
+                            "value": mask_value(column, getattr(record, column)),
+                            "reason": f"duplicate of stored contact {owner}: it already has this {column}",
+                        }
+                    )
     return rows[~rows["row"].isin(refused)].reset_index(drop=True), problems

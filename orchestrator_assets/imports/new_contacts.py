@@ -13,13 +13,15 @@ stays flat. The rows are the ones the per-row path writes (``tests/test_new_cont
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from orchestrator_assets.consent_decisions import GRANT, WITHDRAW, FutureDatedGrant, record_first_decisions
+from orchestrator_assets.consent_decisions import GRANT, WITHDRAW, FirstDecisions, FutureDatedGrant, first_decisions, record_first_decisions
 from orchestrator_assets.contact_pii import new_contact_columns
 from orchestrator_assets.imports.history import record_created
 from orchestrator_assets.imports.store import DECISION_COLUMNS, PLAIN_FIELDS, _merged_custom_fields, _text_version, _utc, import_ref_prefix
@@ -28,10 +30,9 @@ from policies.consent_purposes import Purpose, SourceKind
 from policies.consent_texts import ConsentTextsFile
 from resources.opstore_schema import contacts
 from resources.pii import tenant_cipher
-from resources.sql import bulk_insert, next_ids
+from resources.sql import batched_in, bulk_insert, next_ids
 
 CHUNK = 20_000
-LOOKUP_BATCH = 5_000
 CONTACT_COLUMNS = (
     "id", "tenant", "external_id", "data_key", "pii", "email_bidx", "phone_bidx", "telegram_bidx", "vk_bidx",
     "email_domain", "phone_country", *PLAIN_FIELDS, "created_at", "updated_at",
@@ -40,11 +41,9 @@ CONTACT_COLUMNS = (
 
 def split_new(conn: sa.Connection, tenant: str, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(new, known)``: the rows whose external id no stored contact of the tenant has, and the rest."""
-    wanted = rows["external_id"].tolist()
     stored: set[str] = set()
-    for start in range(0, len(wanted), LOOKUP_BATCH):
-        query = sa.select(contacts.c.external_id).where(contacts.c.tenant == tenant, contacts.c.external_id.in_(wanted[start : start + LOOKUP_BATCH]))
-        stored.update(conn.execute(query).scalars())
+    for among in batched_in(conn, contacts.c.external_id, rows["external_id"].tolist()):
+        stored.update(conn.execute(sa.select(contacts.c.external_id).where(contacts.c.tenant == tenant, among)).scalars())
     known = rows["external_id"].isin(stored).to_numpy(dtype=bool)
     return rows[~known], rows[known]
 
@@ -54,28 +53,53 @@ def insert_new_contacts(
     import_id: int | None = None, file: str | None = None, webhook_events: list[WebhookEvent] | None = None,
 ) -> dict[str, int]:
     """Write ``rows`` (``split_new``'s new ones) as contacts with their consent decisions and, with
-    an ``import_id``, the import's history; returns ``{"inserted", "granted", "withdrawn"}``."""
+    an ``import_id``, the import's history; returns ``{"inserted", "granted", "withdrawn"}``.
+
+    A chunk is sealed and hashed (``_Prepared``) in a worker thread while the one before it is
+    written: the store spends its time taking rows, Python its time encrypting and hashing, and
+    (the GIL being free while the connection waits on the server) the two overlap.
+    """
     now = _utc(now)
     cipher = tenant_cipher(conn, tenant)
     ids = next_ids(conn, contacts, len(rows))
+    ref_prefix = import_ref_prefix(import_id, file)
     counts = {"inserted": len(rows), "granted": 0, "withdrawn": 0}
-    for start in range(0, len(rows), CHUNK):
+
+    def prepare(start: int) -> _Prepared:
         chunk, chunk_ids = rows.iloc[start : start + CHUNK], ids[start : start + CHUNK]
         columns = new_contact_columns(cipher, chunk)
         columns |= {name: _plain_column(chunk, name) for name in PLAIN_FIELDS}
-        columns |= {"id": chunk_ids, "external_id": chunk["external_id"].tolist()}
-        constant = {"tenant": tenant, "created_at": now, "updated_at": now}
-        bulk_insert(conn, contacts, CONTACT_COLUMNS, zip(*(columns[name] if name in columns else [constant[name]] * len(chunk) for name in CONTACT_COLUMNS), strict=True))
-        if import_id is not None:
-            record_created(conn, import_id, chunk_ids)
-        facts = _decisions(tenant, chunk, chunk_ids, now, texts, import_ref_prefix(import_id, file))
+        columns |= {"id": chunk_ids, "external_id": chunk["external_id"].tolist(), "tenant": [tenant] * len(chunk)}
+        columns |= {"created_at": [now] * len(chunk), "updated_at": [now] * len(chunk)}
+        facts = _decisions(tenant, chunk, chunk_ids, now, texts, ref_prefix)
         try:
-            record_first_decisions(conn, tenant, facts, now, webhook_events)
+            decisions = first_decisions(tenant, facts, now)
         except FutureDatedGrant as exc:  # validation reports these rows; a frame built elsewhere may not
             raise ValueError(f"row {facts['row'].iloc[exc.position]}: consent_at: {exc}") from exc
-        counts["granted"] += int((facts["action"] == GRANT).sum())
-        counts["withdrawn"] += int((facts["action"] == WITHDRAW).sum())
+        return _Prepared(chunk_ids, list(zip(*(columns[name] for name in CONTACT_COLUMNS), strict=True)), decisions)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="seal-contacts") as worker:
+        ahead = worker.submit(prepare, 0) if len(rows) else None
+        for start in range(0, len(rows), CHUNK):
+            prepared = ahead.result()
+            ahead = worker.submit(prepare, start + CHUNK) if start + CHUNK < len(rows) else None
+            bulk_insert(conn, contacts, CONTACT_COLUMNS, prepared.contacts)
+            if import_id is not None:
+                record_created(conn, import_id, prepared.ids)
+            record_first_decisions(conn, tenant, prepared.decisions, webhook_events)
+            actions = prepared.decisions.facts["action"] if not prepared.decisions.facts.empty else pd.Series(dtype=object)
+            counts["granted"] += int((actions == GRANT).sum())
+            counts["withdrawn"] += int((actions == WITHDRAW).sum())
     return counts
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One chunk of new contacts, sealed and with its consent chains hashed, ready to write."""
+
+    ids: list[int]
+    contacts: list[tuple]  # CONTACT_COLUMNS
+    decisions: FirstDecisions
 
 
 def _plain_column(chunk: pd.DataFrame, name: str) -> list:
