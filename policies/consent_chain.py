@@ -48,8 +48,11 @@ def canonical_value(value: Any) -> Any:
     return value
 
 
+_ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one per call
+
+
 def canonical_json(event: Mapping[str, Any]) -> str:
-    return json.dumps({name: canonical_value(event.get(name)) for name in HASHED_FIELDS}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODE({name: canonical_value(event.get(name)) for name in HASHED_FIELDS})
 
 
 def event_hash(prev_hash: str, event: Mapping[str, Any]) -> str:

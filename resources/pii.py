@@ -46,6 +46,12 @@ _WRAPPED_HEADER = struct.Struct(">BI")  # format, tenant key version
 INDEX_KINDS = frozenset({"email", "phone", "telegram", "vk", "hlr_lookup", "wamid"})  # wamid: orchestrator_assets/provider_ids.py
 
 
+_FORMAT_BYTE = bytes([FORMAT])
+# One encoder for every seal: json.dumps with options builds a new encoder per call, which cost more
+# than the encryption (the send path seals an address per message, an import a contact per row).
+_canonical_json = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
 class PiiKeyError(RuntimeError):
     """A key or blob that cannot be used: wrong tenant, retired or unknown key version, tampering."""
 
@@ -132,8 +138,7 @@ class TenantCipher:
 
     def seal_with(self, contact_key: bytes, values: dict[str, Any]) -> bytes:
         """``seal`` with an already unwrapped contact key: many values of one contact, one unwrap."""
-        plaintext = json.dumps(values, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-        return bytes([FORMAT]) + _encrypt(AESGCM(contact_key), plaintext, self._pii_aad)
+        return _FORMAT_BYTE + _encrypt(AESGCM(contact_key), _canonical_json(values).encode(), self._pii_aad)
 
     def open(self, wrapped_contact_key: bytes | None, blob: bytes | None) -> dict[str, Any]:
         """What ``seal`` sealed; ``{}`` when there is nothing or the contact key was shredded (erasure)."""

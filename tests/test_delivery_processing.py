@@ -46,7 +46,7 @@ def sent(conn, send_id: str, channel: str, provider: str, address: str, provider
             address=sealed.sealed_address(conn, tenant, contact_id, address), status="claimed", run_id="r", claimed_at=NOW,
         )
     )
-    finalise(conn, tenant_cipher(conn, tenant), "r", [(send_id, "sent", SendResult(ok=True, provider_message_id=provider_id))], NOW)
+    finalise(conn, tenant_cipher(conn, tenant), "r", [(send_id, provider, "sent", SendResult(ok=True, provider_message_id=provider_id))], NOW)
 
 
 def apply(engine, provider: str, *payloads: dict):

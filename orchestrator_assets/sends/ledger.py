@@ -216,17 +216,11 @@ def _allocate_dedup_ids(conn: sa.Connection, tenant: str, wanted: Sequence[Wante
     return numbers
 
 
-def finalise(conn: sa.Connection, cipher: TenantCipher, run_id: str, answers: Sequence[tuple[str, str, SendResult]], now: dt.datetime) -> None:
-    """Record (send_id, status, result) answers on rows this run still holds claimed, each provider
-    id in the form the store keeps (``provider_ids.stored_id``: no chat id or phone in it)."""
+def finalise(conn: sa.Connection, cipher: TenantCipher, run_id: str, answers: Sequence[tuple[str, str, str, SendResult]], now: dt.datetime) -> None:
+    """Record (send_id, provider, status, result) answers on rows this run still holds claimed, each
+    provider id in the form the store keeps (``provider_ids.stored_id``: no chat id or phone in it)."""
     if not answers:
         return
-    identified = [send_id for send_id, _, result in answers if result.provider_message_id]
-    providers: dict[str, str] = {}
-    for start in range(0, len(identified), _CHUNK):
-        chunk = identified[start : start + _CHUNK]
-        rows = conn.execute(sa.select(sends.c.send_id, sends.c.provider).where(sends.c.send_id.in_(chunk)))
-        providers.update((send_id, provider) for send_id, provider in rows)
     statement = (
         sa.update(sends)
         .where(sends.c.send_id == sa.bindparam("b_send_id"), sends.c.status == CLAIMED, sends.c.run_id == run_id)
@@ -244,10 +238,10 @@ def finalise(conn: sa.Connection, cipher: TenantCipher, run_id: str, answers: Se
             {
                 "b_send_id": send_id,
                 "b_status": status,
-                "b_provider_message_id": stored_id(cipher, providers.get(send_id, ""), result.provider_message_id),
+                "b_provider_message_id": stored_id(cipher, provider, result.provider_message_id),
                 "b_error_class": result.error_class,
                 "b_error": result.error,
             }
-            for send_id, status, result in answers
+            for send_id, provider, status, result in answers
         ],
     )

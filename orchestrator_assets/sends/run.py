@@ -112,11 +112,12 @@ async def send_messages(
     claim_batch = min(MAX_CLAIM_BATCH, CLAIM_AHEAD * policy.max_in_flight_per_account * accounts)
     tenant_limiter = [RateLimiter(policy.tenant_limit)] if policy.tenant_limit else []
     campaign_limiters: dict[str, RateLimiter] = {}
-    answers: list[tuple[str, str, SendResult]] = []
+    answers: list[tuple[str, str, str, SendResult]] = []
+    provider_of: dict[str, str] = {}  # send_id → provider of each message on its way
     started = last_log = time.monotonic()
 
     def on_done(message: OutboundMessage, outcome: Outcome) -> None:
-        answers.append((message.send_id, outcome.status, outcome.result))
+        answers.append((message.send_id, provider_of.pop(message.send_id), outcome.status, outcome.result))
         counts = report.by_campaign[(message.campaign, message.channel)]
         counts[label(outcome)] += 1
         counts["retries"] += max(0, outcome.attempts - 1)
@@ -165,6 +166,7 @@ async def send_messages(
                 claimed = claim(conn, tenant, run_id, batch, dt.datetime.now(dt.UTC), contact_keys, keyed)
             for want, send_id, dedup_id in claimed:
                 item = by_key[want.key]
+                provider_of[send_id] = want.provider
                 message = dataclasses.replace(item.message, send_id=send_id, dedup_id=dedup_id)
                 await dispatcher.submit(item.connector, message, pacing(want.key.campaign))
         await settle_below(1)
