@@ -135,7 +135,7 @@ def test_a_telegram_button_press_finds_its_send_though_the_ledger_keeps_no_chat_
         sent(conn, "a1", "telegram", "telegram", str(chat), f"{chat}:4711", tenant="acme", contact_id=3)
         stored = {row.send_id: row.provider_message_id for row in conn.execute(sa.select(sends).where(sends.c.channel == "telegram"))}
     assert all(str(chat)[:8] not in value for value in stored.values())
-    assert stored["t1"].endswith(":4711") and len(set(stored.values())) == 3  # per chat and per tenant
+    assert stored["t1"].startswith("tg:4711:") and len(set(stored.values())) == 3  # per chat and per tenant
     batch = apply(engine, "telegram", telegram_press(7, chat, 4711))
     assert batch.retry == {} and batch.tally["status:clicked"] == 1
     ((_, _, kind, send_id, *_rest),) = batch.events

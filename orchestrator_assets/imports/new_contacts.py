@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from orchestrator_assets.consent_decisions import GRANT, WITHDRAW, FirstDecisions, FutureDatedGrant, first_decisions, record_first_decisions
 from orchestrator_assets.contact_pii import new_contact_columns
 from orchestrator_assets.imports.history import record_created
-from orchestrator_assets.imports.store import DECISION_COLUMNS, PLAIN_FIELDS, _merged_custom_fields, _text_version, _utc, import_ref_prefix
+from orchestrator_assets.imports.store import DECISION_COLUMNS, PLAIN_FIELDS, merged_custom_fields, decision_text_version, aware_utc, import_ref_prefix
 from orchestrator_assets.webhooks.events import WebhookEvent
 from policies.consent_purposes import Purpose, SourceKind
 from policies.consent_texts import ConsentTextsFile
@@ -59,7 +59,7 @@ def insert_new_contacts(
     written: the store spends its time taking rows, Python its time encrypting and hashing, and
     (the GIL being free while the connection waits on the server) the two overlap.
     """
-    now = _utc(now)
+    now = aware_utc(now)
     cipher = tenant_cipher(conn, tenant)
     ids = next_ids(conn, contacts, len(rows))
     ref_prefix = import_ref_prefix(import_id, file)
@@ -87,9 +87,8 @@ def insert_new_contacts(
             if import_id is not None:
                 record_created(conn, import_id, prepared.ids)
             record_first_decisions(conn, tenant, prepared.decisions, webhook_events)
-            actions = prepared.decisions.facts["action"] if not prepared.decisions.facts.empty else pd.Series(dtype=object)
-            counts["granted"] += int((actions == GRANT).sum())
-            counts["withdrawn"] += int((actions == WITHDRAW).sum())
+            for action, count in prepared.decisions.facts["action"].value_counts().items():
+                counts["granted" if action == GRANT else "withdrawn"] += int(count)
     return counts
 
 
@@ -107,13 +106,13 @@ def _plain_column(chunk: pd.DataFrame, name: str) -> list:
         return [None] * len(chunk)
     values = chunk[name].to_numpy(dtype=object, na_value=None).tolist()
     if name == "custom_fields":
-        return [None if value is None else _merged_custom_fields(None, value) for value in values]
+        return [None if value is None else merged_custom_fields(None, value) for value in values]
     return values
 
 
 def _decisions(tenant: str, chunk: pd.DataFrame, ids: list[int], now: datetime, texts: ConsentTextsFile, ref_prefix: str) -> pd.DataFrame:
     """One row per non-empty decision cell, in the order ``store.record_consents`` appends them
-    (row by row, ``DECISION_COLUMNS`` order), in ``consent_ledger.start_chains``' columns."""
+    (row by row, ``DECISION_COLUMNS`` order), in ``consent_ledger.FIRST_EVENT_COLUMNS`` and ``row``."""
     pieces = []
     for order, column in enumerate(column for column in DECISION_COLUMNS if column in chunk):
         decided = chunk[column].notna().to_numpy(dtype=bool)
@@ -147,13 +146,13 @@ def _decisions(tenant: str, chunk: pd.DataFrame, ids: list[int], now: datetime, 
 
 
 def _text_versions(tenant: str, texts: ConsentTextsFile, facts: pd.DataFrame, language: pd.Series, named: pd.Series) -> list:
-    """``store._text_version`` of each fact, asked once per distinct (purpose, language, named text)."""
+    """``store.decision_text_version`` of each fact, asked once per distinct (purpose, language, named text)."""
     keys = zip(facts["purpose"], language.to_numpy(dtype=object, na_value=None), named.to_numpy(dtype=object, na_value=None), strict=True)
     versions: dict[tuple, str | None] = {}
     found = []
     for row, key in zip(facts["row"], keys, strict=True):
         if key not in versions:
             purpose, lang, name = key
-            versions[key] = _text_version(texts, tenant, Purpose(purpose), {"row": row, "language": lang, "consent_text_version": name})
+            versions[key] = decision_text_version(texts, tenant, Purpose(purpose), {"row": row, "language": lang, "consent_text_version": name})
         found.append(versions[key])
     return found

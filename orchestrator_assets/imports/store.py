@@ -44,7 +44,7 @@ CONTACT_FIELDS = (*PII_FIELDS, *PLAIN_FIELDS)
 SEALED_COLUMNS = ("email_bidx", "phone_bidx", "telegram_bidx", "vk_bidx", "email_domain", "phone_country")
 
 
-def _utc(moment: datetime | pd.Timestamp) -> datetime:
+def aware_utc(moment: datetime | pd.Timestamp) -> datetime:
     """Aware UTC ``datetime``. SQLite drops the offset when storing, so everything stored must
     already be UTC for stored values (and the event unique key) to be comparable."""
     stamp = pd.Timestamp(moment)
@@ -109,7 +109,7 @@ def upsert_contacts(
     not written and is counted in ``merged``: the tombstone must stay as the merge left it for its
     undo, and the person's data now lives on the survivor, under the survivor's external_id.
     """
-    now = _utc(now)
+    now = aware_utc(now)
     fields = [field for field in CONTACT_FIELDS if field in good_df.columns]
     records = _records(good_df, ("external_id", *fields))
     counts = {"inserted": 0, "updated": 0, "unchanged": 0, "merged": 0}
@@ -143,7 +143,7 @@ def upsert_contacts(
                 counts["merged"] += 1
                 continue
             if record.get("custom_fields") is not None:
-                record["custom_fields"] = _merged_custom_fields(old and old.get("custom_fields"), record["custom_fields"])
+                record["custom_fields"] = merged_custom_fields(old and old.get("custom_fields"), record["custom_fields"])
             if old is None:
                 counts["inserted"] += 1
                 old = {"data_key": cipher.new_contact_key()}
@@ -171,7 +171,7 @@ def upsert_contacts(
     return counts
 
 
-def _merged_custom_fields(stored: str | None, imported: str) -> str:
+def merged_custom_fields(stored: str | None, imported: str) -> str:
     """The stored custom fields with the file's on top: like any other field, a value the file
     leaves blank (absent from its object) keeps what is stored."""
     merged = {**(json.loads(stored) if stored else {}), **json.loads(imported)}
@@ -254,7 +254,7 @@ def record_consents(
     consent.withdrawn) when the caller passes it. ``import_id`` (the ``contact_imports`` row of the
     commit) goes into every appended event's ``source_ref``, so a rollback finds what the import appended.
     """
-    now = _utc(now)
+    now = aware_utc(now)
     texts = texts if texts is not None else load_consent_texts()
     columns = [column for column in DECISION_COLUMNS if column in good_df.columns]
     extra = [column for column in ("language", "consent_text_version") if column in good_df.columns]
@@ -285,12 +285,12 @@ def record_consents(
             if not record["consent_source"]:
                 raise ValueError(f"row {record['row']}: a consent decision needs a consent_source")
             try:
-                occurred_at = fact_time(action, _utc(occurred_at), now)
+                occurred_at = fact_time(action, aware_utc(occurred_at), now)
             except FutureDatedGrant as exc:  # validation reports these rows; a frame built elsewhere may not
                 raise ValueError(f"row {record['row']}: consent_at: {exc}") from exc
             fact = ConsentFact(
                 contact_id, channel, purpose, action, SourceKind.IMPORT, import_ref(import_id, file, record["row"]),
-                occurred_at, origin=record["consent_source"], text_version=_text_version(texts, tenant, purpose, record),
+                occurred_at, origin=record["consent_source"], text_version=decision_text_version(texts, tenant, purpose, record),
             )  # fmt: skip
             if _fact_key(fact) in imported:
                 counts["unchanged"] += 1
@@ -336,7 +336,7 @@ def _imported_facts(conn: sa.Connection, tenant: str, contact_ids: Iterable[int]
     return {_fact_key(row) for row in conn.execute(query)}
 
 
-def _text_version(texts: ConsentTextsFile, tenant: str, purpose: Purpose, record: dict[str, Any]) -> str | None:
+def decision_text_version(texts: ConsentTextsFile, tenant: str, purpose: Purpose, record: dict[str, Any]) -> str | None:
     """The consent text version a row's decision rests on: the one it names, else the current one."""
     named = record.get("consent_text_version")
     if named is None:
