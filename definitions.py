@@ -12,7 +12,8 @@ from jobs.merges import contact_merge_job, contact_unmerge_job
 from jobs.privacy import contact_erasure_job, contact_export_job, pii_key_rotation_job
 from jobs.redrive import redrive_dead_letters_job
 from jobs.webhooks import enable_webhook_endpoints_job, retry_webhook_deliveries_job, webhook_delivery_job
-from orchestrator_assets import campaigns, contacts, segments
+from jobs.template_preview import template_preview_job
+from orchestrator_assets import campaigns, contacts, message_templates, segments
 from orchestrator_assets.consent_verify import consent_chains_intact
 from orchestrator_assets.deliveries import assets as deliveries
 from orchestrator_assets.imports import assets as imports
@@ -33,14 +34,14 @@ from sensors.webhooks import webhook_delivery_sensor
 
 defs = dg.Definitions(
     assets=[
-        *dg.load_assets_from_modules([imports, contacts, merges, segments, campaigns, sends, deliveries, webhooks]),
+        *dg.load_assets_from_modules([imports, contacts, merges, segments, campaigns, message_templates, sends, deliveries, webhooks]),
         warehouse_reports,
         campaign_funnel_export,
     ],
     jobs=[campaign_pipeline_job, delivery_processing_job, reports_job, redrive_dead_letters_job, webhook_delivery_job, retry_webhook_deliveries_job,
           enable_webhook_endpoints_job, phone_reachability_job, resolve_ambiguous_sends_job, contact_duplicates_job, contact_merge_job,
           contact_unmerge_job, consent_chain_verify_job, consent_certificate_job, contact_import_preview_job, contact_erasure_job, contact_export_job,
-          pii_key_rotation_job, contact_import_job, contact_import_rollback_job],
+          pii_key_rotation_job, contact_import_job, contact_import_rollback_job, template_preview_job],
     asset_checks=[consent_chains_intact],
     schedules=[reports_schedule],
     sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor, contact_drop_folder_sensor],

@@ -13,13 +13,13 @@ from orchestrator_assets.consent_ledger import consent_state, has_consent
 from orchestrator_assets.contact_pii import CHANNEL_FIELD, CHANNEL_INDEX, INDEX_COLUMNS
 from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
+from orchestrator_assets.message_templates import messages_by_language, start_campaigns
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.segment_sql import segment_where
 from orchestrator_assets.tables import markdown_table
 from policies.campaigns import Campaign
 from policies.consent_purposes import required_consents
 from policies.loader import load_bundle
-from policies.rendering import render_message
 from policies.segments import Rule
 from resources.connectors import has_delivery_receipts
 from resources.links import rewrite_links, sign_click, sign_deep_link, sign_unsubscribe
@@ -167,6 +167,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     opened: dict[int, dict] = {}
     with opstore.engine().begin() as conn:
         cipher = tenant_cipher(conn, tenant)
+        senders = start_campaigns(conn, bundle, tenant, due, now, context.run_id)  # 38-FZ marking, immutable template versions
         for campaign in due:
             rule = bundle.segments[tenant][campaign.segment].rule if campaign.segment else None
             candidates = len(config.contact_ids) if config.contact_ids else segment_size(conn, tenant, campaign.segment)
@@ -182,7 +183,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                 for contact in plan[content.channel]:
                     unsubscribe_url = f"{gateway_url}/unsubscribe/{tenant}/{sign_unsubscribe(tenant, contact['id'], campaign.name)}"
                     variables = {"unsubscribe_url": unsubscribe_url, "deep_link_token": sign_deep_link(tenant, contact["id"])}
-                    rendered = render_message(content, contact, variables)
+                    rendered = senders[campaign.name].render(content, contact, variables)
                     text, html = rendered.text, rendered.html
                     if content.channel in TRACKED_CHANNELS:
 
@@ -208,8 +209,8 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                             "attachments": json.dumps([a.model_dump() for a in content.attachments], ensure_ascii=False),
                             "template": json.dumps(
                                 None
-                                if content.template is None
-                                else {"template_id": content.template.id, "language": content.template.language, "variables": rendered.template_variables},
+                                if rendered.template is None
+                                else {"template_id": rendered.template.id, "language": rendered.template.language, "variables": rendered.template_variables},
                                 ensure_ascii=False,
                             ),
                         }
@@ -221,6 +222,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
         pd.DataFrame(rows, columns=MESSAGE_COLUMNS),
         metadata={
             "messages": len(rows),
+            "messages_by_language": dg.MetadataValue.md(messages_by_language(senders)),
             "campaigns": dg.MetadataValue.md(
                 markdown_table(
                     ["campaign", "channel", "segment members (or triggered)", "audience", "excluded (no consent/address/rule)", "to send now"],

@@ -13,9 +13,11 @@ from typing import Annotated, Literal
 from jinja2 import TemplateSyntaxError
 from pydantic import AwareDatetime, Field, PrivateAttr, StringConstraints, ValidationInfo, field_validator, model_validator
 
+from policies.ad_marking import AdvertisingMarking
 from policies.channels import Channel, Provider
 from policies.consent_purposes import CampaignPurpose
 from policies.fields import NonBlank, Slug, StepName, StrictModel, TenantId
+from policies.template_refs import MessageTemplateRef
 from policies.templates import parse_template, referenced_variables, static_text_length
 
 UNSUBSCRIBE_VARIABLE = "unsubscribe_url"
@@ -75,11 +77,13 @@ def _check_template(source: str, part: str, channel: Channel | None) -> None:
 
 
 class ChannelContent(StrictModel):
-    """One channel's message inside a campaign; text, subject and html are Jinja2 templates."""
+    """One channel's message inside a campaign; text, subject and html are Jinja2 templates, or
+    ``message_template`` pins a version of a library template (``templates.yaml``) instead."""
 
     channel: Channel
+    message_template: MessageTemplateRef | None = None
     subject: NonBlank | None = Field(default=None, validate_default=True)
-    text: NonBlank
+    text: NonBlank | None = Field(default=None, validate_default=True)
     html: NonBlank | None = Field(default=None, validate_default=True)
     buttons: list[Button] = Field(default_factory=list, validate_default=True)
     attachments: list[AttachmentSpec] = Field(default_factory=list, validate_default=True)
@@ -96,6 +100,8 @@ class ChannelContent(StrictModel):
     @classmethod
     def _subject(cls, value: str | None, info: ValidationInfo) -> str | None:
         channel = info.data.get("channel")
+        if info.data.get("message_template") is not None:
+            return _from_library("subject", value)
         if channel is not None:
             if channel.traits.needs_subject and value is None:
                 raise ValueError(f"{channel} needs a subject")
@@ -107,7 +113,11 @@ class ChannelContent(StrictModel):
 
     @field_validator("text")
     @classmethod
-    def _text(cls, value: str, info: ValidationInfo) -> str:
+    def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("message_template") is not None:
+            return _from_library("text", value)
+        if value is None:
+            raise ValueError("a channel needs `text` (or `message_template` to render it from the template library)")
         _check_template(value, "text", info.data.get("channel"))
         return value
 
@@ -115,6 +125,8 @@ class ChannelContent(StrictModel):
     @classmethod
     def _html(cls, value: str | None, info: ValidationInfo) -> str | None:
         channel = info.data.get("channel")
+        if info.data.get("message_template") is not None:
+            return _from_library("html", value)
         if value is None:
             return value
         if channel is not None and not channel.traits.allows_html:
@@ -152,6 +164,12 @@ class ChannelContent(StrictModel):
         if value is not None and channel is not None and not channel.traits.allows_template:
             raise ValueError(f"{channel} has no provider templates")
         return value
+
+
+def _from_library(part: str, value: str | None) -> None:
+    if value is not None:
+        raise ValueError(f"`{part}` comes from `message_template`; give one or the other")
+    return None
 
 
 class Schedule(StrictModel):
@@ -205,6 +223,7 @@ class Campaign(StrictModel):
     tenant: TenantId
     segment: Slug | None = None
     purpose: CampaignPurpose = CampaignPurpose.ADVERTISING
+    advertising: AdvertisingMarking | None = None  # 38-FZ marking; required to START an advertising campaign
     channels: list[ChannelContent] = Field(min_length=1)
     schedule: Schedule | None = None
     trigger: Trigger | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from policies.campaigns import Campaign, CampaignsFile
 from policies.consent_texts import ConsentTextsFile
 from policies.policy import Policy
 from policies.segments import RULE_TAGS, Segment, SegmentsFile
+from policies.template_library import LibraryTemplate, TemplatesFile, reference_problems
 from policies.tenants import Tenant, TenantsFile
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "config"
@@ -30,6 +31,7 @@ SEGMENTS_FILE = "segments.yaml"
 CAMPAIGNS_FILE = "campaigns.yaml"
 POLICY_FILE = "policy.yaml"
 CONSENT_TEXTS_FILE = "consent_texts.yaml"
+TEMPLATES_FILE = "templates.yaml"  # optional: without it no campaign may use `message_template`
 
 PathLike = str | os.PathLike[str]
 Model = TypeVar("Model", bound=BaseModel)
@@ -52,6 +54,7 @@ class PolicyBundle:
     segments: dict[str, dict[str, Segment]]  # tenant -> segment name -> segment
     campaigns: dict[str, dict[str, Campaign]]  # tenant -> campaign name -> campaign
     policy: Policy
+    templates: dict[str, dict[str, LibraryTemplate]] = field(default_factory=dict)  # tenant -> name -> template
 
 
 def load_tenants(path: PathLike | None = None) -> TenantsFile:
@@ -74,21 +77,31 @@ def load_consent_texts(path: PathLike | None = None) -> ConsentTextsFile:
     return _load(ConsentTextsFile, Path(path) if path else DEFAULT_CONFIG_DIR / CONSENT_TEXTS_FILE)
 
 
+def load_templates(path: PathLike | None = None) -> TemplatesFile:
+    """The template library; a missing file is an empty library (inline campaigns need none)."""
+    path = Path(path) if path else DEFAULT_CONFIG_DIR / TEMPLATES_FILE
+    return _load(TemplatesFile, path) if path.exists() else TemplatesFile()
+
+
 def load_bundle(config_dir: PathLike | None = None) -> PolicyBundle:
-    """Load the four files from ``config_dir`` and check the references between them."""
+    """Load the policy files from ``config_dir`` and check the references between them."""
     root = Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR
     tenants = load_tenants(root / TENANTS_FILE).tenants
     segments_file = load_segments(root / SEGMENTS_FILE)
     campaigns_file = load_campaigns(root / CAMPAIGNS_FILE)
     policy = load_policy(root / POLICY_FILE)
+    templates_file = load_templates(root / TEMPLATES_FILE)
 
     _raise_if(root / SEGMENTS_FILE, _segment_problems(segments_file, tenants))
     segments = {t: {s.name: s for s in segments_file.segments.get(t, [])} for t in tenants}
+    _raise_if(root / TEMPLATES_FILE, ((f"templates.{t}", f"tenant {t!r} is not defined in {TENANTS_FILE}") for t in templates_file.templates if t not in tenants))
     _raise_if(root / CAMPAIGNS_FILE, _campaign_problems(campaigns_file, tenants, segments, policy))
+    _raise_if(root / CAMPAIGNS_FILE, reference_problems(campaigns_file, templates_file))
     campaigns: dict[str, dict[str, Campaign]] = {t: {} for t in tenants}
     for campaign in campaigns_file.campaigns:
         campaigns[campaign.tenant][campaign.name] = campaign
-    return PolicyBundle(tenants=tenants, segments=segments, campaigns=campaigns, policy=policy)
+    templates = {t: templates_file.for_tenant(t) for t in tenants}
+    return PolicyBundle(tenants=tenants, segments=segments, campaigns=campaigns, policy=policy, templates=templates)
 
 
 def _segment_problems(segments_file: SegmentsFile, tenants: dict[str, Tenant]) -> Iterable[tuple[str, str]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from policies.campaigns import Button, ChannelContent
+from policies.campaigns import Button, ChannelContent, TemplateSpec
 from policies.sms_segments import segments as sms_segments
 from policies.templates import ContactFields, compiled_template
 
@@ -30,6 +30,7 @@ class RenderedMessage:
     html: str | None
     buttons: tuple[Button, ...]
     template_variables: tuple[str, ...] = ()
+    template: TemplateSpec | None = None  # the WhatsApp approved template the variables fill (inline or library)
 
 
 def _where(content: ChannelContent, part: str) -> str:
@@ -82,4 +83,5 @@ def render_message(channel_content: ChannelContent, contact: Mapping[str, Any], 
         html=html,
         buttons=tuple(channel_content.buttons),
         template_variables=variables,
+        template=template,
     )

@@ -431,3 +431,19 @@ contact_merge_moves = sa.Table(
     sa.Column("before", sa.Text),
     sa.Index("ix_contact_merge_moves_merge", "merge_id"),
 )
+
+# Every template version the platform has seen (policies/config/templates.yaml), with the hash of
+# its content the first time: a published version is immutable, and a later load whose content
+# hashes differently is refused (orchestrator_assets/template_history.py). first_campaign names the
+# campaign whose start first recorded it (empty when the message_templates asset saw it first).
+template_versions = sa.Table(
+    "template_versions",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("template", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("first_seen_at", UTCDateTime, nullable=False),
+    sa.Column("first_campaign", sa.String(128), nullable=False),
+    sa.Column("first_run_id", sa.String(64), nullable=False),
+)

@@ -28,6 +28,7 @@ from policies.loader import (
 )
 from policies.rendering import TemplateRenderError, render_message
 from policies.segments import Rule
+from policies.template_rendering import CampaignRenderer
 from resources.opstore import register_sqlite_unicode_lower
 from resources.opstore_schema import contacts, metadata
 from resources.pii import TenantCipher
@@ -115,7 +116,13 @@ def _rewrite(path: Path, mutate) -> None:
 
 
 def _email(data: dict[str, Any]) -> dict[str, Any]:
-    return data["campaigns"][0]["channels"][1]
+    """The inline e-mail of spring_sale_2026 (black_friday_2026 renders from the template library)."""
+    return data["campaigns"][1]["channels"][0]
+
+
+def _telegram(data: dict[str, Any]) -> dict[str, Any]:
+    """The inline Telegram message of telegram_welcome."""
+    return data["campaigns"][2]["channels"][0]
 
 
 def _drop_acme_mailgun(data: dict[str, Any]) -> None:
@@ -126,42 +133,42 @@ BAD_EDITS = [
     pytest.param(
         "campaigns.yaml",
         lambda d: _email(d).update(subjcet="x"),
-        "campaigns[0].channels[1].subjcet",
+        "campaigns[1].channels[0].subjcet",
         "Extra inputs are not permitted",
         id="unknown key",
     ),
     pytest.param(
         "campaigns.yaml",
         lambda d: _email(d).pop("subject"),
-        "campaigns[0].channels[1].subject",
+        "campaigns[1].channels[0].subject",
         "email needs a subject",
         id="email without subject",
     ),
     pytest.param(
         "campaigns.yaml",
-        lambda d: d["campaigns"][0]["channels"][0].update(subject="x"),
-        "campaigns[0].channels[0].subject",
+        lambda d: _telegram(d).update(subject="x"),
+        "campaigns[2].channels[0].subject",
         "telegram messages have no subject",
         id="telegram with subject",
     ),
     pytest.param(
         "campaigns.yaml",
         lambda d: _email(d).update(text="Привет"),
-        "campaigns[0].channels[1].text",
+        "campaigns[1].channels[0].text",
         "{{ unsubscribe_url }}",
         id="email without unsubscribe link",
     ),
     pytest.param(
         "campaigns.yaml",
         lambda d: _email(d).update(html="{% if %}{{ unsubscribe_url }}"),
-        "campaigns[0].channels[1].html",
+        "campaigns[1].channels[0].html",
         "invalid Jinja2 template",
         id="bad jinja",
     ),
     pytest.param(
         "campaigns.yaml",
-        lambda d: d["campaigns"][0]["channels"][0].update(text="я" * 4097),
-        "campaigns[0].channels[0].text",
+        lambda d: _telegram(d).update(text="я" * 4097),
+        "campaigns[2].channels[0].text",
         "limit is 4096",
         id="telegram static text too long",
     ),
@@ -419,7 +426,7 @@ def test_every_problem_in_a_file_is_reported_at_once(config_dir: Path):
     with pytest.raises(PolicyError) as caught:
         load_bundle(config_dir)
     assert [where for where, _ in caught.value.problems] == [
-        "campaigns[0].channels[1].subject",
+        "campaigns[1].channels[0].subject",
         "campaigns[1].schedule.start_at",
     ]
 
@@ -568,19 +575,22 @@ def _campaign(**content: Any) -> Campaign:
 
 
 @pytest.fixture(scope="module")
-def black_friday() -> Campaign:
-    return load_bundle().campaigns["demo"]["black_friday_2026"]
+def black_friday():
+    """Renders the shipped campaign's channels (library template, marked as advertising) for a contact."""
+    bundle = load_bundle()
+    renderer = CampaignRenderer(bundle.campaigns["demo"]["black_friday_2026"], bundle.templates["demo"])
+    return lambda channel, contact, extra: renderer.render(renderer.campaign.content_for(channel), contact, extra).message
 
 
 def test_render_shipped_email_and_telegram(black_friday):
     contact = {"first_name": "Иван", "city": None}
-    email = render_message(black_friday.content_for(Channel.EMAIL), contact, {"unsubscribe_url": "https://u.example/x?a=1&b=2"})
+    email = black_friday(Channel.EMAIL, contact, {"unsubscribe_url": "https://u.example/x?a=1&b=2"})
     assert email.subject == "Иван, Чёрная пятница: скидки до 50%"
     assert email.text.startswith("Иван, в «Ромашке»") and "https://u.example/x?a=1&b=2" in email.text
     assert 'href="https://u.example/x?a=1&amp;b=2"' in email.html
     assert email.buttons == ()
 
-    telegram = render_message(black_friday.content_for(Channel.TELEGRAM), {"first_name": None}, {})
+    telegram = black_friday(Channel.TELEGRAM, {"first_name": None}, {})
     assert telegram.text.startswith("Здравствуйте, Чёрная пятница")  # NULL name -> template default, never "None"
     assert telegram.subject is None and telegram.html is None
     assert [(b.label, b.callback_data) for b in telegram.buttons] == [("Хочу скидку", "bf2026:want")]
@@ -588,7 +598,7 @@ def test_render_shipped_email_and_telegram(black_friday):
 
 def test_html_is_autoescaped_but_text_is_not(black_friday):
     contact = {"first_name": "<script>alert(1)</script>"}
-    email = render_message(black_friday.content_for(Channel.EMAIL), contact, {"unsubscribe_url": "https://u.example/x"})
+    email = black_friday(Channel.EMAIL, contact, {"unsubscribe_url": "https://u.example/x"})
     assert "<script>" not in email.html and "&lt;script&gt;" in email.html
     assert email.text.startswith("<script>alert(1)</script>,")
 
@@ -604,7 +614,7 @@ def test_missing_contact_field_names_campaign_channel_and_variable():
 def test_missing_extra_variable_names_it(black_friday):
     expected = r"campaign 'black_friday_2026', channel email, text: 'unsubscribe_url' is undefined"
     with pytest.raises(TemplateRenderError, match=expected):
-        render_message(black_friday.content_for(Channel.EMAIL), {"first_name": "Иван"}, {})
+        black_friday(Channel.EMAIL, {"first_name": "Иван"}, {})
 
 
 def test_rendered_telegram_text_over_limit_is_an_error():
@@ -628,7 +638,7 @@ def test_sandbox_blocks_unsafe_attributes():
 
 def test_extra_cannot_shadow_the_contact(black_friday):
     with pytest.raises(ValueError, match="must not contain 'contact'"):
-        render_message(black_friday.content_for(Channel.TELEGRAM), {}, {"contact": {"first_name": "x"}})
+        black_friday(Channel.TELEGRAM, {}, {"contact": {"first_name": "x"}})
 
 
 # --- attachments, provider templates, SMS length (checked before anything is sent) -----------
