@@ -60,7 +60,7 @@ def coerce(kind: VariableType, value: Any) -> Any:
     try:
         return _ADAPTERS[kind].validate_python(value, strict=kind != VariableType.DECIMAL and not isinstance(value, str))
     except ValidationError:
-        raise ValueError(f"{value!r} is not a {kind}") from None
+        raise ValueError(f"{value!r} is not a valid {kind}") from None
 
 
 class Variable(StrictModel):
