@@ -178,6 +178,8 @@ def print_pipeline_summary(instance, run_id: str) -> None:
             print(f"    error report: {meta['error_report'].value}")
         if key == "segments/segment_members":
             print("    " + meta["segments"].value.replace("\n", "\n    "))
+        if key == "campaigns/campaign_messages":  # each contact reads the template in their language (docs/templates.md)
+            print("    " + meta["messages_by_language"].value.replace("\n", "\n    "))
 
 
 def wait_callbacks(sandbox_url: str, sandbox: subprocess.Popen) -> dict:
