@@ -47,6 +47,8 @@ def render_message(channel_content: ChannelContent, contact: Mapping[str, Any], 
     """
     if "contact" in extra:
         raise ValueError("extra must not contain 'contact'; pass the contact row as `contact`")
+    if channel_content.message_template is not None:
+        raise ValueError(f"{_where(channel_content, 'text')} pins a library template: render it with policies.template_rendering.CampaignRenderer")
     context = {**extra, "contact": ContactFields({k: v for k, v in contact.items() if v is not None and v != ""})}
     channel = channel_content.channel
 
