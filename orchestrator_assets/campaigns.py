@@ -9,6 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
+from orchestrator_assets.audience_policies import CampaignPolicies
 from orchestrator_assets.consent_ledger import consent_state, has_consent
 from orchestrator_assets.contact_pii import CHANNEL_FIELD, CHANNEL_INDEX, INDEX_COLUMNS
 from orchestrator_assets.fallback import Attempt, next_channel
@@ -19,7 +20,6 @@ from orchestrator_assets.tables import markdown_table
 from policies.campaigns import Campaign
 from policies.consent_purposes import required_consents
 from policies.loader import load_bundle
-from policies.rendering import render_message
 from policies.segments import Rule
 from resources.connectors import has_delivery_receipts
 from resources.links import rewrite_links, sign_click, sign_deep_link, sign_unsubscribe
@@ -153,7 +153,8 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
 
     Grain: one row per (campaign, step, channel, contact). Source: ``campaigns.yaml`` (segment,
     channels, Jinja2 templates, schedule or trigger) × segment membership (or the triggered
-    contacts) ∩ granted consent. A template error fails the run before anything is sent.
+    contacts) ∩ granted consent, screened by the recipient policies (orchestrator_assets/audience_policies.py).
+    A contact whose template cannot be rendered is excluded with the error; a template syntax error fails at load.
     """
     tenant = context.partition_key
     now = dt.datetime.now(dt.UTC)
@@ -167,6 +168,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     opened: dict[int, dict] = {}
     with opstore.engine().begin() as conn:
         cipher = tenant_cipher(conn, tenant)
+        policies = CampaignPolicies.load(conn, bundle, tenant, now, context.run.run_id)
         for campaign in due:
             rule = bundle.segments[tenant][campaign.segment].rule if campaign.segment else None
             candidates = len(config.contact_ids) if config.contact_ids else segment_size(conn, tenant, campaign.segment)
@@ -178,11 +180,13 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                 for content in campaign.channels
             }
             plan = eligible if campaign.fallback is None else fallback_plan(conn, tenant, campaign, eligible, now)
+            plan = policies.screen(conn, cipher, campaign, eligible, plan, config.contact_ids, rule)
             for content in campaign.channels:
                 for contact in plan[content.channel]:
                     unsubscribe_url = f"{gateway_url}/unsubscribe/{tenant}/{sign_unsubscribe(tenant, contact['id'], campaign.name)}"
                     variables = {"unsubscribe_url": unsubscribe_url, "deep_link_token": sign_deep_link(tenant, contact["id"])}
-                    rendered = render_message(content, contact, variables)
+                    if (rendered := policies.render(campaign, content, contact, variables)) is None:
+                        continue
                     text, html = rendered.text, rendered.html
                     if content.channel in TRACKED_CHANNELS:
 
@@ -216,6 +220,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                     )
                 audience = len(eligible[content.channel])
                 summary.append((campaign.name, content.channel, candidates, audience, candidates - audience, len(plan[content.channel])))
+            policies.finish(conn, campaign, config.contact_ids)
     context.log.info(f"{len(due)} due campaign(s), {len(rows)} messages rendered")
     return dg.Output(
         pd.DataFrame(rows, columns=MESSAGE_COLUMNS),
@@ -228,5 +233,6 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                     empty="No campaign is due.",
                 )
             ),
+            **policies.metadata(),
         },
     )
