@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from orchestrator_assets.consent_ledger import utc  # SQLite hands times back without the offset
 from orchestrator_assets.contact_pii import CHANNEL_INDEX, INDEX_COLUMNS
 from orchestrator_assets.segment_sql import segment_where
 from orchestrator_assets.sends.ledger import FAILED
@@ -35,9 +36,6 @@ from resources.sql import upsert_insert
 NO_CHANNEL = "—"  # a fallback contact waits on the campaign, not on one channel
 _WHERE_PREFIX = re.compile(r"^campaign '[^']*', channel \w+, ")
 
-
-def _utc(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite drops the offset
 
 
 class CampaignPolicies:
@@ -60,7 +58,7 @@ class CampaignPolicies:
         history: Sequence[tuple[int, str, dt.datetime]] = []
         if (longest := SendPressure.longest_period(policy)) is not None:
             rows = conn.execute(sa.select(sends.c.contact_id, sends.c.channel, sends.c.claimed_at).where(reached, sends.c.claimed_at > now - longest))
-            history = [(row.contact_id, row.channel, _utc(row.claimed_at)) for row in rows]
+            history = [(row.contact_id, row.channel, utc(row.claimed_at)) for row in rows]
         today = 0
         if policy.tenant_daily_cap is not None:
             midnight = day_start(now, contact_zone(None, bundle.tenants[tenant].timezone))

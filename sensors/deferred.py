@@ -21,6 +21,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from jobs import campaign_pipeline_job
+from orchestrator_assets.consent_ledger import utc  # SQLite hands times back without the offset
 from policies.campaigns import Campaign
 from policies.loader import load_bundle
 from resources.opstore import OperationalStore
@@ -28,9 +29,6 @@ from resources.opstore_schema import campaign_wakeups
 from sensors.campaigns import campaign_run_request
 from sensors.triggers import TRIGGERED_SELECTION
 
-
-def _utc(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite drops the offset
 
 
 def deferred_run_requests(conn: sa.Connection, campaigns: dict[str, dict[str, Campaign]], now: dt.datetime) -> list[dg.RunRequest]:
@@ -41,7 +39,7 @@ def deferred_run_requests(conn: sa.Connection, campaigns: dict[str, dict[str, Ca
     for row in rows:
         if row.campaign not in campaigns.get(row.tenant, {}):
             continue
-        wake_at = _utc(row.wake_at).isoformat()
+        wake_at = utc(row.wake_at).isoformat()
         run_key = f"deferred:{row.tenant}:{row.campaign}:{wake_at}"
         requests.append(campaign_run_request(row.tenant, row.campaign, run_key, TRIGGERED_SELECTION, tags={"algor/wake_at": wake_at, "algor/deferred": row.reasons}))
     return requests

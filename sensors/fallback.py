@@ -23,6 +23,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from jobs import campaign_pipeline_job
+from orchestrator_assets.consent_ledger import utc  # SQLite hands times back without the offset
 from policies.campaigns import Campaign
 from policies.loader import load_bundle
 from resources.connectors import has_delivery_receipts
@@ -34,9 +35,6 @@ from sensors.triggers import TRIGGERED_SELECTION
 # Ledger and delivery statuses (orchestrator_assets/sends/ledger.py, delivery_status.py).
 FAILED, SENT, DELIVERY_FAILED = "failed", "sent", "delivery_failed"
 
-
-def _utc(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite drops the offset
 
 
 def fallback_moments(conn: sa.Connection, tenant: str, campaign: Campaign, since: dt.datetime | None, now: dt.datetime) -> dict[int, dt.datetime]:
@@ -65,11 +63,11 @@ def fallback_moments(conn: sa.Connection, tenant: str, campaign: Campaign, since
     moments: dict[int, dt.datetime] = {}
     for row in conn.execute(query):
         if row.status == FAILED:
-            moment = _utc(row.finished_at)
+            moment = utc(row.finished_at)
         elif row.delivery == DELIVERY_FAILED:
-            moment = _utc(row.updated_at)
+            moment = utc(row.updated_at)
         elif has_delivery_receipts(row.provider):
-            moment = _utc(row.finished_at) + after
+            moment = utc(row.finished_at) + after
         else:
             continue  # accepted where no receipt ever comes: reached as far as anyone can tell
         moments[row.contact_id] = max(moment, moments.get(row.contact_id, moment))
