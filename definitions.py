@@ -27,6 +27,8 @@ from resources.io_managers import EncryptedFilesystemIOManager
 from resources.opstore import OperationalStore
 from resources.warehouse import Warehouse
 from sensors.campaigns import campaign_schedule_sensor
+from sensors.deferred import deferred_campaign_sensor
+from sensors.fallback import campaign_fallback_sensor
 from sensors.imports import contact_drop_folder_sensor
 from sensors.inbox import webhook_inbox_sensor
 from sensors.triggers import trigger_campaign_sensor
@@ -44,7 +46,8 @@ defs = dg.Definitions(
           pii_key_rotation_job, contact_import_job, contact_import_rollback_job, template_preview_job],
     asset_checks=[consent_chains_intact],
     schedules=[reports_schedule],
-    sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor, contact_drop_folder_sensor],
+    sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor, contact_drop_folder_sensor,
+             deferred_campaign_sensor, campaign_fallback_sensor],
     resources={
         "opstore": OperationalStore(),
         "warehouse": Warehouse(),

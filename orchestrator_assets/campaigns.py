@@ -9,6 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
+from orchestrator_assets.audience_policies import CampaignPolicies
 from orchestrator_assets.consent_ledger import consent_state, has_consent
 from orchestrator_assets.contact_pii import CHANNEL_FIELD, CHANNEL_INDEX, INDEX_COLUMNS
 from orchestrator_assets.fallback import Attempt, next_channel
@@ -153,7 +154,8 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
 
     Grain: one row per (campaign, step, channel, contact). Source: ``campaigns.yaml`` (segment,
     channels, Jinja2 templates, schedule or trigger) × segment membership (or the triggered
-    contacts) ∩ granted consent. A template error fails the run before anything is sent.
+    contacts) ∩ granted consent, screened by the recipient policies (orchestrator_assets/audience_policies.py).
+    A contact whose template cannot be rendered is excluded with the error; a template syntax error fails at load.
     """
     tenant = context.partition_key
     now = dt.datetime.now(dt.UTC)
@@ -168,6 +170,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     with opstore.engine().begin() as conn:
         cipher = tenant_cipher(conn, tenant)
         senders = start_campaigns(conn, bundle, tenant, due, now, context.run_id)  # 38-FZ marking, immutable template versions
+        policies = CampaignPolicies.load(conn, bundle, tenant, now, context.run.run_id)
         for campaign in due:
             rule = bundle.segments[tenant][campaign.segment].rule if campaign.segment else None
             candidates = len(config.contact_ids) if config.contact_ids else segment_size(conn, tenant, campaign.segment)
@@ -179,11 +182,13 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                 for content in campaign.channels
             }
             plan = eligible if campaign.fallback is None else fallback_plan(conn, tenant, campaign, eligible, now)
+            plan = policies.screen(conn, cipher, campaign, eligible, plan, config.contact_ids, rule)
             for content in campaign.channels:
                 for contact in plan[content.channel]:
                     unsubscribe_url = f"{gateway_url}/unsubscribe/{tenant}/{sign_unsubscribe(tenant, contact['id'], campaign.name)}"
                     variables = {"unsubscribe_url": unsubscribe_url, "deep_link_token": sign_deep_link(tenant, contact["id"])}
-                    rendered = senders[campaign.name].render(content, contact, variables)
+                    if (rendered := policies.render(campaign, content, contact, variables, senders[campaign.name].render)) is None:
+                        continue
                     text, html = rendered.text, rendered.html
                     if content.channel in TRACKED_CHANNELS:
 
@@ -217,6 +222,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                     )
                 audience = len(eligible[content.channel])
                 summary.append((campaign.name, content.channel, candidates, audience, candidates - audience, len(plan[content.channel])))
+            policies.finish(conn, campaign, config.contact_ids)
     context.log.info(f"{len(due)} due campaign(s), {len(rows)} messages rendered")
     return dg.Output(
         pd.DataFrame(rows, columns=MESSAGE_COLUMNS),
@@ -230,5 +236,6 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                     empty="No campaign is due.",
                 )
             ),
+            **policies.metadata(),
         },
     )

@@ -7,6 +7,7 @@ them (``policies/templates.py``), so a syntax error or a missing opt-out link fa
 
 from __future__ import annotations
 
+import datetime as dt
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -18,6 +19,7 @@ from policies.channels import Channel, Provider
 from policies.consent_purposes import CampaignPurpose
 from policies.fields import NonBlank, Slug, StepName, StrictModel, TenantId
 from policies.template_refs import MessageTemplateRef
+from policies.send_policy import EARLIEST_ZONE, LocalTime
 from policies.templates import parse_template, referenced_variables, static_text_length
 
 UNSUBSCRIBE_VARIABLE = "unsubscribe_url"
@@ -173,7 +175,25 @@ def _from_library(part: str, value: str | None) -> None:
 
 
 class Schedule(StrictModel):
-    start_at: AwareDatetime  # naive times are ambiguous across tenant timezones
+    """Either ``start_at`` (one instant for everyone) or ``local_time`` on ``date`` on each contact's
+    own clock (``policies/send_policy.py``). For the latter ``start_at`` is set to the first moment
+    any clock on Earth (UTC+14) shows it, when the campaign starts; each contact is deferred until
+    their own clock does, which spreads the send across time zones."""
+
+    start_at: AwareDatetime | None = None  # naive times are ambiguous across tenant timezones
+    local_time: LocalTime | None = None
+    date: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        if self.start_at is not None and (self.local_time, self.date) != (None, None):
+            raise ValueError("give either start_at or local_time with date, not both")
+        if self.start_at is None:
+            if self.local_time is None or self.date is None:
+                raise ValueError("a schedule needs start_at, or local_time together with date")
+            earliest = dt.datetime.combine(self.date, self.local_time, tzinfo=EARLIEST_ZONE)
+            object.__setattr__(self, "start_at", earliest)
+        return self
 
 
 class TriggerEvent(StrEnum):

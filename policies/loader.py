@@ -91,6 +91,7 @@ def load_bundle(config_dir: PathLike | None = None) -> PolicyBundle:
     campaigns_file = load_campaigns(root / CAMPAIGNS_FILE)
     policy = load_policy(root / POLICY_FILE)
     templates_file = load_templates(root / TEMPLATES_FILE)
+    _raise_if(root / POLICY_FILE, _recipient_policy_problems(policy, tenants))
 
     _raise_if(root / SEGMENTS_FILE, _segment_problems(segments_file, tenants))
     segments = {t: {s.name: s for s in segments_file.segments.get(t, [])} for t in tenants}
@@ -108,6 +109,12 @@ def _segment_problems(segments_file: SegmentsFile, tenants: dict[str, Tenant]) -
     for tenant in segments_file.segments:
         if tenant not in tenants:
             yield f"segments.{tenant}", f"tenant {tenant!r} is not defined in {TENANTS_FILE}"
+
+
+def _recipient_policy_problems(policy: Policy, tenants: dict[str, Tenant]) -> Iterable[tuple[str, str]]:
+    for tenant in policy.recipients.tenants:
+        if tenant not in tenants:
+            yield f"recipients.tenants.{tenant}", f"tenant {tenant!r} is not defined in {TENANTS_FILE}"
 
 
 def _campaign_problems(

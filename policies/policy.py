@@ -1,5 +1,5 @@
-"""The send policy (``policy.yaml``): consent, suppression, dispatch limits and retries, and
-outbound webhook delivery, for all tenants."""
+"""The send policy (``policy.yaml``): consent, suppression, dispatch limits and retries,
+outbound webhook delivery, and the policies that protect recipients (per tenant)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pydantic import Field, StrictBool, field_validator
 
 from policies.channels import Channel
 from policies.fields import StrictModel
+from policies.send_policy import RecipientPolicies
 
 
 class ConsentPolicy(StrictModel):
@@ -85,6 +86,8 @@ class Policy(StrictModel):
     suppression: SuppressionPolicy
     dispatch: DispatchPolicy = DispatchPolicy()
     webhook_delivery: WebhookDeliveryPolicy = WebhookDeliveryPolicy()
+    # Quiet hours, frequency caps, tenant caps (policies/send_policy.py, docs/policies.md).
+    recipients: RecipientPolicies = RecipientPolicies()
 
     def requires_consent(self, channel: Channel) -> bool:
         return channel in self.consent.channels_requiring_consent

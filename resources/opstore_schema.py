@@ -168,6 +168,22 @@ webhook_inbox = sa.Table(
     sa.Index("ix_webhook_inbox_tenant_id", "tenant", "id"),
 )
 
+# When each scheduled campaign with deferred messages (quiet hours, a local-time schedule, the
+# tenant's daily cap) should run next: rewritten by every run of the campaign, deleted once nothing
+# waits. The deferred-campaign sensor launches the run when ``wake_at`` comes (docs/policies.md).
+campaign_wakeups = sa.Table(
+    "campaign_wakeups",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("campaign", sa.String(128), primary_key=True),
+    sa.Column("wake_at", UTCDateTime, nullable=False),
+    sa.Column("deferred", sa.Integer, nullable=False),  # messages waiting, when the row was written
+    sa.Column("reasons", sa.String(256), nullable=False),  # their reason codes, comma-separated
+    sa.Column("run_id", sa.String(64), nullable=False),  # the run that deferred them
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_campaign_wakeups_wake_at", "wake_at"),
+)
+
 # What people did that can start a trigger campaign for them (policies.campaigns.TriggerEvent: a
 # Telegram /start, a VK message_allow), one row per occurrence, written by delivery processing
 # with the inbox row it came from. The trigger sensor reads it by id with a cursor.
