@@ -1,7 +1,7 @@
 """campaign_wakeups: when each campaign with deferred messages should run next
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 """
 
 import sqlalchemy as sa
