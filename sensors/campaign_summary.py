@@ -10,11 +10,11 @@ so nothing is summarised twice. Reads the Dagster event log only.
 
 import dagster as dg
 
+from jobs import CAMPAIGN_SEND_SUMMARY as SUMMARY_ASSET
 from orchestrator_assets.groups import SENDS
 from orchestrator_assets.partitions import campaign_partition_key, campaign_partitions
 
 SENDS_ASSET = dg.AssetKey([SENDS, "campaign_sends"])
-SUMMARY_ASSET = dg.AssetKey([SENDS, "campaign_send_summary"])
 MAX_RECORDS_PER_TICK = 100
 
 campaign_send_summary_job = dg.define_asset_job(
