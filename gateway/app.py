@@ -25,6 +25,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.button_answers import ButtonAnswers
+from gateway.events import add_event_routes
 from gateway.inbox import InboxWriter, already_stored
 from gateway.openapi import HOOKS, refusals
 from gateway.receivers import RECEIVERS, KiB, Refused, read_body
@@ -197,6 +198,8 @@ def create_app(database_url: str | None = None, tenants: dict[str, Tenant] | Non
         now = dt.datetime.now(dt.UTC)
         await persist(tenant_id, CLICKS, [(f"{hashlib.sha256(token.encode()).hexdigest()[:32]}:{now.isoformat()}", click_payload(link, human, user_agent, now))])
         return RedirectResponse(link["url"], status_code=302)
+
+    add_event_routes(app, tenant_or_404, persist, refuse)
 
     @app.get("/health")
     async def health() -> dict:

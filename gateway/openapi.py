@@ -18,10 +18,12 @@ _DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "requ
 _REFUSAL = {"application/json": {"schema": _DETAIL}}
 _WHY = {
     400: "Malformed: not JSON / not a form, or no event id (the reason is in `detail`)",
+    401: "Not authenticated: the tenant's signature (Standard Webhooks, its events secret) is missing, wrong or too old",
     403: "Not authentic: the provider's secret or signature is missing or wrong",
     404: "Unknown tenant, no account for this provider at the tenant, or an unknown link",
     406: "Signature too old, or its one-time token replayed with another event: no retry can help (Mailgun stops on 406)",
     413: "Body larger than this route's limit (refused while it streams in)",
+    422: "Not a valid body for this route (each problem and its path in `detail`)",
     415: "Not an application/x-www-form-urlencoded post, or in a charset that is no text encoding we know",
     503: "Operational store unavailable: retry later (providers do)",
 }

@@ -13,12 +13,14 @@ from orchestrator_assets.partitions import tenant_partitions
 PHONE_REACHABILITY = dg.AssetKey([groups.CONTACTS, "phone_reachability"])
 # Duplicate candidates are for an operator to review before a merge, not a step of every send.
 DUPLICATE_CANDIDATES = dg.AssetKey([groups.CONTACTS, "contact_duplicate_candidates"])
+# Partitioned by campaign, not tenant: campaign_send_summary_job (its sensor) materialises it.
+CAMPAIGN_SEND_SUMMARY = dg.AssetKey([groups.SENDS, "campaign_send_summary"])
 
 campaign_pipeline_job = dg.define_asset_job(
     name="campaign_pipeline_job",
     description="Import contacts and consents, build segments, render and send due campaigns for one tenant.",
     selection=dg.AssetSelection.groups(groups.IMPORTS, groups.CONTACTS, groups.CONSENTS, groups.SEGMENTS, groups.CAMPAIGNS, groups.SENDS)
-    - dg.AssetSelection.assets(PHONE_REACHABILITY, DUPLICATE_CANDIDATES)
+    - dg.AssetSelection.assets(PHONE_REACHABILITY, DUPLICATE_CANDIDATES, CAMPAIGN_SEND_SUMMARY)
     # Proving every tenant's consent chains is consent_chain_verify_job's work, not each campaign run's.
     - dg.AssetSelection.checks(consent_chains_intact),
     partitions_def=tenant_partitions,

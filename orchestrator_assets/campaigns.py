@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from orchestrator_assets.audience_policies import CampaignPolicies
+from orchestrator_assets.campaign_occurrences import at_occurrence
 from orchestrator_assets.consent_ledger import consent_state, has_consent
 from orchestrator_assets.contact_pii import CHANNEL_FIELD, CHANNEL_INDEX, INDEX_COLUMNS
 from orchestrator_assets.fallback import Attempt, next_channel
@@ -42,6 +43,7 @@ class CampaignSelection(dg.Config):
 
     campaign: str = Field(default="", description="Empty = every scheduled campaign of the tenant whose start time has come")
     contact_ids: list[int] = Field(default_factory=list, description="Only these contacts (required for a trigger campaign); empty = the segment")
+    occurrence: str = Field(default="", description="A cron campaign's occurrence, e.g. 2026-12-07T10:00+03:00; empty = its latest")
 
 
 def selected_campaigns(campaigns: dict[str, Campaign], config: CampaignSelection, now: dt.datetime) -> list[Campaign]:
@@ -50,7 +52,7 @@ def selected_campaigns(campaigns: dict[str, Campaign], config: CampaignSelection
     if not config.campaign:
         if config.contact_ids:
             raise dg.Failure("contact_ids are given without a campaign: name the campaign they are for")
-        return [c for c in campaigns.values() if c.schedule is not None and c.schedule.start_at <= now]
+        return [c for c in campaigns.values() if c.schedule is not None and c.schedule.start_at is not None and c.schedule.start_at <= now]
     campaign = campaigns.get(config.campaign)
     if campaign is None:
         raise dg.Failure(f"campaign {config.campaign!r} is not defined for this tenant (known: {', '.join(sorted(campaigns))})")
@@ -163,7 +165,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     bundle = load_bundle()
     tenant_accounts = bundle.tenants[tenant].accounts
     require_processing = bundle.policy.consent.require_processing
-    due = selected_campaigns(bundle.campaigns[tenant], config, now)
+    due = [at_occurrence(campaign, config.occurrence, now) for campaign in selected_campaigns(bundle.campaigns[tenant], config, now)]
     rows: list[dict] = []
     summary: list[tuple] = []
     opened: dict[int, dict] = {}

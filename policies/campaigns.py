@@ -7,19 +7,18 @@ them (``policies/templates.py``), so a syntax error or a missing opt-out link fa
 
 from __future__ import annotations
 
-import datetime as dt
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from jinja2 import TemplateSyntaxError
-from pydantic import AwareDatetime, Field, PrivateAttr, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from policies.ad_marking import AdvertisingMarking
+from policies.campaign_schedule import MAX_CRON_STEP_CHARS, Schedule
 from policies.channels import Channel, Provider
 from policies.consent_purposes import CampaignPurpose
 from policies.fields import NonBlank, Slug, StepName, StrictModel, TenantId
 from policies.template_refs import MessageTemplateRef
-from policies.send_policy import EARLIEST_ZONE, LocalTime
 from policies.templates import parse_template, referenced_variables, static_text_length
 
 UNSUBSCRIBE_VARIABLE = "unsubscribe_url"
@@ -174,28 +173,6 @@ def _from_library(part: str, value: str | None) -> None:
     return None
 
 
-class Schedule(StrictModel):
-    """Either ``start_at`` (one instant for everyone) or ``local_time`` on ``date`` on each contact's
-    own clock (``policies/send_policy.py``). For the latter ``start_at`` is set to the first moment
-    any clock on Earth (UTC+14) shows it, when the campaign starts; each contact is deferred until
-    their own clock does, which spreads the send across time zones."""
-
-    start_at: AwareDatetime | None = None  # naive times are ambiguous across tenant timezones
-    local_time: LocalTime | None = None
-    date: dt.date | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Schedule:
-        if self.start_at is not None and (self.local_time, self.date) != (None, None):
-            raise ValueError("give either start_at or local_time with date, not both")
-        if self.start_at is None:
-            if self.local_time is None or self.date is None:
-                raise ValueError("a schedule needs start_at, or local_time together with date")
-            earliest = dt.datetime.combine(self.date, self.local_time, tzinfo=EARLIEST_ZONE)
-            object.__setattr__(self, "start_at", earliest)
-        return self
-
-
 class TriggerEvent(StrEnum):
     """What a person does that starts a trigger campaign for them; named ``<provider>_<event>``.
 
@@ -205,11 +182,14 @@ class TriggerEvent(StrEnum):
 
     TELEGRAM_START = "telegram_start"  # /start to the tenant's bot (also an explicit opt-in)
     VK_MESSAGE_ALLOW = "vk_message_allow"  # allowed the tenant's VK community to message them
+    IMPORT_FINISHED = "import_finished"  # a contact import created or changed the contact (sensors/import_triggers.py)
+    CUSTOM = "custom"  # the tenant posted an event `name` for the contact (gateway POST /v1/events/<tenant>)
 
     @property
-    def provider(self) -> Provider:
-        """The provider whose callbacks report this event."""
-        return Provider(self.value.partition("_")[0])
+    def provider(self) -> Provider | None:
+        """The provider whose callbacks report this event (None: reported by no provider)."""
+        source = self.value.partition("_")[0]
+        return Provider(source) if source in Provider.__members__.values() else None
 
 
 class Trigger(StrictModel):
@@ -221,7 +201,19 @@ class Trigger(StrictModel):
     """
 
     event: TriggerEvent
+    name: Slug | None = None  # the custom event's name (event: custom only), e.g. cart_abandoned
     max_delay_minutes: int = Field(default=60, ge=1)
+
+    @model_validator(mode="after")
+    def _name_for_custom(self) -> Trigger:
+        if (self.event == TriggerEvent.CUSTOM) != (self.name is not None):
+            raise ValueError("`name` (the custom event's name) is required with event: custom and allowed only there")
+        return self
+
+    @property
+    def occurrence(self) -> str:
+        """The ``trigger_events.event`` value of an occurrence: ``custom:<name>`` or the event."""
+        return f"{self.event}:{self.name}" if self.name else str(self.event)
 
 
 class Fallback(StrictModel):
@@ -257,6 +249,8 @@ class Campaign(StrictModel):
             raise ValueError(f"a campaign needs exactly one of `schedule` (a start time) or `trigger` (an event), got {given}")
         if self.schedule is not None and self.segment is None:
             raise ValueError("a scheduled campaign needs a `segment` (only a trigger campaign may go to whoever triggers it)")
+        if self.schedule is not None and self.schedule.recurring and len(self.step) > MAX_CRON_STEP_CHARS:
+            raise ValueError(f"a cron campaign's step may have at most {MAX_CRON_STEP_CHARS} characters (each occurrence is step@<date-time>)")
         return self
 
     @field_validator("channels")

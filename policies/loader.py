@@ -134,7 +134,8 @@ def _campaign_problems(
                 f"{at}.segment",
                 f"segment {campaign.segment!r} is not defined for tenant {campaign.tenant!r} in {SEGMENTS_FILE}",
             )
-        if campaign.trigger is not None and getattr(tenant.accounts, (provider := campaign.trigger.event.provider).value) is None:
+        provider = campaign.trigger.event.provider if campaign.trigger is not None else None
+        if provider is not None and getattr(tenant.accounts, provider.value) is None:
             why = f"{campaign.trigger.event} comes from {provider}, and tenant {campaign.tenant!r} has no {provider} account in {TENANTS_FILE}"
             yield f"{at}.trigger.event", why
         for j, content in enumerate(campaign.channels):

@@ -185,20 +185,36 @@ campaign_wakeups = sa.Table(
 )
 
 # What people did that can start a trigger campaign for them (policies.campaigns.TriggerEvent: a
-# Telegram /start, a VK message_allow), one row per occurrence, written by delivery processing
-# with the inbox row it came from. The trigger sensor reads it by id with a cursor.
+# Telegram /start, a VK message_allow, ``custom:<name>`` for an event the tenant posted), one row
+# per occurrence, written by delivery processing with the inbox row it came from. The trigger
+# sensor reads it by id with a cursor.
 trigger_events = sa.Table(
     "trigger_events",
     metadata,
     sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
     sa.Column("tenant", sa.String(64), nullable=False),
-    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("event", sa.String(160), nullable=False),
     sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
     sa.Column("inbox_id", sa.BigInteger, nullable=False),  # webhook_inbox.id: the evidence
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("tenant", "event", "inbox_id", name="uq_trigger_events_occurrence"),
     sa.Index("ix_trigger_events_tenant_id", "tenant", "id"),
+)
+
+# Campaigns an operator paused or cancelled (campaign_control_job; orchestrator_assets/campaign_control.py):
+# one row per campaign, its current state and the last change; no row = active. Every change is
+# also in audit_log (campaign.pause / campaign.resume / campaign.cancel), which is its history.
+campaign_states = sa.Table(
+    "campaign_states",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("campaign", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # active | paused | cancelled
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("changed_at", UTCDateTime, nullable=False),
+    sa.Column("run_id", sa.String(64)),
 )
 
 # Tenants' outbound webhooks (orchestrator_assets/webhooks): a transactional outbox. A row per

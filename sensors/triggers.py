@@ -1,7 +1,7 @@
 """The trigger-campaign sensor: people who just did a campaign's trigger event get that campaign.
 
 Delivery processing records each occurrence in ``trigger_events`` (a Telegram /start, a VK
-message_allow). The cursor is JSON ``{tenant: last trigger_events id seen}``. For each tenant's new
+message_allow, a custom event ``custom:<name>`` the tenant posted to the gateway). The cursor is JSON ``{tenant: last trigger_events id seen}``. For each tenant's new
 rows and each of its campaigns triggered by their event, one ``campaign_pipeline_job`` run renders
 and sends that campaign for just those contacts (campaign → sends; a trigger campaign's segment rule
 is evaluated live), with ``run_key = trigger:<tenant>:<campaign>:<first id>-<last id>``, so a tick
@@ -9,7 +9,8 @@ evaluated twice launches nothing twice. Exactly once per contact comes from the 
 (tenant, campaign, step, contact, channel): a second /start launches a run that finds the row final
 and sends nothing. Occurrences older than the trigger's ``max_delay_minutes`` are skipped, and the
 cursor moves past every row even when no campaign listens, so adding a trigger campaign later never
-replays history.
+replays history; so are the occurrences of a paused or cancelled campaign (a pause stops welcomes,
+it does not queue them for later).
 
 Rows are read in id order. In the embedded default the warehouse pool runs one delivery step at a
 time, so they commit in id order; with a server warehouse (pool limit > 1) two processing runs of
@@ -26,6 +27,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from jobs import campaign_pipeline_job
+from orchestrator_assets.campaign_control import halted_by_tenant
 from policies.campaigns import Campaign
 from policies.loader import load_bundle
 from resources.opstore import OperationalStore
@@ -40,7 +42,7 @@ def trigger_run_requests(
     conn: sa.Connection, campaigns: dict[str, dict[str, Campaign]], cursor: dict[str, int], now: dt.datetime
 ) -> tuple[list[dg.RunRequest], dict[str, int]]:
     """Planning step: run requests for the trigger campaigns whose event occurred since ``cursor``."""
-    requests, new_cursor = [], dict(cursor)
+    requests, new_cursor, halted = [], dict(cursor), halted_by_tenant(conn)
     for tenant in sorted(campaigns):
         rows = conn.execute(
             sa.select(trigger_events.c.id, trigger_events.c.event, trigger_events.c.contact_id, trigger_events.c.occurred_at)
@@ -56,10 +58,10 @@ def trigger_run_requests(
         for row in rows:
             occurrences[row.event].append(row)
         for campaign in sorted(campaigns[tenant].values(), key=lambda c: c.name):
-            if campaign.trigger is None:
+            if campaign.trigger is None or campaign.name in halted.get(tenant, ()):
                 continue
             oldest = now - dt.timedelta(minutes=campaign.trigger.max_delay_minutes)
-            contact_ids = sorted({row.contact_id for row in occurrences[campaign.trigger.event] if _utc(row.occurred_at) >= oldest})
+            contact_ids = sorted({row.contact_id for row in occurrences[campaign.trigger.occurrence] if utc(row.occurred_at) >= oldest})
             if contact_ids:
                 run_key = f"trigger:{tenant}:{campaign.name}:{first}-{last}"
                 requests.append(
@@ -68,7 +70,7 @@ def trigger_run_requests(
     return requests, new_cursor
 
 
-def _utc(moment: dt.datetime) -> dt.datetime:
+def utc(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite drops the offset
 
 

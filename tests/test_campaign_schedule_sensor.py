@@ -10,6 +10,7 @@ import dagster as dg
 
 from definitions import defs
 from policies.loader import load_bundle
+from resources.opstore import OperationalStore
 from sensors.campaigns import CAMPAIGN_OP, campaign_schedule_sensor, due_campaign_requests
 
 BLACK_FRIDAY_START = dt.datetime(2026, 11, 20, 6, 0, tzinfo=dt.UTC)  # 09:00+03:00 in campaigns.yaml
@@ -41,11 +42,11 @@ def test_run_keys_are_stable_and_a_requested_campaign_is_not_requested_again():
 
 
 def test_sensor_ticks_on_a_real_instance_request_each_due_campaign_once(algor_home, instance):
-    context = dg.build_sensor_context(instance=instance)
+    context = dg.build_sensor_context(instance=instance, resources={"opstore": OperationalStore()})
     first = campaign_schedule_sensor(context)
     keys = {r.run_key for r in first.run_requests}
     assert {BLACK_FRIDAY_KEY, SPRING_SALE_KEY} <= keys  # both start times have passed (now ≥ 2026-11-30)
-    second = campaign_schedule_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    second = campaign_schedule_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"opstore": OperationalStore()}))
     assert second.run_requests == [] and second.skip_reason
     assert set(json.loads(second.cursor)) == keys
 

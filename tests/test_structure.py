@@ -17,8 +17,8 @@ MAX_MODULE_LINES = 400
 # Packages of this project that sit above policies/ (or beside it, as separate processes).
 ABOVE_POLICIES = frozenset({"resources", "orchestrator_assets", "gateway", "jobs", "sensors", "definitions", "sandbox"})
 # Third-party libraries a policy rule genuinely needs: the models, the YAML reader, template
-# parsing and rendering, e-mail address checks. Anything else belongs above policies/.
-POLICIES_THIRD_PARTY = frozenset({"pydantic", "yaml", "jinja2", "email_validator"})
+# parsing and rendering, e-mail address checks, campaigns' cron schedules. Anything else belongs above policies/.
+POLICIES_THIRD_PARTY = frozenset({"pydantic", "yaml", "jinja2", "email_validator", "cronsim"})
 
 
 def module_name(path: Path) -> str:

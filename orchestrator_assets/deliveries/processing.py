@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from orchestrator_assets.consent_decisions import WITHDRAW, FutureDatedGrant, record_decisions
 from orchestrator_assets.consent_ledger import ConsentFact
+from orchestrator_assets.deliveries.custom_events import apply_custom_event
 from orchestrator_assets.contact_pii import CHANNEL_INDEX, find_contact_id
 from orchestrator_assets.deliveries.opt_ins import Origin, apply_opt_in
 from orchestrator_assets.delivery_status import RANKS, advances
@@ -29,6 +30,7 @@ from policies.consent_purposes import Purpose, SourceKind
 from resources.callbacks import CLICKS, PARSERS, UNSUBSCRIBE, consent_channel
 from resources.channels.base import JOINED, OPT_IN, UNBLOCKED, CallbackEvent
 from resources.channels.greenapi import SENDER_BLOCKED
+from resources.custom_events import EVENTS
 from resources.event_keys import event_key_secret, stored_event_key
 from resources.inbox_payloads import open_payload
 from resources.opstore_schema import blocked_senders, contacts, deliveries, sends
@@ -123,6 +125,8 @@ def _process_row(
     can call back before the send's ledger row is finalised with its provider id.
     """
     tenant = cipher.tenant
+    if row.provider == EVENTS:  # a tenant's own post (gateway/events.py), not a provider callback
+        return apply_custom_event(conn, tenant, row, open_payload(tenant, row.provider, row.event_key, row.payload), now, batch.tally, batch.events)
     parser = PARSERS.get(row.provider)
     if parser is None:
         return f"no parser for provider {row.provider!r}"

@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
+from orchestrator_assets.campaign_control import halted_campaigns
 from orchestrator_assets.consent_ledger import granted_subjects
 from orchestrator_assets.contact_pii import CHANNEL_FIELD
 from orchestrator_assets.groups import CAMPAIGNS, SENDS
@@ -30,6 +31,8 @@ from resources.opstore_schema import blocked_senders
 from resources.warehouse import WAREHOUSE_POOL, Warehouse
 
 AMBIGUOUS_CHECK = "no_ambiguous_sends"
+HALTED_TAG = "algor/halted"  # "true" on a run that stopped sending a campaign found paused or cancelled
+HALTED_CAMPAIGNS_TAG = "algor/halted_campaigns"  # which ones, comma-separated
 
 
 @dg.asset(
@@ -81,8 +84,13 @@ def campaign_sends(
         return {key for key in keys if allowed(key)}
 
     report = asyncio.run(
-        send_messages(engine, tenant, context.run.run_id, outgoing, bundle.policy.dispatch, still_allowed=still_allowed, log=context.log.info)
+        send_messages(
+            engine, tenant, context.run.run_id, outgoing, bundle.policy.dispatch, still_allowed=still_allowed, log=context.log.info,
+            halted=lambda conn, names: halted_campaigns(conn, tenant, names),
+        )
     )
+    if report.halted:  # what campaign_resume_sensor re-launches once they are resumed
+        context.instance.add_run_tags(context.run.run_id, {HALTED_TAG: "true", HALTED_CAMPAIGNS_TAG: ",".join(sorted(report.halted))})
     published = publish_send_outcomes(engine, warehouse, tenant, dt.datetime.now(dt.UTC), bundle.tenants[tenant].webhooks)
     with engine.connect() as conn:
         unresolved = ambiguous_sends(conn, tenant)  # this run's and any earlier run's
@@ -97,6 +105,9 @@ def campaign_sends(
             "skipped_already_sent": totals["already_final"],
             "ambiguous_held": ambiguous,
             "suppressed": totals["suppressed"],
+            "halted_paused_or_cancelled": totals["halted"],
+            # Read by campaign_send_summary_sensor: each campaign's send summary is refreshed after its runs.
+            "campaigns": dg.MetadataValue.json(sorted({campaign for campaign, _ in report.by_campaign})),
             "retried": totals["retries"],
             "abandoned_claims_found": report.abandoned,
             "circuit_opened": report.circuit_opened,
@@ -140,10 +151,10 @@ def _campaign_table(report: SendReport) -> str:
     for (campaign, channel), counts in sorted(report.by_campaign.items()):
         failed = ", ".join(f"{name.removeprefix('failed:')} {count}" for name, count in sorted(counts.items()) if name.startswith("failed:"))
         rows.append(
-            (campaign, channel, counts["sent"], failed or "0", counts["held"] + counts["ambiguous"], counts["suppressed"], counts["already_final"], counts["retries"])
+            (campaign, channel, counts["sent"], failed or "0", counts["held"] + counts["ambiguous"], counts["suppressed"], counts["halted"], counts["already_final"], counts["retries"])
         )
     return markdown_table(
-        ["campaign", "channel", "sent", "failed (by reason)", "ambiguous held", "suppressed", "already final", "retries"], rows, empty="No messages to send."
+        ["campaign", "channel", "sent", "failed (by reason)", "ambiguous held", "suppressed", "halted", "already final", "retries"], rows, empty="No messages to send."
     )
 
 

@@ -49,7 +49,8 @@ MAX_CLAIM_BATCH = 500
 PROGRESS_EVERY_S = 10.0
 
 # Outcome labels in reports: "sent", "ambiguous", "failed:<error class>", "failed:circuit_open";
-# ledger-side counts: "already_final", "held" (ambiguous from an earlier run), "suppressed".
+# ledger-side counts: "already_final", "held" (ambiguous from an earlier run), "suppressed",
+# "halted" (its campaign was paused or cancelled: not claimed, sent by the run that resumes it).
 CounterKey = tuple[str, str]  # (campaign, channel)
 
 
@@ -65,6 +66,7 @@ class SendReport:
     by_campaign: defaultdict[CounterKey, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     abandoned: int = 0  # rows a dead run had left claimed, found by this run
     circuit_opened: int = 0
+    halted: set[str] = field(default_factory=set)  # campaigns found paused or cancelled mid-run
 
     @property
     def totals(self) -> Counter[str]:
@@ -86,12 +88,16 @@ async def send_messages(
     client: HttpClient | None = None,
     still_allowed: Callable[[sa.Connection, list[LedgerKey]], set[LedgerKey]] | None = None,
     log: Callable[[str], None] = lambda line: None,
+    halted: Callable[[sa.Connection, set[str]], frozenset[str]] | None = None,
 ) -> SendReport:
     """Send every ``outgoing`` message not already final or held, exactly as the ledger allows.
 
     ``still_allowed`` re-checks consent just before each batch is claimed (a withdrawal that
     arrives mid-campaign stops the messages not yet sent); refused ones are counted as suppressed
-    and get no ledger row, so they can go out later if consent returns.
+    and get no ledger row, so they can go out later if consent returns. ``halted`` names, of the
+    campaigns it is given, those an operator paused or cancelled: asked once per batch (never per
+    message), their messages are no longer claimed and are counted as halted; those already in
+    flight are answered and recorded as usual.
     """
     report = SendReport()
     by_key = {item.want.key: item for item in outgoing}
@@ -157,6 +163,10 @@ async def send_messages(
             flush()
             batch = todo.to_send[start : start + claim_batch]
             with engine.begin() as conn:
+                if halted is not None:
+                    if unknown := {want.key.campaign for want, _ in batch} - report.halted:
+                        report.halted |= halted(conn, unknown)
+                    batch = _without_halted(batch, report)
                 if still_allowed is not None:
                     allowed = still_allowed(conn, [want.key for want, _ in batch])
                     for want, _ in batch:
@@ -179,3 +189,16 @@ async def send_messages(
         if freeze:
             gc.unfreeze()
     return report
+
+
+def _without_halted(batch: list, report: SendReport) -> list:
+    """``batch`` less the messages of campaigns found halted, which are counted."""
+    if not report.halted:
+        return batch
+    kept = []
+    for want, send_id in batch:
+        if want.key.campaign in report.halted:
+            report.by_campaign[(want.key.campaign, want.key.channel)]["halted"] += 1
+        else:
+            kept.append((want, send_id))
+    return kept
