@@ -11,6 +11,7 @@ from pydantic import Field
 
 from orchestrator_assets.consent_ledger import consent_state, has_consent
 from orchestrator_assets.contact_pii import CHANNEL_FIELD, CHANNEL_INDEX, INDEX_COLUMNS
+from orchestrator_assets.experiments.arms import arms_table_rows, campaign_arms
 from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
 from orchestrator_assets.partitions import tenant_partitions
@@ -32,7 +33,7 @@ from resources.settings import get_settings
 TEMPLATE_COLUMNS = [contacts.c[name] for name in ("id", "tenant", "external_id", "email_domain", "phone_country", "city", "language", "timezone", "created_at", "updated_at")]
 # Links are rewritten to signed click-tracking links except in SMS, where every character costs.
 TRACKED_CHANNELS = frozenset({"telegram", "email", "vk", "whatsapp"})
-MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url", "attachments", "template"]
+MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url", "attachments", "template", "variant"]
 
 
 class CampaignSelection(dg.Config):
@@ -165,6 +166,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     rows: list[dict] = []
     summary: list[tuple] = []
     opened: dict[int, dict] = {}
+    experiments = []
     with opstore.engine().begin() as conn:
         cipher = tenant_cipher(conn, tenant)
         for campaign in due:
@@ -178,11 +180,13 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                 for content in campaign.channels
             }
             plan = eligible if campaign.fallback is None else fallback_plan(conn, tenant, campaign, eligible, now)
+            experiments.append(arms := campaign_arms(conn, tenant, campaign, plan, now))
+            plan = arms.sent_now(plan)
             for content in campaign.channels:
                 for contact in plan[content.channel]:
                     unsubscribe_url = f"{gateway_url}/unsubscribe/{tenant}/{sign_unsubscribe(tenant, contact['id'], campaign.name)}"
                     variables = {"unsubscribe_url": unsubscribe_url, "deep_link_token": sign_deep_link(tenant, contact["id"])}
-                    rendered = render_message(content, contact, variables)
+                    rendered = render_message(arms.content(content, contact["id"]), contact, variables)
                     text, html = rendered.text, rendered.html
                     if content.channel in TRACKED_CHANNELS:
 
@@ -212,6 +216,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                                 else {"template_id": content.template.id, "language": content.template.language, "variables": rendered.template_variables},
                                 ensure_ascii=False,
                             ),
+                            "variant": arms.variant(contact["id"]),
                         }
                     )
                 audience = len(eligible[content.channel])
@@ -227,6 +232,9 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                     summary,
                     empty="No campaign is due.",
                 )
+            ),
+            "experiments": dg.MetadataValue.md(
+                markdown_table(["campaign", "arm", "contacts", "sent now"], arms_table_rows(experiments), empty="No A/B test among these campaigns.")
             ),
         },
     )
