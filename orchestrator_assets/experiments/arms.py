@@ -77,7 +77,7 @@ def campaign_arms(conn: sa.Connection, tenant: str, campaign: Campaign, plan: di
         return CampaignArms(campaign)
     planned = {contact["id"] for contacts in plan.values() for contact in contacts}
     where = (experiment_assignments.c.tenant == tenant, experiment_assignments.c.campaign == campaign.name)
-    recorded = dict(conn.execute(sa.select(experiment_assignments.c.contact_id, experiment_assignments.c.arm).where(*where)).tuples())
+    recorded = {row.contact_id: row.arm for row in conn.execute(sa.select(experiment_assignments.c.contact_id, experiment_assignments.c.arm).where(*where))}
     new = {contact_id: arm_for(experiment, tenant, campaign.name, contact_id) for contact_id in sorted(planned - recorded.keys())}
     bulk_insert(conn, experiment_assignments, ("tenant", "campaign", "contact_id", "arm", "assigned_at"), ((tenant, campaign.name, c, arm, now) for c, arm in new.items()))
     arms = {contact_id: arm for contact_id, arm in (recorded | new).items() if contact_id in planned}
