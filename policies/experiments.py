@@ -71,7 +71,8 @@ class Experiment(StrictModel):
     ``holdout`` and ``test_fraction`` are shares of the whole audience (their sum at most 1); the
     rest is the rollout remainder. ``goal`` is ``delivered``, ``clicked`` or ``conversion:<event>``
     (a warehouse ``conversion`` event with that name), counted per contact within
-    ``window_hours`` after its first send. ``looks`` evaluations are planned, the last one final;
+    ``window_hours`` after its first send (on ``goal_channel`` when given: a subject-line test
+    is judged by e-mail clicks, not by the campaign's Telegram button presses). ``looks`` evaluations are planned, the last one final;
     ``alpha`` is the family-wise false-positive rate over all looks and variants. With no winner
     at the final look, ``if_no_winner`` says whether the rollout gets the control or nothing.
     """
@@ -80,6 +81,7 @@ class Experiment(StrictModel):
     holdout: float = Field(default=0.0, ge=0, lt=1)
     test_fraction: float = Field(default=1.0, gt=0, le=1)
     goal: str = "clicked"
+    goal_channel: Channel | None = None  # count only sends (and goal events) on this channel; None: any of the campaign's
     window_hours: int = Field(default=72, ge=1, le=24 * 90)
     looks: int = Field(default=3, ge=1, le=20)
     alpha: float = Field(default=0.05, gt=0, le=0.2)
@@ -134,6 +136,8 @@ class Experiment(StrictModel):
         """Why the variants do not fit the campaign's channel contents (empty when they do)."""
         by_channel = {c.channel: c for c in contents}
         problems = []
+        if self.goal_channel is not None and self.goal_channel not in by_channel:
+            problems.append(f"experiment.goal_channel: the campaign sends no {self.goal_channel} message")
         for i, variant in enumerate(self.variants):
             for channel in variant.channels:
                 at = f"experiment.variants[{i}].channels.{channel}"

@@ -29,7 +29,7 @@ def _config_with_a_conversion_goal(tmp_path) -> str:
     shutil.copytree(loader.DEFAULT_CONFIG_DIR, config)
     path = config / "campaigns.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    data["campaigns"][0]["experiment"].update({"goal": "conversion:purchase", "holdout": 0.1, "test_fraction": 0.5, "looks": 2})
+    data["campaigns"][0]["experiment"].update({"goal": "conversion:purchase", "goal_channel": None, "holdout": 0.1, "test_fraction": 0.5, "looks": 2})
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return config
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies.experiment_stats import ArmCounts, boundaries, evaluate, holm_rejections, z_statistics
+from orchestrator_assets.experiments.statistics import ArmCounts, boundaries, evaluate, holm_rejections, z_statistics
 
 ALPHA = 0.05
 SIMULATIONS = 20_000

@@ -78,6 +78,7 @@ def _with_experiment(config_dir: Path, **changes) -> None:
         ({"variants": [{"name": "a", "weight": 0}, {"name": "b"}]}, "campaigns[0].experiment.variants[0].weight", "greater than 0"),
         ({"goal": "opened"}, "campaigns[0].experiment.goal", "goal must be one of delivered, clicked or conversion:<event name>"),
         ({"holdout": 0.5, "test_fraction": 0.6}, "campaigns[0].experiment", "holdout (0.5) + test_fraction (0.6) exceed the whole audience"),
+        ({"goal_channel": "sms"}, "campaigns[0]", "experiment.goal_channel: the campaign sends no sms message"),
         ({"looks": 0}, "campaigns[0].experiment.looks", "greater than or equal to 1"),
         ({"alpha": 0.5}, "campaigns[0].experiment.alpha", "less than or equal to 0.2"),
         ({"if_no_winner": "guess"}, "campaigns[0].experiment.if_no_winner", "'send_control' or 'stop'"),

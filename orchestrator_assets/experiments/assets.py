@@ -7,11 +7,11 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from orchestrator_assets.experiments.counts import arm_counts, assignments
+from orchestrator_assets.experiments.statistics import ArmCounts, Comparison, Verdict, evaluate
 from orchestrator_assets.groups import DELIVERIES, EXPERIMENTS, SENDS
 from orchestrator_assets.partitions import tenant_partitions
 from orchestrator_assets.tables import markdown_table
 from policies.campaigns import Campaign
-from policies.experiment_stats import ArmCounts, Comparison, Verdict, evaluate
 from policies.experiments import HOLDOUT
 from policies.loader import load_bundle
 from resources.opstore import OperationalStore
@@ -29,8 +29,13 @@ class ExperimentSelection(dg.Config):
     campaign: str = Field(default="", description="Empty = every campaign of the tenant with an experiment")
 
 
-def _pct(value: float | None, signed: bool = False) -> str:
-    return "—" if value is None else f"{value * 100:{'+' if signed else ''}.2f}%"
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.2f}%"
+
+
+def _points(value: float | None) -> str:
+    """A difference of rates, in percentage points."""
+    return "—" if value is None else f"{value * 100:+.2f} pp"
 
 
 def result_table(comparisons: tuple[Comparison, ...], holdout: ArmCounts | None) -> str:
@@ -39,7 +44,7 @@ def result_table(comparisons: tuple[Comparison, ...], holdout: ArmCounts | None)
         if i == 0:
             rows.append((f"{c.name} (control)", c.n, c.successes, _pct(c.rate), "", "", "", "", ""))
             continue
-        lift = "—" if c.lift is None else f"{_pct(c.lift, True)} [{_pct(c.lift_low, True)}, {_pct(c.lift_high, True)}]"
+        lift = "—" if c.lift is None else f"{_points(c.lift)} [{_points(c.lift_low)}, {_points(c.lift_high)}]"
         rows.append(
             (c.name, c.n, c.successes, _pct(c.rate), lift, f"{c.z:.2f}", f"{c.boundary:.2f}", f"{c.p_value:.4f} / {c.p_threshold:.4f}", "yes" if c.significant else "no")
         )
@@ -124,7 +129,9 @@ def experiment_results(context: dg.AssetExecutionContext, config: ExperimentSele
                 )  # fmt: skip
             results += _warehouse_rows(tenant, campaign, verdict, holdout, now)
             verdicts.append((campaign.name, f"{verdict.look} of {verdict.looks}", verdict.decision, rollout or "nothing yet"))
-            tables[campaign.name] = dg.MetadataValue.md(f"goal: **{experiment.goal}** · α = {experiment.alpha}\n\n" + result_table(verdict.comparisons, holdout))
+            on = f" on {experiment.goal_channel}" if experiment.goal_channel else ""
+            heading = f"goal: {experiment.goal}{on} within {experiment.window_hours} h of the send · α = {experiment.alpha} · look {verdict.look} of {verdict.looks}"
+            tables[campaign.name] = dg.MetadataValue.md(f"{heading}\n\n{result_table(verdict.comparisons, holdout)}")
         if results:
             client.insert(EXPERIMENT_RESULTS_TABLE, results, column_names=list(RESULT_COLUMNS))
     context.log.info(f"{len(campaigns)} experiment(s): {[v[2] for v in verdicts]}")

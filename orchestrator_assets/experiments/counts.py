@@ -2,9 +2,10 @@
 them reached the goal within the window.
 
 The unit is the contact. A variant's contact counts once it has a ``sent`` event of the campaign
-(on any channel), from its first one; it reaches the goal with a goal event in
-[first send, first send + window]: a ``delivered`` or ``clicked`` event of the campaign, or a
-``conversion`` event (any campaign, since the tenant posts it) named by the goal. The holdout is
+(on any channel, or on the experiment's ``goal_channel``), from its first one; it reaches the goal
+with a goal event in [first send, first send + window]: a ``delivered`` or ``clicked`` event of
+the campaign (on that channel), or a ``conversion`` event (any campaign and channel, since the
+tenant posts it) named by the goal. The holdout is
 sent nothing, so it counts from its assignment, and only a conversion goal can be reached
 without a message: for delivered/clicked its row shows the size alone.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from policies.experiment_stats import ArmCounts
+from orchestrator_assets.experiments.statistics import ArmCounts
 from policies.experiments import CONVERSION_EVENT, HOLDOUT, Experiment
 from resources import warehouse as wh
 from resources.opstore_schema import experiment_assignments
@@ -26,11 +27,13 @@ _FIRST_SENDS = f"""
 SELECT contact_id, min(occurred_at) AS first_sent
 FROM {wh.EVENTS_TABLE}
 WHERE tenant = {{tenant:String}} AND campaign = {{campaign:String}} AND event_type = '{wh.SENT}'
+  AND ({{channel:String}} = '' OR channel = {{channel:String}})
 GROUP BY contact_id
 """
 _CAMPAIGN_GOALS = f"""
 SELECT DISTINCT contact_id, occurred_at FROM {wh.EVENTS_TABLE}
 WHERE tenant = {{tenant:String}} AND campaign = {{campaign:String}} AND event_type = {{event:String}}
+  AND ({{channel:String}} = '' OR channel = {{channel:String}})
 """
 _CONVERSIONS = f"""
 SELECT DISTINCT contact_id, occurred_at FROM {wh.EVENTS_TABLE}
@@ -59,7 +62,7 @@ def _frame(client: Any, sql: str, parameters: dict[str, str], columns: list[str]
 
 def arm_counts(client: Any, tenant: str, campaign: str, experiment: Experiment, placed: pd.DataFrame) -> tuple[list[ArmCounts], ArmCounts | None]:
     """The variants' counts (the control first) and the holdout's (None without a holdout)."""
-    parameters = {"tenant": tenant, "campaign": campaign}
+    parameters = {"tenant": tenant, "campaign": campaign, "channel": str(experiment.goal_channel or "")}
     first_sends = _frame(client, _FIRST_SENDS, parameters, ["contact_id", "first_sent"])
     if experiment.conversion_event is None:
         goals = _frame(client, _CAMPAIGN_GOALS, parameters | {"event": experiment.goal}, ["contact_id", "occurred_at"])

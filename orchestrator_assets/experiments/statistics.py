@@ -1,4 +1,5 @@
-"""The A/B test's statistics: two-proportion z-tests against the control, group-sequential
+"""The A/B test's statistics (pure functions over counts; here rather than in policies/ because they
+need numpy and scipy): two-proportion z-tests against the control, group-sequential
 boundaries for repeated looks, and Holm's step-down across several variants.
 
 Why these (docs/experiments.md has the long form):
