@@ -32,7 +32,7 @@ from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH  # noqa: E40
 TENANT = "demo"
 # The demo, and only the demo, imports the shipped sample: a run without csv_path imports nothing.
 IMPORT_SAMPLE = {"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_PATH)}}}}
-STEPS = 7
+STEPS = 8
 WAIT_CALLBACKS_S = 120
 WAIT_DELIVERY_RUN_S = 240
 WAIT_RUN_S = 600
@@ -94,13 +94,17 @@ def main() -> int:
         step(4, "Waiting for the daemon's webhook_inbox_sensor to launch delivery_processing_job")
         wait_delivery_runs(instance, daemon)
 
-        step(5, "Launching reports_job: dbt staging + campaign funnel on chDB")
+        step(5, "Launching experiment_evaluation_job: one look at the e-mail subject-line A/B test")
+        run_id = launch(instance, daemon, "experiment_evaluation_job", env, partition=TENANT)
+        print_experiments(instance, run_id)
+
+        step(6, "Launching reports_job: dbt staging + campaign funnel on chDB")
         run_id = launch(instance, daemon, "reports_job", env)
 
-        step(6, "Campaign funnel (reports.campaign_funnel)")
+        step(7, "Campaign funnel (reports.campaign_funnel)")
         print_funnel(instance, run_id)
 
-        step(7, "Cross-check against what the provider sandbox recorded")
+        step(8, "Cross-check against what the provider sandbox recorded")
         for provider, figures in sorted(stats["providers"].items()):
             if not (figures["accepted"] or figures["refused"]):
                 continue  # a provider no demo campaign uses
@@ -226,6 +230,17 @@ def wait_delivery_runs(instance, daemon: subprocess.Popen) -> None:
             return
         time.sleep(1)
     raise DemoError(f"delivery processing did not finish within {WAIT_DELIVERY_RUN_S} s (is the sensor running? see dagster-daemon.log)")
+
+
+def print_experiments(instance, run_id: str) -> None:
+    """Each A/B test's per-variant results (sent = contacts sent the campaign, goal reached) and verdict."""
+    meta = materializations(instance, run_id).get("experiments/experiment_results")
+    if meta is None:
+        raise DemoError(f"experiment_evaluation_job run {run_id} materialised no experiments/experiment_results")
+    for name, value in meta.items():
+        if name not in ("verdicts", "looks_taken"):
+            print(f"  A/B test {name} — {value.value}\n".replace("\n", "\n  "))
+    print("  " + meta["verdicts"].value.replace("\n", "\n  "))
 
 
 def print_funnel(instance, run_id: str) -> None:

@@ -13,6 +13,7 @@ from orchestrator_assets.audience_policies import CampaignPolicies
 from orchestrator_assets.campaign_occurrences import at_occurrence
 from orchestrator_assets.consent_ledger import consent_state, has_consent
 from orchestrator_assets.contact_pii import CHANNEL_FIELD, CHANNEL_INDEX, INDEX_COLUMNS
+from orchestrator_assets.experiments.arms import arms_table_rows, campaign_arms
 from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
 from orchestrator_assets.message_templates import messages_by_language, start_campaigns
@@ -34,7 +35,7 @@ from resources.settings import get_settings
 TEMPLATE_COLUMNS = [contacts.c[name] for name in ("id", "tenant", "external_id", "email_domain", "phone_country", "city", "language", "timezone", "created_at", "updated_at")]
 # Links are rewritten to signed click-tracking links except in SMS, where every character costs.
 TRACKED_CHANNELS = frozenset({"telegram", "email", "vk", "whatsapp"})
-MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url", "attachments", "template"]
+MESSAGE_COLUMNS = ["campaign", "step", "channel", "provider", "contact_id", "address", "subject", "text", "html", "buttons", "unsubscribe_url", "attachments", "template", "variant"]
 
 
 class CampaignSelection(dg.Config):
@@ -169,6 +170,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
     rows: list[dict] = []
     summary: list[tuple] = []
     opened: dict[int, dict] = {}
+    experiments = []
     with opstore.engine().begin() as conn:
         cipher = tenant_cipher(conn, tenant)
         senders = start_campaigns(conn, bundle, tenant, due, now, context.run_id)  # 38-FZ marking, immutable template versions
@@ -184,12 +186,14 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                 for content in campaign.channels
             }
             plan = eligible if campaign.fallback is None else fallback_plan(conn, tenant, campaign, eligible, now)
-            plan = policies.screen(conn, cipher, campaign, eligible, plan, config.contact_ids, rule)
+            experiments.append(arms := campaign_arms(conn, tenant, campaign, plan, now))
+            plan = policies.screen(conn, cipher, campaign, eligible, arms.sent_now(plan), config.contact_ids, rule)
             for content in campaign.channels:
                 for contact in plan[content.channel]:
                     unsubscribe_url = f"{gateway_url}/unsubscribe/{tenant}/{sign_unsubscribe(tenant, contact['id'], campaign.name)}"
                     variables = {"unsubscribe_url": unsubscribe_url, "deep_link_token": sign_deep_link(tenant, contact["id"])}
-                    if (rendered := policies.render(campaign, content, contact, variables, senders[campaign.name].render)) is None:
+                    worded = arms.content(content, contact["id"])  # the contact's A/B variant, if any
+                    if (rendered := policies.render(campaign, worded, contact, variables, senders[campaign.name].render)) is None:
                         continue
                     text, html = rendered.text, rendered.html
                     if content.channel in TRACKED_CHANNELS:
@@ -220,6 +224,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                                 else {"template_id": rendered.template.id, "language": rendered.template.language, "variables": rendered.template_variables},
                                 ensure_ascii=False,
                             ),
+                            "variant": arms.variant(contact["id"]),
                         }
                     )
                 audience = len(eligible[content.channel])
@@ -239,5 +244,8 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
                 )
             ),
             **policies.metadata(),
+            "experiments": dg.MetadataValue.md(
+                markdown_table(["campaign", "arm", "contacts", "sent now"], arms_table_rows(experiments), empty="No A/B test among these campaigns.")
+            ),
         },
     )

@@ -24,7 +24,7 @@ from policies.channels import Channel
 from policies.loader import PolicyBundle, load_bundle
 from policies.rendering import RenderedMessage
 from policies.sms_segments import segments as sms_segments
-from policies.template_library import LibraryTemplate, resolve
+from policies.template_library import LibraryTemplate, pinned_versions, resolve
 from policies.template_rendering import CampaignRenderer
 from resources.links import rewrite_links
 from resources.opstore import OperationalStore
@@ -70,9 +70,9 @@ def start_campaigns(conn: sa.Connection, bundle: PolicyBundle, tenant: str, due:
         raise dg.Failure("\n".join(refusals))
     library = bundle.templates.get(tenant, {})
     for campaign in due:
-        used = {(c.message_template.name, c.message_template.version): resolve(library, c.message_template) for c in campaign.channels if c.message_template}
+        used = [(ref.name, resolve(library, ref)) for ref in pinned_versions(campaign)]
         try:
-            record_versions(conn, tenant, [(name, version) for (name, _), version in used.items()], now, campaign.name, run_id)
+            record_versions(conn, tenant, used, now, campaign.name, run_id)
         except TemplateVersionChanged as exc:
             raise dg.Failure(f"campaign {campaign.name!r} cannot start: {exc}") from None
     return {campaign.name: CampaignSender(campaign, library) for campaign in due}

@@ -17,6 +17,7 @@ from policies.ad_marking import AdvertisingMarking
 from policies.campaign_schedule import MAX_CRON_STEP_CHARS, Schedule
 from policies.channels import Channel, Provider
 from policies.consent_purposes import CampaignPurpose
+from policies.experiments import Experiment
 from policies.fields import NonBlank, Slug, StepName, StrictModel, TenantId
 from policies.template_refs import MessageTemplateRef
 from policies.templates import parse_template, referenced_variables, static_text_length
@@ -241,6 +242,7 @@ class Campaign(StrictModel):
     trigger: Trigger | None = None
     step: StepName = "main"
     fallback: Fallback | None = None
+    experiment: Experiment | None = None  # an A/B test of the message (policies/experiments.py)
 
     @model_validator(mode="after")
     def _starts_one_way(self) -> Campaign:
@@ -266,6 +268,12 @@ class Campaign(StrictModel):
     def _name_contents(self) -> Campaign:
         for content in self.channels:
             content._campaign = self.name
+        return self
+
+    @model_validator(mode="after")
+    def _experiment_fits(self) -> Campaign:
+        if self.experiment is not None and (problems := self.experiment.problems_with(self.channels)):
+            raise ValueError("; ".join(problems))
         return self
 
     def content_for(self, channel: Channel) -> ChannelContent | None:

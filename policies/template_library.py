@@ -27,7 +27,7 @@ from typing import Annotated, Any
 from jinja2 import nodes
 from pydantic import Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
-from policies.campaigns import CampaignsFile, ChannelContent, TemplateSpec, _check_template
+from policies.campaigns import Campaign, CampaignsFile, ChannelContent, TemplateSpec, _check_template
 from policies.channels import Channel
 from policies.fields import NonBlank, Slug, StrictModel, TenantId
 from policies.template_refs import MessageTemplateRef, VariableName
@@ -243,11 +243,7 @@ def reference_problems(campaigns_file: CampaignsFile, templates: TemplatesFile) 
     channel, or gives values that do not fit the declared variables; (key path, why)."""
     for i, campaign in enumerate(campaigns_file.campaigns):
         library = templates.for_tenant(campaign.tenant)
-        for j, content in enumerate(campaign.channels):
-            ref = content.message_template
-            if ref is None:
-                continue
-            at = f"campaigns[{i}].channels[{j}].message_template"
+        for at, content, ref in _template_refs(i, campaign):
             try:
                 version = resolve(library, ref)
                 if content.channel not in version.channels:
@@ -255,6 +251,24 @@ def reference_problems(campaigns_file: CampaignsFile, templates: TemplatesFile) 
                 version.values(ref.values)
             except ValueError as exc:
                 yield at, str(exc)
+
+
+def _template_refs(i: int, campaign: Campaign) -> Iterable[tuple[str, ChannelContent, MessageTemplateRef]]:
+    """(key path, channel content, reference) of every library pin of a campaign, its A/B
+    variants' included."""
+    for j, content in enumerate(campaign.channels):
+        if content.message_template is not None:
+            yield f"campaigns[{i}].channels[{j}].message_template", content, content.message_template
+    for k, variant in enumerate(campaign.experiment.variants if campaign.experiment else ()):
+        for channel, override in variant.channels.items():
+            if override.message_template is not None and (content := campaign.content_for(channel)) is not None:
+                yield f"campaigns[{i}].experiment.variants[{k}].channels.{channel}.message_template", content, override.message_template
+
+
+def pinned_versions(campaign: Campaign) -> list[MessageTemplateRef]:
+    """One reference per (template, version) the campaign may send, its A/B variants' included."""
+    refs = {(ref.name, ref.version): ref for _, _, ref in _template_refs(0, campaign)}
+    return [refs[key] for key in sorted(refs)]
 
 
 def library_content(version: Version, content: ChannelContent, language: str) -> ChannelContent:

@@ -47,8 +47,10 @@ class CampaignRenderer:
         self.campaign = campaign
         self.library = library
         self.marking: AdvertisingMarking | None = campaign.advertising if campaign.purpose == CampaignPurpose.ADVERTISING else None
-        self._contents: dict[tuple[str, str | None], ChannelContent] = {}
-        self._values: dict[str, dict[str, Any]] = {}
+        # Keyed by the content object: an A/B variant hands in its own content for a channel
+        # (``orchestrator_assets/experiments/arms.py`` keeps one object per variant × channel).
+        self._contents: dict[tuple[int, str | None], ChannelContent] = {}
+        self._values: dict[int, dict[str, Any]] = {}
 
     def version(self, content: ChannelContent) -> Version | None:
         return resolve(self.library, content.message_template) if content.message_template else None
@@ -58,19 +60,19 @@ class CampaignRenderer:
         return version.language_for(content.channel, contact.get("language")) if version else None
 
     def _content(self, content: ChannelContent, language: str | None) -> ChannelContent:
-        key = (content.channel, language)
+        key = (id(content), language)
         if key not in self._contents:
             version = self.version(content)
             concrete = content if version is None else library_content(version, content, language)
             self._contents[key] = _marked(concrete) if self.marking else concrete
-            self._values[content.channel] = version.values(content.message_template.values) if version else {}
+            self._values[id(content)] = version.values(content.message_template.values) if version else {}
         return self._contents[key]
 
     def render(self, content: ChannelContent, contact: Mapping[str, Any], extra: Mapping[str, Any]) -> ContactMessage:
         """``content`` (a channel of this campaign) for ``contact``; ``extra`` as for ``render_message``."""
         language = self.language(content, contact)
         concrete = self._content(content, language)
-        variables = {**self._values[content.channel], **extra}
+        variables = {**self._values[id(content)], **extra}
         if self.marking:
             variables |= {"erid": self.marking.erid, FOOTER_VARIABLE: footer_text(self.marking)}
         return ContactMessage(render_message(concrete, contact, variables), language)

@@ -479,3 +479,38 @@ template_versions = sa.Table(
     sa.Column("first_campaign", sa.String(128), nullable=False),
     sa.Column("first_run_id", sa.String(64), nullable=False),
 )
+
+# A/B tests (policies/experiments.py, orchestrator_assets/experiments/): the arm each contact of an
+# experiment campaign's audience was first put in (holdout, a variant, rollout), written when the
+# campaign is rendered. The arm is a hash of (tenant, campaign, contact), so the row repeats what
+# the hash says; it is kept because the holdout is sent nothing and could not be counted
+# otherwise, and so that a later change of the weights cannot move a contact between arms.
+experiment_assignments = sa.Table(
+    "experiment_assignments",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("campaign", sa.String(128), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), primary_key=True),
+    sa.Column("arm", sa.String(32), nullable=False),  # holdout | <variant name> | rollout
+    sa.Column("assigned_at", UTCDateTime, nullable=False),
+)
+
+# Each look of an experiment (one per evaluation run, up to the planned number) and its verdict,
+# append-only. The latest row with ``rollout_variant`` set is what the rollout remainder is sent;
+# a final row (winner, or no winner at the last look) ends the looks.
+experiment_looks = sa.Table(
+    "experiment_looks",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("campaign", sa.String(128), nullable=False),
+    sa.Column("look", sa.Integer, nullable=False),
+    sa.Column("looks", sa.Integer, nullable=False),
+    sa.Column("decision", sa.String(128), nullable=False),  # "winner b" | "no winner yet (look 1 of 3)" | "no winner (final look 3 of 3)"
+    sa.Column("winner", sa.String(32)),
+    sa.Column("final", sa.Boolean, nullable=False),
+    sa.Column("rollout_variant", sa.String(32)),  # what the rollout remainder gets now; null: it waits (or, final, gets nothing)
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("evaluated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("tenant", "campaign", "look", name="uq_experiment_looks_look"),
+)

@@ -60,6 +60,38 @@ PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (tenant, event_type, event_id)
 """
 
+# A/B test results (orchestrator_assets/experiments): one row per (tenant, campaign, look, arm),
+# written by each look of the evaluation, for reports. Written once per look; the replacing key
+# makes a re-run of the same look replace its rows instead of adding to them.
+EXPERIMENT_RESULTS_TABLE = f"{DATABASE}.experiment_results"
+EXPERIMENT_RESULTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {EXPERIMENT_RESULTS_TABLE}
+(
+    tenant LowCardinality(String),
+    campaign String,
+    look UInt16,
+    looks UInt16,
+    arm String,
+    role LowCardinality(String),
+    goal String,
+    n UInt64,
+    successes UInt64,
+    rate Nullable(Float64),
+    lift Nullable(Float64),
+    lift_low Nullable(Float64),
+    lift_high Nullable(Float64),
+    z Nullable(Float64),
+    boundary Nullable(Float64),
+    p_value Nullable(Float64),
+    significant UInt8,
+    decision String,
+    winner String,
+    evaluated_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(evaluated_at)
+ORDER BY (tenant, campaign, look, arm)
+"""
+
 # Event types written to the warehouse; dbt's accepted_values test lists the same set.
 SENT = "sent"                # provider accepted the message
 SEND_FAILED = "send_failed"  # provider refused it at send time (reason says why)
@@ -94,6 +126,7 @@ class Warehouse(dg.ConfigurableResource):
     def ensure_schema(self, client: Any) -> None:
         client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
         client.command(EVENTS_DDL)
+        client.command(EXPERIMENT_RESULTS_DDL)
 
     def append_events(self, rows: Sequence[Sequence[Any]]) -> int:
         """Append event rows (in ``EVENT_COLUMNS`` order); returns how many were written."""

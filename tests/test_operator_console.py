@@ -164,7 +164,11 @@ def test_the_console_starts_without_alarming_warnings(console):
 
 def test_demo_runs_end_to_end_and_prints_the_funnel(demo):
     home, output = demo
-    assert "[7/7]" in output
+    assert "[8/8]" in output
+    # The e-mail subject-line A/B test: each variant's sent and clicked contacts, and a verdict.
+    assert re.search(r"^\s+\| control \(control\) \| \d+ \| \d+ \|", output, re.MULTILINE)
+    assert re.search(r"^\s+\| deadline \| \d+ \| \d+ \|", output, re.MULTILINE)
+    assert re.search(r"\| black_friday_2026 \| 1 of 3 \| (winner \w+|no winner yet \(look 1 of 3\)) \|", output)
     assert "rows_rejected=17" in output
     # The daemon's sensor, not the demo, launched the delivery processing.
     assert re.search(r"run [0-9a-f]{8} \(inbox:demo:\d+-\d+\): SUCCESS", output)
