@@ -37,8 +37,12 @@ def telegram(text: str) -> dict:
     return {"channel": "telegram", "text": text}
 
 
+MARKING = {"advertiser": "ООО «Ромашка», ИНН 7701234567", "erid": "2VtzqvYkmGf"}  # 38-FZ: advertising does not start without it
+
+
 def campaign(name: str, channels: list[dict], schedule: dict | None = None, **extra) -> dict:
-    return {"name": name, "tenant": "demo", "segment": "testgrad", "schedule": schedule or {"start_at": PAST}, "channels": channels, **extra}
+    marking = {} if extra.get("purpose") == "transactional" else {"advertising": MARKING}
+    return {"name": name, "tenant": "demo", "segment": "testgrad", "schedule": schedule or {"start_at": PAST}, "channels": channels, **marking, **extra}
 
 
 @pytest.fixture

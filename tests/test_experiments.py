@@ -49,8 +49,14 @@ def test_the_demo_campaign_tests_two_subject_lines():
     assert [v.name for v in experiment.variants] == ["control", "deadline"]
     email = campaign.content_for("email")
     challenger = experiment.content_for("deadline", email)
-    assert challenger.subject != email.subject and (challenger.text, challenger.html) == (email.text, email.html)
     assert experiment.content_for("control", email) is email
+    # The challenger pins the template's next version: another subject, the same e-mail, in each language.
+    template = load_bundle().templates["demo"]["black_friday"]
+    control, deadline = (template.version(content.message_template.version).channels["email"] for content in (email, challenger))
+    assert set(control) == set(deadline) == {"ru", "en"}
+    for language in ("ru", "en"):
+        assert deadline[language].subject != control[language].subject
+        assert (deadline[language].text, deadline[language].html) == (control[language].text, control[language].html)
 
 
 @pytest.fixture
@@ -93,14 +99,14 @@ def _with_experiment(config_dir: Path, **changes) -> None:
             "experiment.variants[1].channels.sms: the campaign sends no sms message to vary",
         ),
         (
-            {"variants": [{"name": "a"}, {"name": "b", "channels": {"email": {"text": "no opt-out link"}}}]},
-            "campaigns[0]",
-            "experiment.variants[1].channels.email.text: email text must contain {{ unsubscribe_url }}",
+            {"variants": [{"name": "a"}, {"name": "b", "channels": {"email": {"message_template": {"name": "black_friday", "version": 9}}}}]},
+            "campaigns[0].experiment.variants[1].channels.email.message_template",
+            "template 'black_friday' has no version 9",
         ),
         (
             {"variants": [{"name": "a"}, {"name": "b", "channels": {"telegram": {"subject": "x"}}}]},
             "campaigns[0]",
-            "experiment.variants[1].channels.telegram.subject: telegram messages have no subject",
+            "experiment.variants[1].channels.telegram.subject: `subject` comes from `message_template`; give one or the other",
         ),
     ],
 )

@@ -128,8 +128,8 @@ def test_local_time_schedule_starts_when_the_first_clock_shows_it_and_each_conta
     assert wall_clock(schedule.date, schedule.local_time, VLADIVOSTOK) == at("2026-12-01T00:00Z")
     assert wall_clock(schedule.date, schedule.local_time, MOSCOW) == at("2026-12-01T07:00Z")
     assert Schedule(start_at="2026-11-20T09:00:00+03:00").local_time is None  # start_at keeps working
-    for bad, why in [({"local_time": "10:00"}, "start_at, or local_time together with date"),
-                     ({"start_at": "2026-11-20T09:00:00+03:00", "local_time": "10:00", "date": "2026-12-01"}, "not both"),
+    for bad, why in [({"local_time": "10:00"}, "a local-time schedule needs local_time together with date"),
+                     ({"start_at": "2026-11-20T09:00:00+03:00", "local_time": "10:00", "date": "2026-12-01"}, "not several"),
                      ({"local_time": "25:00", "date": "2026-12-01"}, "HH:MM")]:
         with pytest.raises(ValueError, match=why):
             Schedule.model_validate(bad)
