@@ -34,6 +34,7 @@ from sensors.triggers import TRIGGERED_SELECTION
 def deferred_run_requests(conn: sa.Connection, campaigns: dict[str, dict[str, Campaign]], now: dt.datetime) -> list[dg.RunRequest]:
     """Planning step: a run request for every campaign whose wake-up has come (a campaign since
     removed from campaigns.yaml is left alone)."""
+    now = now.astimezone(dt.UTC)  # SQLite compares the stored text: UTC on both sides
     rows = conn.execute(sa.select(campaign_wakeups).where(campaign_wakeups.c.wake_at <= now).order_by(campaign_wakeups.c.tenant, campaign_wakeups.c.campaign))
     requests = []
     for row in rows:

@@ -39,6 +39,7 @@ FAILED, SENT, DELIVERY_FAILED = "failed", "sent", "delivery_failed"
 
 def fallback_moments(conn: sa.Connection, tenant: str, campaign: Campaign, since: dt.datetime | None, now: dt.datetime) -> dict[int, dt.datetime]:
     """Contact → the latest fallback moment of its sends in ``(since, now]``, on every channel but the last."""
+    now, since = now.astimezone(dt.UTC), since and since.astimezone(dt.UTC)  # SQLite compares the stored text: UTC on both sides
     after = dt.timedelta(minutes=campaign.fallback.undelivered_after_minutes) if campaign.fallback.undelivered_after_minutes else None
 
     def within(column: sa.ColumnElement, shift: dt.timedelta = dt.timedelta(0)) -> sa.ColumnElement[bool]:

@@ -49,8 +49,10 @@ def campaign(name: str, channels: list[dict], schedule: dict | None = None, **ex
 def configure(algor_home, tmp_path, monkeypatch):
     """Write these campaigns (and a telegram cap of one a day for demo) into a copy of the config."""
 
+    shipped = loader.DEFAULT_CONFIG_DIR
+
     def write(*campaigns: dict) -> None:
-        config = shutil.copytree(loader.DEFAULT_CONFIG_DIR, tmp_path / "config", dirs_exist_ok=True)
+        config = shutil.copytree(shipped, tmp_path / "config", dirs_exist_ok=True)
         segments = yaml.safe_load((config / "segments.yaml").read_text(encoding="utf-8"))
         segments["segments"]["demo"].append(SEGMENT)
         policy = yaml.safe_load((config / "policy.yaml").read_text(encoding="utf-8"))
@@ -80,10 +82,12 @@ def add_people(people: list[dict], channels: tuple[str, ...] = ("telegram",)) ->
     return ids
 
 
-def run(instance: dg.DagsterInstance, campaign_name: str | None = None, request: dg.RunRequest | None = None) -> dg.ExecuteInProcessResult:
+def run(
+    instance: dg.DagsterInstance, campaign_name: str | None = None, selection: list[dg.AssetKey] = list(SCHEDULED_SELECTION), request: dg.RunRequest | None = None
+) -> dg.ExecuteInProcessResult:
     """A campaign run as the schedule sensor requests it (segment → messages → sends), or a sensor's request."""
     if request is None:
-        request = dg.RunRequest(partition_key="demo", asset_selection=list(SCHEDULED_SELECTION), run_config={"ops": {CAMPAIGN_OP: {"config": {"campaign": campaign_name}}}})
+        request = dg.RunRequest(partition_key="demo", asset_selection=selection, run_config={"ops": {CAMPAIGN_OP: {"config": {"campaign": campaign_name}}}})
     result = defs.resolve_job_def("campaign_pipeline_job").execute_in_process(
         instance=instance, partition_key=request.partition_key, run_config=request.run_config, asset_selection=request.asset_selection, tags=request.tags
     )
@@ -101,23 +105,29 @@ def received(stack, provider: str = "telegram") -> list[str]:
 
 def test_local_time_schedule_sends_each_zone_at_its_own_hour_and_the_sensor_sends_the_deferred_once(configure, instance, monkeypatch):
     moscow = ZoneInfo("Europe/Moscow")
-    # Six seconds from now on Moscow's clocks: Vladivostok's clocks showed it 7 hours ago, New York's will in 8 hours.
-    due = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)).astimezone(moscow).replace(microsecond=0)
-    configure(campaign("evening_news", [telegram("Вечерние новости Тестограда")], {"local_time": due.strftime("%H:%M:%S"), "date": due.date().isoformat()}))
+
+    def evening_news(due: dt.datetime) -> dict:
+        return campaign("evening_news", [telegram("Вечерние новости Тестограда")], {"local_time": due.strftime("%H:%M:%S"), "date": due.date().isoformat()})
+
+    configure(evening_news(dt.datetime.now(moscow) + dt.timedelta(days=1)))
     east, moscow_chat, no_zone, west = chats("deliver", 4)
     add_people([{"telegram_chat_id": east, "timezone": "Asia/Vladivostok"}, {"telegram_chat_id": moscow_chat, "timezone": "Europe/Moscow"},
                 {"telegram_chat_id": no_zone}, {"telegram_chat_id": west, "timezone": "America/New_York"}])
     engine = OperationalStore().engine()
     with running_stack(monkeypatch) as stack:
-        first = run(instance, "evening_news")
-        assert dt.datetime.now(dt.UTC) < due, "the first run took longer than the test allows; the contacts due now were not deferred"
+        run(instance, "evening_news", [SCHEDULED_SELECTION[0]])  # the segment, before the clock starts
+        # Five seconds from now on Moscow's clocks: Vladivostok's showed it 7 hours ago, New York's will in 8 hours.
+        due = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)).astimezone(moscow).replace(microsecond=0)
+        configure(evening_news(due))
+        first = run(instance, "evening_news", [MESSAGES, SENDS_ASSET])
         messages = metadata(first, "campaigns/campaign_messages")
-        assert (metadata(first, "sends/campaign_sends")["sent"], messages["deferred"]) == (1, 3)
+        assert messages["deferred"] == 3, "the run started too late for the test: the contacts due in 5 s were due already"
+        assert metadata(first, "sends/campaign_sends")["sent"] == 1
         assert "| evening_news | telegram | local_time |" in messages["exclusions"]
         assert received(stack) == [str(east)]
         with engine.connect() as conn:
             (wakeup,) = conn.execute(sa.select(campaign_wakeups)).all()
-            assert deferred_run_requests(conn, load_bundle().campaigns, dt.datetime.now(dt.UTC)) == []  # not yet
+            assert deferred_run_requests(conn, load_bundle().campaigns, due - dt.timedelta(seconds=1)) == []  # not before its time
         assert (wakeup.deferred, wakeup.reasons) == (3, "local_time")
         assert wakeup.wake_at.replace(tzinfo=dt.UTC) == due  # the contact without a zone keeps the tenant's (Moscow)
 
