@@ -245,7 +245,7 @@ def campaign_messages(context: dg.AssetExecutionContext, config: CampaignSelecti
             ),
             **policies.metadata(),
             "experiments": dg.MetadataValue.md(
-                markdown_table(["campaign", "arm", "contacts", "sent now"], arms_table_rows(experiments), empty="No A/B test among these campaigns.")
+                markdown_table(["campaign", "arm", "contacts", "message now (the ledger skips those already sent)"], arms_table_rows(experiments), empty="No A/B test among these campaigns.")
             ),
         },
     )

@@ -5,6 +5,9 @@ It reads ``experiment_looks`` in the operational store (never the warehouse) pas
 (the last look id seen) and requests a ``campaign_pipeline_job`` run of the campaign keyed
 ``rollout:<tenant>:<campaign>:<look id>``. The run renders the whole audience again; the send
 ledger skips everyone already sent, so only the rollout remainder is messaged, each contact once.
+Running by default: a decision is an operator's look having found it, so acting on it is the point
+(unlike a schedule, which could start campaigns long due). Its first tick acts on every decision
+already recorded, once (the run keys).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def rollout_requests(conn: sa.Connection, after_id: int) -> tuple[list[dg.RunReq
     name="experiment_rollout_sensor",
     job=campaign_pipeline_job,
     minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description="Sends an A/B test's rollout remainder the winner (or the control after a final no-winner), once.",
 )
 def experiment_rollout_sensor(context: dg.SensorEvaluationContext, opstore: OperationalStore) -> dg.SensorResult:

@@ -116,3 +116,21 @@ def test_a_bad_experiment_names_the_file_the_key_path_and_the_reason(config_dir,
         load_bundle(config_dir)
     lines = str(caught.value).splitlines()
     assert any(line.startswith(f"{config_dir / 'campaigns.yaml'}: {where}: ") and why in line for line in lines), lines
+
+
+def test_what_each_arm_is_sent_before_and_after_the_verdict():
+    from orchestrator_assets.experiments.arms import CampaignArms
+
+    campaign = load_bundle().campaigns["demo"]["black_friday_2026"]
+    arms = {1: "control", 2: "deadline", 3: ROLLOUT, 4: HOLDOUT}
+    running = CampaignArms(campaign, arms)
+    assert [running.variant(c) for c in arms] == ["control", "deadline", None, None]
+    plan = {"email": [{"id": c} for c in arms], "telegram": [{"id": 3}]}
+    assert running.sent_now(plan) == {"email": [{"id": 1}, {"id": 2}], "telegram": []}
+    assert running.content(campaign.content_for("email"), 2).subject != running.content(campaign.content_for("email"), 1).subject
+    won = CampaignArms(campaign, arms, rollout_variant="deadline", concluded=True)
+    assert [won.variant(c) for c in arms] == ["deadline", "deadline", "deadline", None]  # the ledger skips those already sent
+    stopped = CampaignArms(campaign, arms, rollout_variant=None, concluded=True)
+    assert [stopped.variant(c) for c in arms] == ["control", "deadline", None, None]
+    assert ("black_friday_2026", ROLLOUT, 1, "nothing (the test ended without a winner)") in stopped.summary()
+    assert CampaignArms(load_bundle().campaigns["acme"]["spring_sale_2026"]).variant(99) == ""  # no experiment: as written

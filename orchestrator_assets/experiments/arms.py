@@ -4,7 +4,8 @@ Called by ``campaign_messages`` for each campaign it renders: contacts seen for 
 get their arm from the hash (``policies.experiments.arm_for``) and it is recorded in
 ``experiment_assignments``; contacts seen before keep the recorded one. The holdout is sent
 nothing; the rollout remainder is sent the variant the latest look chose (the winner, or the
-control after a final "no winner" with ``if_no_winner: send_control``) and nothing before.
+control after a final "no winner" with ``if_no_winner: send_control``) and nothing before; once
+the test has ended, so is anyone new to the audience, whatever arm the hash gives them.
 The send ledger's key (campaign, step, contact, channel) keeps every contact to one message a
 channel however often the campaign is rendered, so a rollout reaches each contact once.
 """
@@ -41,10 +42,16 @@ class CampaignArms:
         """The variant the contact is sent now: "" without an experiment, None when withheld."""
         if self.campaign.experiment is None:
             return ""
-        arm = self.arms[contact_id]
+        return self._gets(self.arms[contact_id])
+
+    def _gets(self, arm: str) -> str | None:
         if arm == HOLDOUT:
             return None
-        return self.rollout_variant if arm == ROLLOUT else arm
+        # Once the test has ended, a contact new to the audience gets the decision whatever its
+        # arm (those already sent their variant are skipped by the ledger).
+        if arm == ROLLOUT or (self.concluded and self.rollout_variant):
+            return self.rollout_variant
+        return arm
 
     def content(self, content: ChannelContent, contact_id: int) -> ChannelContent:
         """The channel's message as the contact's variant words it."""
@@ -64,10 +71,9 @@ class CampaignArms:
         """(campaign, arm, contacts, sent now) rows for the run's metadata."""
         if self.campaign.experiment is None:
             return []
+        withheld = {HOLDOUT: "nothing (holdout)", ROLLOUT: STOPPED if self.concluded else WAITING}
         counts = Counter(self.arms.values())
-        rollout = self.rollout_variant or (STOPPED if self.concluded else WAITING)
-        now = {HOLDOUT: "nothing (holdout)", ROLLOUT: rollout}
-        return [(self.campaign.name, arm, count, now.get(arm, arm)) for arm, count in sorted(counts.items())]
+        return [(self.campaign.name, arm, count, self._gets(arm) or withheld[arm]) for arm, count in sorted(counts.items())]
 
 
 def campaign_arms(conn: sa.Connection, tenant: str, campaign: Campaign, plan: dict[str, list[dict]], now: dt.datetime) -> CampaignArms:
