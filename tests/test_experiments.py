@@ -127,7 +127,8 @@ def test_what_each_arm_is_sent_before_and_after_the_verdict():
     assert [running.variant(c) for c in arms] == ["control", "deadline", None, None]
     plan = {"email": [{"id": c} for c in arms], "telegram": [{"id": 3}]}
     assert running.sent_now(plan) == {"email": [{"id": 1}, {"id": 2}], "telegram": []}
-    assert running.content(campaign.content_for("email"), 2).subject != running.content(campaign.content_for("email"), 1).subject
+    email = campaign.content_for("email")
+    assert [running.content(email, c).message_template.version for c in (1, 2)] == [1, 2]  # control v1, the challenger v2
     won = CampaignArms(campaign, arms, rollout_variant="deadline", concluded=True)
     assert [won.variant(c) for c in arms] == ["deadline", "deadline", "deadline", None]  # the ledger skips those already sent
     stopped = CampaignArms(campaign, arms, rollout_variant=None, concluded=True)
