@@ -114,3 +114,37 @@ def test_variants_sent_counted_and_the_winner_rolled_out_once(algor_home, instan
         assert "winner deadline (ended)" in _evaluate(instance)["verdicts"]
         with engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(experiment_looks)).scalar_one() == 1
+
+
+def test_counts_take_the_providers_clock_for_clicks_and_the_window_for_everything(algor_home):
+    """On chDB: a click stamped by the provider just before our `sent` counts, one past the window
+    does not; a conversion before the send does not; only `goal_channel`'s sends and events count."""
+    import pandas as pd
+
+    from orchestrator_assets.experiments.counts import arm_counts
+    from policies.experiments import Experiment
+
+    sent_at = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+    later = sent_at + dt.timedelta(hours=1)
+
+    def event(event_id, event_type, contact, at, channel="email", reason=""):
+        return ("demo", event_id, event_type, event_id, CAMPAIGN if event_type != CONVERSION_EVENT else "", channel, "p", contact, "", reason, at)
+
+    warehouse = wh.Warehouse()
+    warehouse.append_events(
+        [event(f"s{c}", "sent", c, sent_at) for c in (1, 2, 3, 4)]
+        + [event("s5", "sent", 5, sent_at, channel="telegram")]
+        + [event("c1", "clicked", 1, sent_at - dt.timedelta(milliseconds=400)),  # provider's clock: counts
+           event("c2", "clicked", 2, sent_at + dt.timedelta(hours=73)),  # past the 72 h window
+           event("c5", "clicked", 5, later, channel="telegram"),  # not the goal channel
+           event("v3", CONVERSION_EVENT, 3, sent_at - dt.timedelta(minutes=5), reason="purchase"),  # before the send
+           event("v4", CONVERSION_EVENT, 4, later, reason="purchase")]
+    )  # fmt: skip
+    placed = pd.DataFrame({"contact_id": [1, 2, 3, 4, 5, 6], "arm": ["a", "a", "b", "b", "b", HOLDOUT], "assigned_at": pd.Timestamp(sent_at)})
+    experiment = {"variants": [{"name": "a"}, {"name": "b"}], "holdout": 0.1, "test_fraction": 0.9, "goal_channel": "email"}
+    with warehouse.client() as client:
+        clicks = arm_counts(client, "demo", CAMPAIGN, Experiment.model_validate(experiment | {"goal": "clicked"}), placed)
+        purchases = arm_counts(client, "demo", CAMPAIGN, Experiment.model_validate(experiment | {"goal": "conversion:purchase"}), placed)
+    assert [(a.name, a.n, a.successes) for a in clicks[0]] == [("a", 2, 1), ("b", 2, 0)]
+    assert [(a.name, a.n, a.successes) for a in purchases[0]] == [("a", 2, 0), ("b", 2, 1)]
+    assert (purchases[1].n, purchases[1].successes) == (1, 0)

@@ -5,7 +5,10 @@ The unit is the contact. A variant's contact counts once it has a ``sent`` event
 (on any channel, or on the experiment's ``goal_channel``), from its first one; it reaches the goal
 with a goal event in [first send, first send + window]: a ``delivered`` or ``clicked`` event of
 the campaign (on that channel), or a ``conversion`` event (any campaign and channel, since the
-tenant posts it) named by the goal. The holdout is
+tenant posts it) named by the goal. A conversion must come after the send; a delivery or click of
+the campaign belongs to a send of it whatever its timestamp says (providers stamp events with
+their own clock, often a few hundred milliseconds before our ``sent`` is recorded), so for those
+only the window's end applies. The holdout is
 sent nothing, so it counts from its assignment, and only a conversion goal can be reached
 without a message: for delivered/clicked its row shows the size alone.
 """
@@ -74,7 +77,10 @@ def arm_counts(client: Any, tenant: str, campaign: str, experiment: Experiment, 
     exposed = exposed[exposed["since"].notna()]
     window = dt.timedelta(hours=experiment.window_hours)
     hits = exposed.merge(goals, on="contact_id")
-    hits = hits[(hits["occurred_at"] >= hits["since"]) & (hits["occurred_at"] <= hits["since"] + window)]
+    in_window = hits["occurred_at"] <= hits["since"] + window
+    if experiment.conversion_event is not None:
+        in_window &= hits["occurred_at"] >= hits["since"]
+    hits = hits[in_window]
     reached = set(hits["contact_id"])
     exposed["reached"] = exposed["contact_id"].isin(reached)
     by_arm = exposed.groupby("arm")["reached"].agg(["size", "sum"])
