@@ -167,11 +167,12 @@ class TriggerEvent(StrEnum):
 
     TELEGRAM_START = "telegram_start"  # /start to the tenant's bot (also an explicit opt-in)
     VK_MESSAGE_ALLOW = "vk_message_allow"  # allowed the tenant's VK community to message them
+    SEGMENT_ENTERED = "segment_entered"  # entered the trigger's `segment` (recorded in segment_events)
 
     @property
-    def provider(self) -> Provider:
-        """The provider whose callbacks report this event."""
-        return Provider(self.value.partition("_")[0])
+    def provider(self) -> Provider | None:
+        """The provider whose callbacks report this event; None for what we record ourselves."""
+        return None if self is TriggerEvent.SEGMENT_ENTERED else Provider(self.value.partition("_")[0])
 
 
 class Trigger(StrictModel):
@@ -184,6 +185,13 @@ class Trigger(StrictModel):
 
     event: TriggerEvent
     max_delay_minutes: int = Field(default=60, ge=1)
+    segment: Slug | None = None  # the segment whose new members a segment_entered trigger reaches
+
+    @model_validator(mode="after")
+    def _segment_for_segment_entered(self) -> Trigger:
+        if (self.event is TriggerEvent.SEGMENT_ENTERED) != (self.segment is not None):
+            raise ValueError("`segment` names the segment of a segment_entered trigger, and only of one")
+        return self
 
 
 class Fallback(StrictModel):

@@ -330,7 +330,7 @@ BAD_EDITS = [
         "campaigns.yaml",
         lambda d: d["campaigns"][2].update(trigger={"event": "telegram_join"}),
         "campaigns[2].trigger.event",
-        "'telegram_start' or 'vk_message_allow'",
+        "'telegram_start', 'vk_message_allow' or 'segment_entered'",
         id="unknown trigger event",
     ),
     pytest.param(
