@@ -81,9 +81,11 @@ def behaviour_ids(client: Any, query: BehaviourQuery) -> np.ndarray:
 
 
 def id_table(conn: sa.Connection, name: str, ids: Sequence[int] | np.ndarray) -> sa.Table:
-    """A temporary table of the store holding ``ids``, on this connection only; dropped with
-    ``drop_id_tables`` or, if the transaction fails, by its rollback."""
+    """A temporary table of the store holding ``ids``, on this connection only, until
+    ``drop_id_tables``. One left by a failed evaluation on this pooled connection is replaced:
+    SQLite commits DDL at once, so a rollback does not remove it there (PostgreSQL's does)."""
     table = sa.Table(name, sa.MetaData(), sa.Column("contact_id", sa.BigInteger, primary_key=True, autoincrement=False), prefixes=["TEMPORARY"])
+    table.drop(conn, checkfirst=True)
     table.create(conn)
     if len(ids) == 0:
         return table
