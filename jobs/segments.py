@@ -15,6 +15,7 @@ Run config, for example::
 import dagster as dg
 from pydantic import Field
 
+from orchestrator_assets.segment_behaviour import warehouse_client
 from orchestrator_assets.segment_count import draft_rule, live_count
 from orchestrator_assets.segment_sample import sample_table
 from policies.loader import PolicyError
@@ -34,7 +35,8 @@ def count_segment_rule(context: dg.OpExecutionContext, config: LiveCountConfig, 
         rule = draft_rule(config.tenant, config.rule, config.segment)
     except (PolicyError, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from None
-    result = live_count(opstore.engine(), warehouse, config.tenant, rule)
+    with warehouse_client(warehouse, rule) as client:
+        result = live_count(opstore.engine(), client, config.tenant, rule)
     context.add_output_metadata(
         {
             "tenant": config.tenant,

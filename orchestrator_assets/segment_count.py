@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator_assets.segment_behaviour import behaviour_sets
+from orchestrator_assets.segment_behaviour import behaviour_sets, warehouse_client
 from orchestrator_assets.segment_sample import masked_sample
 from orchestrator_assets.segment_sql import member_ids, tenant_scope
 from policies.loader import PolicyError, load_bundle, parse_rule
@@ -58,13 +58,14 @@ def draft_rule(tenant: str, rule_text: str | None = None, segment: str | None = 
     return parse_rule(rule_text or "", bundle.tenants[tenant])
 
 
-def live_count(engine: sa.Engine, warehouse: Warehouse | None, tenant: str, rule: Rule, now: dt.datetime | None = None) -> LiveCount:
+def live_count(engine: sa.Engine, client: Any, tenant: str, rule: Rule, now: dt.datetime | None = None) -> LiveCount:
+    """Count and sample ``rule``'s contacts; ``client``: an open warehouse client (``warehouse_client``)."""
     now = now or dt.datetime.now(dt.UTC)
     started = time.perf_counter()
     with engine.connect() as conn:
         try:
             cipher = tenant_cipher(conn, tenant)
-            with behaviour_sets(conn, warehouse, tenant, rule, now) as sets:
+            with behaviour_sets(conn, client, tenant, rule, now) as sets:
                 ids = member_ids(contacts, tenant, rule, cipher, tenant_scope(tenant, now, sets))
                 count = conn.execute(sa.select(sa.func.count()).select_from(ids.subquery())).scalar_one()
                 sample = masked_sample(conn, cipher, ids)
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PolicyError, ValueError, OSError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    result = live_count(engine_for(get_settings().database_url), Warehouse(), args.tenant, rule)
+    with warehouse_client(Warehouse(), rule) as client:
+        result = live_count(engine_for(get_settings().database_url), client, args.tenant, rule)
     print(json.dumps({"tenant": args.tenant, "count": result.count, "sample": result.sample, "seconds": round(result.seconds, 3)}, ensure_ascii=False, default=str))
     return 0
 

@@ -21,6 +21,16 @@ ENTERED = "entered"
 LEFT = "left"
 
 
+def refresh_planner_statistics(conn: sa.Connection) -> None:
+    """Sampled SQLite statistics of ``contacts`` (``ANALYZE`` reading at most 1000 rows per index:
+    milliseconds). Without any, SQLite guesses that ``tenant = ?`` is selective and scans the
+    tenant's whole index instead of looking up the few ids a behaviour clause returned (measured:
+    5x slower at 300k contacts). PostgreSQL's autovacuum keeps its own statistics."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        conn.exec_driver_sql("ANALYZE contacts")
+
+
 @dataclass(frozen=True)
 class MembershipChange:
     members: int
@@ -41,8 +51,9 @@ def refresh_members(conn: sa.Connection, tenant: str, segment: str, ids: sa.Sele
     leaving = sa.select(*tag, members.c.contact_id, sa.literal(LEFT), stamp).where(
         members.c.tenant == tenant, members.c.segment == segment, members.c.contact_id.not_in(new_ids)
     )
-    entered = conn.execute(sa.insert(segment_events).from_select(columns, entering)).rowcount
-    left = conn.execute(sa.insert(segment_events).from_select(columns, leaving)).rowcount
+    counted = {"preserve_rowcount": True}  # SQLAlchemy keeps an INSERT's rowcount only when asked
+    entered = conn.execute(sa.insert(segment_events).from_select(columns, entering), execution_options=counted).rowcount
+    left = conn.execute(sa.insert(segment_events).from_select(columns, leaving), execution_options=counted).rowcount
     if left:
         conn.execute(sa.delete(members).where(members.c.tenant == tenant, members.c.segment == segment, members.c.contact_id.not_in(new_ids)))
     if entered:

@@ -7,8 +7,8 @@ import sqlalchemy as sa
 
 from orchestrator_assets.groups import CONTACTS, SEGMENTS
 from orchestrator_assets.partitions import tenant_partitions
-from orchestrator_assets.segment_behaviour import behaviour_sets
-from orchestrator_assets.segment_membership import refresh_members
+from orchestrator_assets.segment_behaviour import behaviour_sets, warehouse_client
+from orchestrator_assets.segment_membership import refresh_members, refresh_planner_statistics
 from orchestrator_assets.segment_sample import masked_sample, sample_table
 from orchestrator_assets.segment_sql import member_ids, tenant_scope
 from orchestrator_assets.tables import markdown_table
@@ -40,15 +40,20 @@ def segment_members(context: dg.AssetExecutionContext, opstore: OperationalStore
     now = dt.datetime.now(dt.UTC)
     rows, samples = [], {}
     metadata: dict[str, int] = {}
-    for segment in load_bundle().segments[tenant].values():
-        with opstore.engine().begin() as conn:
-            cipher = tenant_cipher(conn, tenant)
-            with behaviour_sets(conn, warehouse, tenant, segment.rule, now) as sets:
-                change = refresh_members(conn, tenant, segment.name, member_ids(contacts, tenant, segment.rule, cipher, tenant_scope(tenant, now, sets)), now)
-            current = sa.select(members.c.contact_id).where(members.c.tenant == tenant, members.c.segment == segment.name)
-            samples[segment.name] = sample_table(masked_sample(conn, cipher, current))
-        rows.append((segment.name, change.members, change.entered, change.left))
-        metadata |= {f"members_{segment.name}": change.members, f"entered_{segment.name}": change.entered, f"left_{segment.name}": change.left}
+    segments = load_bundle().segments[tenant].values()
+    with warehouse_client(warehouse, *(segment.rule for segment in segments)) as client:
+        for segment in segments:
+            with opstore.engine().begin() as conn:
+                cipher = tenant_cipher(conn, tenant)
+                with behaviour_sets(conn, client, tenant, segment.rule, now) as sets:
+                    ids = member_ids(contacts, tenant, segment.rule, cipher, tenant_scope(tenant, now, sets))
+                    change = refresh_members(conn, tenant, segment.name, ids, now)
+                current = sa.select(members.c.contact_id).where(members.c.tenant == tenant, members.c.segment == segment.name)
+                samples[segment.name] = sample_table(masked_sample(conn, cipher, current))
+            rows.append((segment.name, change.members, change.entered, change.left))
+            metadata |= {f"members_{segment.name}": change.members, f"entered_{segment.name}": change.entered, f"left_{segment.name}": change.left}
+    with opstore.engine().begin() as conn:
+        refresh_planner_statistics(conn)
     return dg.MaterializeResult(
         metadata={
             "segments": dg.MetadataValue.md(markdown_table(["segment", "members", "entered", "left"], sorted(rows), empty="The tenant defines no segments.")),

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter
 
 from orchestrator_assets.contact_pii import contact_columns
-from orchestrator_assets.segment_behaviour import EVENT_TYPES, behaviour_sets
+from orchestrator_assets.segment_behaviour import EVENT_TYPES, behaviour_sets, warehouse_client
+from orchestrator_assets.segment_membership import MembershipChange, refresh_members
 from orchestrator_assets.segment_sql import RuleScope, member_ids, segment_where
 from policies.loader import PolicyError, load_bundle, parse_rule
 from policies.segments import Rule
@@ -234,7 +235,7 @@ def test_behaviour_matches_pandas(store, events, behaviour):
     by_id = {contact_id: external_id for external_id, contact_id in ids.items() if external_id.startswith("b")}
     rule = RULE.validate_python({"all": [{"field": "city", "op": "ne", "value": "nowhere"}, {"behaviour": behaviour}]})
     with engine.connect() as conn:
-        with behaviour_sets(conn, warehouse, BEHAVING, rule, NOW) as sets:
+        with warehouse_client(warehouse, rule) as client, behaviour_sets(conn, client, BEHAVING, rule, NOW) as sets:
             scope = RuleScope(now=NOW, custom_fields=CUSTOM_FIELDS, behaviour_sets=sets)
             got = set(conn.scalars(member_ids(contacts, BEHAVING, rule, CIPHER, scope)))
             negated = set(conn.scalars(member_ids(contacts, BEHAVING, RULE.validate_python({"not": rule}), CIPHER, scope)))
@@ -242,3 +243,15 @@ def test_behaviour_matches_pandas(store, events, behaviour):
     expected = pandas_members(frame, behaviour, sorted(by_id))
     assert {by_id[i] for i in got} == {by_id[i] for i in expected}
     assert got | negated == set(by_id) and not got & negated  # not: the exact complement, zero-event contacts included
+
+
+def test_membership_change_counts_entered_and_left(store):
+    engine, ids = store
+    scope = RuleScope(now=NOW, custom_fields=CUSTOM_FIELDS)
+    changes = []
+    with engine.connect() as conn:
+        for rule in ({"field": "language", "op": "eq", "value": "ru"}, {"field": "city", "op": "is_set"}):
+            where = member_ids(contacts, TENANT, RULE.validate_python(rule), CIPHER, scope)
+            changes.append(refresh_members(conn, TENANT, "probe", where, NOW))
+        conn.rollback()
+    assert changes == [MembershipChange(2, 2, 0), MembershipChange(3, 1, 0)]  # c1, c4; then c2 enters
