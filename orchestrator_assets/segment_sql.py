@@ -42,22 +42,8 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from orchestrator_assets.consent_ledger import consent_state, has_consent
 from orchestrator_assets.contact_pii import INDEXED, blind_index
-from policies.segments import (
-    AllRule,
-    AnyRule,
-    Behaviour,
-    BehaviourRule,
-    Condition,
-    ConsentRule,
-    Kind,
-    NotRule,
-    Op,
-    Rule,
-    condition_value,
-    contact_field_kind,
-    custom_field_kind,
-    custom_name,
-)
+from policies.segment_conditions import Kind, Op, condition_value, contact_field_kind, custom_field_kind, custom_name
+from policies.segments import AllRule, AnyRule, Behaviour, BehaviourRule, Condition, ConsentRule, NotRule, Rule
 from policies.loader import load_tenants
 from policies.tenants import CustomField
 from resources.pii import TenantCipher
