@@ -13,6 +13,7 @@ from jobs.imports import contact_import_job, contact_import_preview_job, contact
 from jobs.merges import contact_merge_job, contact_unmerge_job
 from jobs.privacy import contact_erasure_job, contact_export_job, pii_key_rotation_job
 from jobs.redrive import redrive_dead_letters_job
+from jobs.segments import segment_live_count_job
 from jobs.webhooks import enable_webhook_endpoints_job, retry_webhook_deliveries_job, webhook_delivery_job
 from jobs.template_preview import template_preview_job
 from orchestrator_assets import campaign_summary, campaigns, contacts, message_templates, segments
@@ -38,6 +39,7 @@ from sensors.fallback import campaign_fallback_sensor
 from sensors.import_triggers import import_trigger_sensor
 from sensors.imports import contact_drop_folder_sensor
 from sensors.inbox import webhook_inbox_sensor
+from sensors.segment_triggers import segment_entered_sensor
 from sensors.triggers import trigger_campaign_sensor
 from sensors.webhooks import webhook_delivery_sensor
 
@@ -53,12 +55,12 @@ defs = dg.Definitions(
           enable_webhook_endpoints_job, phone_reachability_job, resolve_ambiguous_sends_job, contact_duplicates_job, contact_merge_job,
           contact_unmerge_job, consent_chain_verify_job, consent_certificate_job, contact_import_preview_job, contact_erasure_job, contact_export_job,
           pii_key_rotation_job, contact_import_job, contact_import_rollback_job, template_preview_job, campaign_control_job,
-          campaign_send_summary_job, experiment_evaluation_job],
+          campaign_send_summary_job, experiment_evaluation_job, segment_live_count_job],
     asset_checks=[consent_chains_intact],
     schedules=[reports_schedule],
     sensors=[webhook_inbox_sensor, webhook_delivery_sensor, campaign_schedule_sensor, trigger_campaign_sensor, contact_drop_folder_sensor,
              deferred_campaign_sensor, campaign_fallback_sensor, import_trigger_sensor, campaign_resume_sensor, campaign_send_summary_sensor,
-             experiment_rollout_sensor],
+             experiment_rollout_sensor, segment_entered_sensor],
     resources={
         "opstore": OperationalStore(),
         "warehouse": Warehouse(),

@@ -18,7 +18,7 @@ from orchestrator_assets.fallback import Attempt, next_channel
 from orchestrator_assets.groups import CAMPAIGNS, CONSENTS, SEGMENTS
 from orchestrator_assets.message_templates import messages_by_language, start_campaigns
 from orchestrator_assets.partitions import tenant_partitions
-from orchestrator_assets.segment_sql import segment_where
+from orchestrator_assets.segment_sql import segment_where, tenant_scope
 from orchestrator_assets.tables import markdown_table
 from policies.campaigns import Campaign
 from policies.consent_purposes import required_consents
@@ -94,7 +94,7 @@ def audience_query(
     )
     if contact_ids:
         query = query.where(contacts.c.id.in_(contact_ids))
-        return query if rule is None else query.where(segment_where(rule, contacts, cipher))
+        return query if rule is None else query.where(segment_where(rule, contacts, cipher, tenant_scope(tenant, now)))
     return query.join(segment_members, sa.and_(segment_members.c.contact_id == contacts.c.id, segment_members.c.tenant == tenant)).where(
         segment_members.c.segment == campaign.segment
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from resources.audit import record_audit
-from resources.opstore_schema import contact_duplicate_candidates, contacts, phone_reachability, segment_members
+from resources.opstore_schema import contact_duplicate_candidates, contacts, phone_reachability, segment_events, segment_members
 
 ERASE_ACTION = "contact.erase"
 # Every column of ``contacts`` that describes the person; what is left is id, tenant, external id and times.
@@ -32,7 +32,7 @@ ERASED_COLUMNS = (
     "email_domain", "phone_country", "city", "language", "timezone",
 )  # fmt: skip
 # Rows that exist only to describe, target or match the person, deleted with the key.
-DESCRIBING_TABLES = (segment_members, phone_reachability, contact_duplicate_candidates)
+DESCRIBING_TABLES = (segment_members, segment_events, phone_reachability, contact_duplicate_candidates)
 
 
 class ErasureError(ValueError):

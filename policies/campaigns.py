@@ -185,6 +185,7 @@ class TriggerEvent(StrEnum):
     VK_MESSAGE_ALLOW = "vk_message_allow"  # allowed the tenant's VK community to message them
     IMPORT_FINISHED = "import_finished"  # a contact import created or changed the contact (sensors/import_triggers.py)
     CUSTOM = "custom"  # the tenant posted an event `name` for the contact (gateway POST /v1/events/<tenant>)
+    SEGMENT_ENTERED = "segment_entered"  # entered the trigger's `segment` (recorded in segment_events)
 
     @property
     def provider(self) -> Provider | None:
@@ -204,6 +205,13 @@ class Trigger(StrictModel):
     event: TriggerEvent
     name: Slug | None = None  # the custom event's name (event: custom only), e.g. cart_abandoned
     max_delay_minutes: int = Field(default=60, ge=1)
+    segment: Slug | None = None  # the segment whose new members a segment_entered trigger reaches
+
+    @model_validator(mode="after")
+    def _segment_for_segment_entered(self) -> Trigger:
+        if (self.event is TriggerEvent.SEGMENT_ENTERED) != (self.segment is not None):
+            raise ValueError("`segment` names the segment of a segment_entered trigger, and only of one")
+        return self
 
     @model_validator(mode="after")
     def _name_for_custom(self) -> Trigger:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from policies.campaigns import Campaign, CampaignsFile
 from policies.consent_texts import ConsentTextsFile
 from policies.policy import Policy
-from policies.segments import RULE_TAGS, Segment, SegmentsFile
+from policies.segments import RULE_TAGS, Rule, Segment, SegmentsFile, behaviours, rule_problems
 from policies.template_library import LibraryTemplate, TemplatesFile, reference_problems
 from policies.tenants import Tenant, TenantsFile
 
@@ -34,6 +34,7 @@ CONSENT_TEXTS_FILE = "consent_texts.yaml"
 TEMPLATES_FILE = "templates.yaml"  # optional: without it no campaign may use `message_template`
 
 PathLike = str | os.PathLike[str]
+RULE_ADAPTER: TypeAdapter[Rule] = TypeAdapter(Rule)
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -106,9 +107,30 @@ def load_bundle(config_dir: PathLike | None = None) -> PolicyBundle:
 
 
 def _segment_problems(segments_file: SegmentsFile, tenants: dict[str, Tenant]) -> Iterable[tuple[str, str]]:
-    for tenant in segments_file.segments:
+    for tenant, items in segments_file.segments.items():
         if tenant not in tenants:
             yield f"segments.{tenant}", f"tenant {tenant!r} is not defined in {TENANTS_FILE}"
+            continue
+        for i, segment in enumerate(items):
+            yield from rule_problems(segment.rule, tenants[tenant].custom_fields, f"segments.{tenant}[{i}].rule")
+
+
+def parse_rule(text: str, tenant: Tenant) -> Rule:
+    """A segment rule given as YAML or JSON text (a live count's draft), validated like one in
+    ``segments.yaml``, custom fields against ``tenant``'s; errors read ``rule: <key path>: <why>``."""
+    where = Path("rule")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise PolicyError(where, [(exc.where, exc.why)]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(where, [("(text)", f"neither YAML nor JSON: {exc}")]) from None
+    try:
+        rule = RULE_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise PolicyError(where, [(_key_path(e["loc"]), _reason(e)) for e in exc.errors()]) from None
+    _raise_if(where, rule_problems(rule, tenant.custom_fields, ""))
+    return rule
 
 
 def _recipient_policy_problems(policy: Policy, tenants: dict[str, Tenant]) -> Iterable[tuple[str, str]]:
@@ -138,6 +160,7 @@ def _campaign_problems(
         if provider is not None and getattr(tenant.accounts, provider.value) is None:
             why = f"{campaign.trigger.event} comes from {provider}, and tenant {campaign.tenant!r} has no {provider} account in {TENANTS_FILE}"
             yield f"{at}.trigger.event", why
+        yield from segment_trigger_problems(campaign, segments[campaign.tenant], at)
         for j, content in enumerate(campaign.channels):
             if tenant.accounts.for_channel(content.channel) is None:
                 yield (
@@ -145,6 +168,24 @@ def _campaign_problems(
                     f"tenant {campaign.tenant!r} has no account for channel {content.channel} in {TENANTS_FILE} "
                     f"(configure one of: {', '.join(content.channel.traits.providers)})",
                 )
+
+
+def segment_trigger_problems(campaign: Campaign, segments: dict[str, Segment], at: str) -> Iterable[tuple[str, str]]:
+    """A segment_entered trigger names a segment of the tenant; a trigger campaign's own segment
+    is evaluated live for the triggered contacts, in the operational store only, so it cannot ask
+    the warehouse (a behaviour clause)."""
+    trigger = campaign.trigger
+    if trigger is None:
+        return
+    if trigger.segment is not None and trigger.segment not in segments:
+        yield f"{at}.trigger.segment", f"segment {trigger.segment!r} is not defined for tenant {campaign.tenant!r} in {SEGMENTS_FILE}"
+    own = segments.get(campaign.segment) if campaign.segment is not None else None
+    if own is not None and behaviours(own.rule):
+        yield (
+            f"{at}.segment",
+            f"segment {campaign.segment!r} has a behaviour clause, which a trigger campaign cannot evaluate live; "
+            "trigger on segment_entered of it instead",
+        )
 
 
 def _raise_if(file: Path, problems: Iterable[tuple[str, str]]) -> None:

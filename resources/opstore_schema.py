@@ -110,6 +110,21 @@ segment_members = sa.Table(
     sa.Column("materialized_at", UTCDateTime, nullable=False),
 )
 
+# Changes of segment membership, one row per contact that entered or left a segment at a
+# materialisation (orchestrator_assets/segments.py); campaigns triggered on segment_entered read
+# them in id order (sensors/segment_triggers.py).
+segment_events = sa.Table(
+    "segment_events",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("segment", sa.String(128), nullable=False),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("contacts.id"), nullable=False),
+    sa.Column("change", sa.String(8), nullable=False),  # entered | left
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    sa.Index("ix_segment_events_tenant_id", "tenant", "id"),
+)
+
 sends = sa.Table(
     "sends",
     metadata,
@@ -412,7 +427,7 @@ contact_import_changes = sa.Table(
 # (import rollback, merge, erasure) against each referencing table, and without one that is a scan of
 # the table per contact (a 20,000-contact rollback took 76 s instead of 4 s). phone_reachability's
 # primary key is contact_id already; segment_members' starts with tenant and segment.
-for _table in (consent_events, segment_members, sends, trigger_events):
+for _table in (consent_events, segment_members, segment_events, sends, trigger_events):
     sa.Index(f"ix_{_table.name}_contact", _table.c.contact_id)
 
 # Pairs of a tenant's live contacts that may be one person (contacts/contact_duplicate_candidates,

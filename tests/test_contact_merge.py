@@ -25,6 +25,7 @@ from orchestrator_assets.merges.assets import contact_duplicate_candidates
 from orchestrator_assets.merges.matching import Person, find_candidates
 from policies.loader import load_consent_texts
 from resources.opstore import OperationalStore
+from resources.warehouse import Warehouse
 from resources.opstore_schema import (
     audit_log,
     consent_events,
@@ -327,7 +328,7 @@ def test_a_tombstone_joins_no_segment_when_segments_are_rebuilt(store, people):
     from orchestrator_assets.segments import segment_members as segment_asset
 
     _run("contact_merge_job", {"operator": "ops", "reason": "dup", "pairs": [{"keep": "crm-1", "merge": "crm-2"}]})
-    dg.materialize([segment_asset], partition_key=TENANT, resources={"opstore": OperationalStore()})
+    dg.materialize([segment_asset], partition_key=TENANT, resources={"opstore": OperationalStore(), "warehouse": Warehouse()})
     with store.connect() as conn:
         members = set(conn.execute(sa.select(segment_members.c.segment, segment_members.c.contact_id)).all())
     # The tombstone still has its e-mail, but the person is the survivor, which has it now too.

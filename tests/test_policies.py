@@ -13,7 +13,8 @@ import yaml
 from pydantic import TypeAdapter
 
 from orchestrator_assets.contact_pii import contact_columns
-from orchestrator_assets.segment_sql import segment_where
+from orchestrator_assets.segment_behaviour import id_table
+from orchestrator_assets.segment_sql import BehaviourSet, RuleScope, segment_where
 from policies.campaigns import Campaign
 from policies.channels import Channel, Provider
 from policies.consent_purposes import CampaignPurpose
@@ -27,7 +28,7 @@ from policies.loader import (
     load_tenants,
 )
 from policies.rendering import TemplateRenderError, render_message
-from policies.segments import Rule
+from policies.segments import Rule, behaviours
 from policies.template_rendering import CampaignRenderer
 from resources.opstore import register_sqlite_unicode_lower
 from resources.opstore_schema import contacts, metadata
@@ -337,7 +338,7 @@ BAD_EDITS = [
         "campaigns.yaml",
         lambda d: d["campaigns"][2].update(trigger={"event": "telegram_join"}),
         "campaigns[2].trigger.event",
-        "'telegram_start', 'vk_message_allow', 'import_finished' or 'custom'",
+        "'telegram_start', 'vk_message_allow', 'import_finished', 'custom' or 'segment_entered'",
         id="unknown trigger event",
     ),
     pytest.param(
@@ -476,7 +477,11 @@ def members(engine: sa.Engine, tenant: str, rule: Any) -> set[str]:
 
 def test_shipped_segments_select_the_right_contacts(engine):
     segments = load_bundle().segments
-    assert members(engine, "demo", segments["demo"]["moscow_spb_ru"].rule) == {"d1", "d2"}
+    moscow = segments["demo"]["moscow_spb_ru"].rule
+    with engine.connect() as conn:  # its behaviour clause (no complaint) as the warehouse answers it with no events
+        nobody = {clause: BehaviourSet(id_table(conn, "no_events", []), complement=False) for clause in behaviours(moscow)}
+        where = segment_where(moscow, contacts, CIPHERS["demo"], RuleScope(behaviour_sets=nobody))
+        assert set(conn.scalars(sa.select(contacts.c.external_id).where(contacts.c.tenant == "demo", where))) == {"d1", "d2"}
     assert members(engine, "demo", segments["demo"]["everyone_with_email"].rule) == {"d1", "d3", "d5", "d6"}
     assert members(engine, "acme", segments["acme"]["english_speakers_eu"].rule) == {"a2"}
 

@@ -19,6 +19,7 @@ from orchestrator_assets.segments import segment_members
 from resources.io_managers import STORAGE_KEY_LABEL, EncryptedFilesystemIOManager
 from resources.sealing import MAGIC, SealError, derive_key, seal, unseal
 from resources.opstore import OperationalStore
+from resources.warehouse import Warehouse
 
 IMPORT_ROWS = dg.AssetKey(["imports", "contact_import_rows"])
 MESSAGES = dg.AssetKey(["campaigns", "campaign_messages"])
@@ -39,7 +40,7 @@ def test_stored_outputs_are_ciphertext_and_load_downstream(algor_home, instance)
         [contact_import_rows, commit_contact_import, segment_members, campaign_messages],
         instance=instance,
         partition_key="demo",
-        resources={"opstore": OperationalStore(), "io_manager": EncryptedFilesystemIOManager()},
+        resources={"opstore": OperationalStore(), "warehouse": Warehouse(), "io_manager": EncryptedFilesystemIOManager()},
         run_config={"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_PATH)}}}},
     )
     assert result.success

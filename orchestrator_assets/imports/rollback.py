@@ -47,6 +47,7 @@ from resources.opstore_schema import (
     contact_merges,
     contacts,
     phone_reachability,
+    segment_events,
     segment_members,
     sends,
     trigger_events,
@@ -183,7 +184,7 @@ def rollback_import(
 
     # Created contacts go whole, with their consent chains and their rows in derived tables.
     for chunk in _chunks(plan.created):
-        for table in (segment_members, consent_events):
+        for table in (segment_members, segment_events, consent_events):
             conn.execute(sa.delete(table).where(table.c.contact_id.in_(chunk)))
         candidates = contact_duplicate_candidates.c
         conn.execute(sa.delete(contact_duplicate_candidates).where(sa.or_(candidates.contact_id.in_(chunk), candidates.other_id.in_(chunk))))
