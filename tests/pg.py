@@ -27,11 +27,15 @@ def _admin() -> psycopg.Connection:
     return psycopg.connect(SERVER_URL, autocommit=True, connect_timeout=3)
 
 
-def create_database(prefix: str = "algor_test") -> str:
-    """Create an empty database with a unique name; return its SQLAlchemy URL (psycopg 3 driver)."""
+def create_database(prefix: str = "algor_test", template: str | None = None) -> str:
+    """Create a database with a unique name, empty or a copy of the database of URL ``template``
+    (which must have no open sessions); return its SQLAlchemy URL (psycopg 3 driver)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(make_url(template).database))
     with _admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(statement)
     url = make_url(SERVER_URL).set(drivername="postgresql+psycopg", database=name)
     return url.render_as_string(hide_password=False)
 

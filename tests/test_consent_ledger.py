@@ -37,13 +37,11 @@ NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, algor_home):
-    url = f"sqlite:///{algor_home / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    migrate(url)
-    engine = engine_for(url)  # as the product connects: WAL and a busy timeout on SQLite
+@pytest.fixture
+def engine(migrated_store_url):
+    engine = engine_for(migrated_store_url)  # as the product connects: WAL and a busy timeout on SQLite
     yield engine
-    _drop(engine, request.param)
+    engine.dispose()
 
 
 def _drop(engine: sa.Engine, backend: str) -> None:

@@ -13,26 +13,13 @@ from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
 from orchestrator_assets.imports.store import record_consents, upsert_contacts
 from orchestrator_assets.imports.reading import read_contacts_file
 from orchestrator_assets.imports.validation import CSV_COLUMNS, validate_contact_rows
-from resources.opstore import migrate
 from orchestrator_assets.consent_ledger import ConsentFact, append, consent_state
 from policies.consent_purposes import Purpose, SourceKind
 from policies.loader import load_consent_texts
-from resources.opstore_schema import consent_events, contacts, metadata
+from resources.opstore_schema import consent_events, contacts
 from resources.pii import tenant_cipher
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, algor_home, tmp_path):
-    url = f"sqlite:///{tmp_path / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    migrate(url)  # the schema as production gets it: from the Alembic migrations
-    engine = sa.create_engine(url)
-    yield engine
-    metadata.drop_all(engine)
-    with engine.begin() as conn:  # so the next test migrates from scratch again
-        conn.execute(sa.text("DROP TABLE alembic_version"))
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

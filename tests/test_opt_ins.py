@@ -14,28 +14,14 @@ import sealed
 from orchestrator_assets.deliveries.processing import process_rows
 from resources.event_keys import stored_event_key
 from resources.links import sign_deep_link
-from resources.opstore import migrate
 from orchestrator_assets.consent_ledger import ConsentFact, append
 from policies.consent_purposes import Purpose, SourceKind
-from resources.opstore_schema import consent_events, contacts, metadata, trigger_events, webhook_inbox
+from resources.opstore_schema import consent_events, contacts, trigger_events, webhook_inbox
 from consents import consent_status
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 T0 = int(dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC).timestamp())
 _ids = itertools.count(1)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, algor_home):
-    url = f"sqlite:///{algor_home / 'opstore.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    migrate(url)
-    engine = sa.create_engine(url)
-    yield engine
-    if request.param == "postgresql":  # the session's database: leave it empty for the next test
-        metadata.drop_all(engine)
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE alembic_version"))
-    engine.dispose()
 
 
 def start(chat: int, at: int = T0, payload: str = "") -> dict:

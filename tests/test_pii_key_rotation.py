@@ -4,8 +4,12 @@ store keeps being read, on a real SQLite or PostgreSQL store filled by the sampl
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,6 +20,7 @@ from orchestrator_assets.contact_pii import find_contact_id, read_contacts
 from orchestrator_assets.contacts import commit_contact_import
 from orchestrator_assets.imports.assets import contact_import_rows
 from orchestrator_assets.imports.sample_contacts import SAMPLE_PATH
+from conftest import DEPLOYMENT_VARS
 from pg import create_database, drop_database
 from resources.opstore import OperationalStore
 from resources.opstore_schema import audit_log, tenant_keys
@@ -26,36 +31,62 @@ from resources.settings import get_settings
 TENANT = "demo"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, algor_home, monkeypatch):
-    """The operational store: the embedded SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield
-        return
-    url = create_database()
-    monkeypatch.setenv("ALGOR_DATABASE_URL", url)
-    monkeypatch.setenv("ALGOR_ALLOW_SANDBOX_WITH", "ALGOR_DATABASE_URL")
-    try:
-        yield
-    finally:
-        OperationalStore().engine().dispose()
-        drop_database(url)
+@dataclass
+class Imported:
+    home: Path  # the embedded deployment's home: its master key (and SQLite store)
+    url: str | None  # the PostgreSQL store, or None for the embedded SQLite file
+    plaintext: dict[int, dict]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def imported_once(request, tmp_path_factory):
+    """The sample imported once per store for the module (an import of the 1,000 contacts costs
+    seconds); each test rotates keys on a copy of it, see ``imported``."""
+    root = tmp_path_factory.mktemp(f"imported-{request.param}")
+    with pytest.MonkeyPatch.context() as monkeypatch, contextlib.ExitStack() as cleanup:
+        for name in DEPLOYMENT_VARS:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("ALGOR_HOME", str(root / "algor"))
+        url = None
+        if request.param == "postgresql":
+            url = create_database()
+            cleanup.callback(drop_database, url)
+            monkeypatch.setenv("ALGOR_DATABASE_URL", url)
+            monkeypatch.setenv("ALGOR_ALLOW_SANDBOX_WITH", "ALGOR_DATABASE_URL")
+        (root / "dagster_home").mkdir()
+        with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
+            result = dg.materialize(
+                [contact_import_rows, commit_contact_import],
+                instance=instance,
+                partition_key=TENANT,
+                resources={"opstore": OperationalStore()},
+                run_config={"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_PATH)}}}},
+            )
+        assert result.success
+        with OperationalStore().engine().connect() as conn:
+            ids = conn.execute(sa.select(contacts_table.c.id)).scalars().all()
+            plaintext = read_contacts(conn, tenant_cipher(conn, TENANT), ids)
+        OperationalStore().engine().dispose()  # a template database must have no sessions; the SQLite file is copied quiet
+        yield Imported(root / "algor", url, plaintext)
 
 
 @pytest.fixture
-def imported(store, instance) -> dict[int, dict]:
-    """The sample imported for the demo tenant; its contacts' plaintext by id."""
-    result = dg.materialize(
-        [contact_import_rows, commit_contact_import],
-        instance=instance,
-        partition_key=TENANT,
-        resources={"opstore": OperationalStore()},
-        run_config={"ops": {"imports__contact_import_rows": {"config": {"csv_path": str(SAMPLE_PATH)}}}},
-    )
-    assert result.success
-    with OperationalStore().engine().connect() as conn:
-        ids = conn.execute(sa.select(contacts_table.c.id)).scalars().all()
-        return read_contacts(conn, tenant_cipher(conn, TENANT), ids)
+def imported(imported_once, algor_home, monkeypatch) -> dict[int, dict]:
+    """The sample imported for the demo tenant, in a store of the test's own (a copy of the
+    module's: the home with its master key, and the PostgreSQL database made from it as a
+    template); its contacts' plaintext by id."""
+    shutil.copytree(imported_once.home, algor_home)
+    if imported_once.url is None:
+        yield imported_once.plaintext
+        return
+    url = create_database(template=imported_once.url)
+    monkeypatch.setenv("ALGOR_DATABASE_URL", url)
+    monkeypatch.setenv("ALGOR_ALLOW_SANDBOX_WITH", "ALGOR_DATABASE_URL")
+    try:
+        yield imported_once.plaintext
+    finally:
+        OperationalStore().engine().dispose()
+        drop_database(url)
 
 
 def _rotate(instance: dg.DagsterInstance, **config) -> dg.ExecuteInProcessResult:
