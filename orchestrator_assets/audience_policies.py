@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import dagster as dg
 import sqlalchemy as sa
 
 from orchestrator_assets.consent_ledger import utc  # SQLite hands times back without the offset
@@ -163,7 +164,7 @@ class CampaignPolicies:
             rows.append((campaign, channel, reason, detail, count))
         deferred = sum(count for (campaign, channel, reason, _), count in self.counts.items() if (campaign, channel, reason) in self.earliest)
         table = markdown_table(["campaign", "channel", "reason", "detail", "contacts"], rows, empty="No contact was left out.")
-        return {"excluded": sum(self.counts.values()) - deferred, "deferred": deferred, "exclusions": table}
+        return {"excluded": sum(self.counts.values()) - deferred, "deferred": deferred, "exclusions": dg.MetadataValue.md(table)}
 
     def _count_audience(
         self, conn: sa.Connection, cipher: TenantCipher, campaign: Campaign, eligible: Mapping[str, list[dict]], contact_ids: Sequence[int], rule: Rule | None

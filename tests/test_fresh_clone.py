@@ -31,6 +31,6 @@ def test_make_demo_works_on_a_fresh_clone_and_again(tmp_path):
         result = subprocess.run(["make", "demo"], cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
         output = result.stdout + result.stderr
         assert result.returncode == 0, f"{attempt} `make demo` failed:\n{output[-6000:]}"
-        assert "[7/7]" in output, output[-3000:]
+        assert "[8/8]" in output, output[-3000:]
         assert {m.group(1) for m in FUNNEL_ROW.finditer(output)} == {"email", "telegram"}, output[-3000:]
     assert (clone / ".algor" / "reports" / "campaign_funnel.html").is_file()

@@ -47,7 +47,7 @@ def test_a_local_time_campaign_wakes_up_zone_by_zone(engine):
     going, row, meta = screen_at(engine, dt.datetime(2026, 12, 1, 5, 0, tzinfo=UTC))
     assert going == [1]  # 15:00 in Vladivostok already
     assert (utc(row), row.deferred, row.reasons) == (moscow_ten, 3, "local_time")  # no zone: the tenant's Moscow
-    assert meta["deferred"] == 3 and "| local_news | telegram | local_time | deferred; first due 2026-12-01 07:00 UTC | 3 |" in meta["exclusions"]
+    assert meta["deferred"] == 3 and "| local_news | telegram | local_time | deferred; first due 2026-12-01 07:00 UTC | 3 |" in meta["exclusions"].value
 
     going, row, _ = screen_at(engine, moscow_ten)
     assert going == [1, 2, 3]  # 1 again: the send ledger (empty here) is what skips a message already sent
