@@ -19,7 +19,6 @@ campaigns are skipped the same way. Reads only the policy files and the operatio
 """
 
 import datetime as dt
-import json
 from itertools import groupby
 
 import dagster as dg
@@ -28,12 +27,12 @@ import sqlalchemy as sa
 from jobs import campaign_pipeline_job
 from orchestrator_assets.campaign_control import halted_by_tenant
 from policies.campaigns import Campaign, TriggerEvent
-from policies.loader import load_bundle
 from resources.opstore import OperationalStore
 from resources.opstore_schema import contact_import_changes as changes
 from resources.opstore_schema import contact_imports as imports
 from sensors.campaigns import campaign_run_request
-from sensors.triggers import TRIGGERED_SELECTION, utc
+from orchestrator_assets.consent_ledger import utc  # SQLite hands times back without the offset
+from sensors.triggers import TRIGGERED_SELECTION, planned_trigger_runs
 
 MAX_CONTACTS_PER_TICK = 5_000  # per tenant; also bounds one run's contact_ids in its run config
 COMMITTED = "committed"
@@ -85,8 +84,4 @@ def import_trigger_requests(
     description="Starts import_finished trigger campaigns for the contacts each committed contact import created or changed.",
 )
 def import_trigger_sensor(context: dg.SensorEvaluationContext, opstore: OperationalStore) -> dg.SensorResult:
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    with opstore.engine().connect() as conn:
-        requests, new_cursor = import_trigger_requests(conn, load_bundle().campaigns, cursor, dt.datetime.now(dt.UTC))
-    skip = None if requests else "no newly committed import for an import_finished campaign"
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True), skip_reason=skip)
+    return planned_trigger_runs(context, opstore, import_trigger_requests, "no newly committed import for an import_finished campaign")

@@ -17,7 +17,6 @@ cursor. Reads only the policy files and the operational store, never the warehou
 """
 
 import datetime as dt
-import json
 from collections import defaultdict
 
 import dagster as dg
@@ -27,11 +26,10 @@ from jobs import campaign_pipeline_job
 from orchestrator_assets.consent_ledger import utc
 from orchestrator_assets.segment_membership import ENTERED
 from policies.campaigns import Campaign, TriggerEvent
-from policies.loader import load_bundle
 from resources.opstore import OperationalStore
 from resources.opstore_schema import segment_events
 from sensors.campaigns import campaign_run_request
-from sensors.triggers import MAX_ROWS_PER_TICK, TRIGGERED_SELECTION
+from sensors.triggers import MAX_ROWS_PER_TICK, TRIGGERED_SELECTION, planned_trigger_runs
 
 
 def segment_entered_requests(
@@ -74,8 +72,4 @@ def segment_entered_requests(
     description="Starts campaigns triggered on segment_entered for the contacts who just entered their segment.",
 )
 def segment_entered_sensor(context: dg.SensorEvaluationContext, opstore: OperationalStore) -> dg.SensorResult:
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    with opstore.engine().connect() as conn:
-        requests, new_cursor = segment_entered_requests(conn, load_bundle().campaigns, cursor, dt.datetime.now(dt.UTC))
-    skip = None if requests else "no new segment entry for a segment_entered campaign"
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True), skip_reason=skip)
+    return planned_trigger_runs(context, opstore, segment_entered_requests, "no new segment entry for a segment_entered campaign")

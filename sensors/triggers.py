@@ -22,12 +22,14 @@ and the operational store, never the warehouse.
 import datetime as dt
 import json
 from collections import defaultdict
+from collections.abc import Callable
 
 import dagster as dg
 import sqlalchemy as sa
 
 from jobs import campaign_pipeline_job
 from orchestrator_assets.campaign_control import halted_by_tenant
+from orchestrator_assets.consent_ledger import utc  # SQLite hands times back without the offset
 from policies.campaigns import Campaign
 from policies.loader import load_bundle
 from resources.opstore import OperationalStore
@@ -70,8 +72,14 @@ def trigger_run_requests(
     return requests, new_cursor
 
 
-def utc(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite drops the offset
+def planned_trigger_runs(context: dg.SensorEvaluationContext, opstore: OperationalStore, plan: Callable, idle: str) -> dg.SensorResult:
+    """What every trigger sensor does on a tick: ``plan(conn, campaigns, cursor, now)`` from its
+    JSON cursor (``{tenant: last id seen}``) on the operational store, never the warehouse;
+    ``idle`` is the skip reason of a tick that requests nothing."""
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    with opstore.engine().connect() as conn:
+        requests, new_cursor = plan(conn, load_bundle().campaigns, cursor, dt.datetime.now(dt.UTC))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True), skip_reason=None if requests else idle)
 
 
 @dg.sensor(
@@ -82,8 +90,4 @@ def utc(moment: dt.datetime) -> dt.datetime:
     description="Starts trigger campaigns (e.g. a welcome on Telegram /start) for the contacts who just triggered them.",
 )
 def trigger_campaign_sensor(context: dg.SensorEvaluationContext, opstore: OperationalStore) -> dg.SensorResult:
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    with opstore.engine().connect() as conn:
-        requests, new_cursor = trigger_run_requests(conn, load_bundle().campaigns, cursor, dt.datetime.now(dt.UTC))
-    skip = None if requests else "no new trigger event for a trigger campaign"
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True), skip_reason=skip)
+    return planned_trigger_runs(context, opstore, trigger_run_requests, "no new trigger event for a trigger campaign")
